@@ -1,0 +1,228 @@
+"""The ``mnistgen`` command: train, sample, evaluate, figures, reproduce.
+
+Bad input of any kind ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mnistgen.config import DATASETS, KINDS, PRESETS, apply_overrides, preset
+from mnistgen.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the four IDX files (else $MNISTGEN_DATA, the bundled MNIST, or a download)")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model into a run directory",
+                       description="Train a model. Every epoch writes checkpoints/epoch_NNN.pt, checkpoints/last.pt, "
+                                   "history.json and a sample grid in samples/; --resume continues a stopped run.")
+    p.add_argument("kind", choices=KINDS, help="which model")
+    p.add_argument("--preset", default=None,
+                   help="named settings: reference (the study's), cpu (fits a 2-core CPU), smoke (seconds); "
+                        "default: cpu")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=_non_negative_int)
+    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set train.ema_decay=0.999 (sections: data, train, "
+                        "model, process)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/KIND-PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
+
+
+def _sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained run",
+                       description="Draw samples: writes FILE.png (a grid) and FILE.npz (images float32 in [0, 1], "
+                                   "shape (N, 1, H, W); labels for the conditional model).")
+    p.add_argument("run", type=Path)
+    p.add_argument("--n", type=_positive_int, default=64, help="number of samples (per class with --label all)")
+    p.add_argument("--out", type=Path, required=True, help="FILE, FILE.png or FILE.npz: both files are written")
+    p.add_argument("--sampler", choices=("ancestral", "ddim"), default=None, help="DDPM only (default: the run's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDIM or CFG grid)")
+    p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
+    p.add_argument("--label", default=None, help="CFG only: a digit 0-9 or 'all'")
+    p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def _run_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("run", type=Path)
+    _add_common(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mnistgen", description="Train, sample and evaluate generative models of MNIST digits.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _train_parser(sub)
+    _sample_parser(sub)
+    p = _run_parser(sub, "evaluate", "compute a run's metrics into RUN/metrics.json",
+                    "Evaluate a run. VAE: validation negative ELBO and the IWAE bound on -log p(x).")
+    p.add_argument("--iwae-k", type=_positive_int, default=500, help="importance samples per image (VAE)")
+    p.add_argument("--n-images", type=_positive_int, default=10_000, help="test images for the IWAE bound (VAE)")
+    _run_parser(sub, "figures", "render a run's figures into RUN/figures/",
+                "Render the study's figures for a run (VAE: F1-F8).")
+    return parser
+
+
+def _train(args) -> int:
+    from mnistgen.recipes import pick_device, train
+
+    cfg = preset(args.kind, args.preset or "cpu")
+    overrides = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+                 "train.seed": args.seed, "data.dataset": args.dataset}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    cfg = apply_overrides(cfg, overrides)
+    out = args.out or Path("runs") / f"{cfg.kind}-{cfg.preset}"
+    history = train(cfg, out, args.data_dir, pick_device(args.device), args.resume, not args.no_progress)
+    last = history[-1]
+    print(f"{cfg.kind} trained: {last.epoch} epochs, train loss {last.train_loss:.4f}, "
+          f"val loss {last.val_loss:.4f}; run directory {out}")
+    return 0
+
+
+def _sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from mnistgen.figures.grids import save_grid
+    from mnistgen.recipes import generate, load_run, pick_device
+
+    device = pick_device(args.device)
+    loaded = load_run(args.run, device)
+    cfg = loaded.cfg
+    labels = None
+    if cfg.kind == "cfg":
+        labels = _parse_labels(args.label, args.n)
+    elif args.label is not None or args.guidance is not None:
+        raise UserError(f"--label and --guidance apply to the cfg model; {args.run} holds a {cfg.kind!r} model")
+    if args.eta is not None and args.eta > 1:
+        raise UserError(f"--eta must be in [0, 1], got {args.eta}")
+    if cfg.kind != "ddpm" and (args.sampler or args.eta is not None):
+        raise UserError("--sampler and --eta apply to the ddpm model")
+    g = torch.Generator(device).manual_seed(args.seed)
+    n = len(labels) if labels is not None else args.n
+    with torch.no_grad():
+        images = generate(cfg, loaded.model, n, g, labels=labels, sampler=args.sampler, steps=args.steps,
+                          eta=args.eta, guidance=args.guidance).cpu()
+    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".npz") else args.out
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"images": images.numpy().astype(np.float32)}
+    if labels is not None:
+        arrays["labels"] = labels.numpy().astype(np.int64)
+    np.savez_compressed(stem.with_suffix(".npz"), **arrays)
+    save_grid(images, stem.with_suffix(".png"), nrow=args.n if args.label == "all" else None)
+    print(f"wrote {n} samples to {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}")
+    return 0
+
+
+def _parse_labels(text: str | None, n: int):
+    import torch
+
+    if text is None:
+        raise UserError("the cfg model needs --label 0-9 or --label all")
+    if text == "all":
+        return torch.arange(10).repeat_interleave(n)
+    if not text.isdigit() or not 0 <= int(text) <= 9:
+        raise UserError(f"--label must be a digit 0-9 or 'all', got {text!r}")
+    return torch.full((n,), int(text), dtype=torch.long)
+
+
+def _evaluate(args) -> int:
+    from mnistgen.evaluation.run_metrics import evaluate_run
+    from mnistgen.recipes import pick_device
+
+    metrics = evaluate_run(args.run, pick_device(args.device), args.data_dir, iwae_k=args.iwae_k,
+                           n_images=args.n_images)
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            print(f"{key}: {value:.4f}")
+    print(f"wrote {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def _figures(args) -> int:
+    from mnistgen.figures.render import render_figures
+    from mnistgen.recipes import pick_device
+
+    paths = render_figures(args.run, pick_device(args.device), args.data_dir)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _train, "sample": _sample, "evaluate": _evaluate, "figures": _figures}
+    try:
+        return handlers[args.command](args)
+    except UserError as e:
+        print(f"mnistgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mnistgen: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from mnistgen.training.trainer import NonFiniteLossError
+
+        if isinstance(e, NonFiniteLossError):
+            print(f"mnistgen: error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

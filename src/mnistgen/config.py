@@ -1,0 +1,283 @@
+"""Typed, frozen configuration: one dataclass per component, named presets, checked overrides.
+
+A run is described by a :class:`RunConfig` that bundles the data, model, noise-process
+and training settings. Presets are named instances; command-line flags and
+``--set section.field=value`` overrides map onto fields, and anything unknown or out of
+range is rejected with the list of valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from mnistgen.errors import UserError
+
+KINDS = ("vae", "ddpm", "cfg")
+DATASETS = ("mnist", "fashion-mnist")
+LR_SCHEDULES = ("constant", "step", "cosine")
+LOSS_WEIGHTINGS = ("uniform", "min-snr")
+SAMPLERS = ("ancestral", "ddim")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    resolution: int = 28  # 28 = native, 32 = zero-padded by 2 pixels on each side
+    train_limit: int = 0  # use only the first N training images (0 = all 60,000)
+    val_limit: int = 0  # use only the first N test images for validation (0 = all 10,000)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | step | cosine
+    lr_step_epochs: int = 10  # "step": multiply by lr_gamma every this many epochs
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm, 0 = off
+    ema_decay: float = 0.0  # 0 = no EMA
+    ema_start: int = 0  # EMA copies the weights until this many optimizer steps
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
+    seed: int = 0
+    log_every: int = 50  # steps between progress-bar refreshes (each one syncs the device)
+    checkpoint_minutes: float = 10.0  # mid-epoch checkpoint interval, 0 = only at epoch ends
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    hidden: int = 400
+    latent: int = 20
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    channels: tuple[int, ...] = (32, 64, 128, 128)  # width per resolution level
+    bottleneck: int = 256
+    blocks: int = 2  # conv blocks per level on the way down (the way up has one fewer + 1)
+    time_dim: int = 128  # sinusoidal time / log-SNR embedding width
+    unshuffle: int = 1  # pixel-unshuffle factor before the first conv (space-to-depth)
+    attention: bool = False  # self-attention at the lowest resolution
+    groups: int = 8  # GroupNorm groups
+    num_classes: int = 0  # > 0: class-conditional with a learned null label
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    loss_weighting: str = "uniform"  # uniform (DDPM eq. 14) | min-snr (Hang et al. 2023)
+    min_snr_gamma: float = 5.0
+    sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
+    sample_steps: int = 1000
+    eta: float = 0.0  # DDIM stochasticity
+
+
+@dataclass(frozen=True)
+class CFGConfig:
+    lambda_min: float = -20.0
+    lambda_max: float = 20.0
+    p_uncond: float = 0.1
+    v: float = 0.3  # variance interpolation exponent
+    guidance: float = 0.3  # w
+    sample_steps: int = 256
+
+
+ModelConfig = VAEConfig | UNetConfig
+ProcessConfig = DDPMConfig | CFGConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    kind: str
+    preset: str
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=VAEConfig)
+    process: ProcessConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "RunConfig":
+        kind = d.get("kind")
+        if kind not in KINDS:
+            raise UserError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
+        model_cls, process_cls = _COMPONENTS[kind]
+        return RunConfig(
+            kind=kind,
+            preset=str(d.get("preset", "custom")),
+            data=_build(DataConfig, d.get("data", {})),
+            train=_build(TrainConfig, d.get("train", {})),
+            model=_build(model_cls, d.get("model", {})),
+            process=_build(process_cls, d["process"]) if process_cls else None,
+        )
+
+
+_COMPONENTS: dict[str, tuple[type, type | None]] = {
+    "vae": (VAEConfig, None),
+    "ddpm": (UNetConfig, DDPMConfig),
+    "cfg": (UNetConfig, CFGConfig),
+}
+
+
+def _build(cls: type, values: dict[str, Any]):
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise UserError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid: {', '.join(sorted(names))}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(v, hints[k], k) for k, v in values.items()})
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a JSON or command-line value to the field's annotated type."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(_coerce(v, typing.get_args(hint)[0], name) for v in items)
+    if origin in (typing.Union, types.UnionType):
+        return value  # only nested configs are unions; built by the caller
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return hint(value)
+    except (TypeError, ValueError):
+        raise UserError(f"bad value {value!r} for {name}: expected {hint.__name__}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return ``cfg`` with ``{"section.field": value}`` overrides applied (sections: data, train, model, process)."""
+    sections = {"data": cfg.data, "train": cfg.train, "model": cfg.model, "process": cfg.process}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        target = sections.get(section)
+        if target is None:
+            valid = [s for s, v in sections.items() if v is not None]
+            raise UserError(f"unknown config section {section!r} in {key!r}; valid: {', '.join(valid)}")
+        names = [f.name for f in fields(target)]
+        if name not in names:
+            raise UserError(f"unknown field {name!r} in section {section!r}; valid: {', '.join(names)}")
+        hint = typing.get_type_hints(type(target))[name]
+        sections[section] = replace(target, **{name: _coerce(value, hint, key)})
+    new = replace(cfg, **sections)
+    validate(new)
+    return new
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _choice(value: str, valid: tuple[str, ...], name: str) -> None:
+    _check(value in valid, f"bad {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject values that cannot work, with one message naming the field."""
+    _choice(cfg.kind, KINDS, "model kind")
+    _choice(cfg.data.dataset, DATASETS, "dataset")
+    _check(cfg.data.resolution in (28, 32), f"bad data.resolution {cfg.data.resolution}; valid: 28, 32")
+    _check(min(cfg.data.train_limit, cfg.data.val_limit) >= 0, "data.train_limit and data.val_limit must be >= 0")
+    t = cfg.train
+    _check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _choice(t.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    _check(min(t.warmup_steps, t.ema_start, t.lr_step_epochs) >= 0, "train step counts must be >= 0")
+    _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    if isinstance(cfg.model, UNetConfig):
+        m = cfg.model
+        _check(len(m.channels) >= 1 and min(m.channels) > 0, f"bad model.channels {m.channels}")
+        _check(m.unshuffle in (1, 2), f"bad model.unshuffle {m.unshuffle}; valid: 1, 2")
+        size = cfg.data.resolution // m.unshuffle
+        _check(size % 2 ** (len(m.channels) - 1) == 0,
+               f"resolution {cfg.data.resolution} / unshuffle {m.unshuffle} is not divisible by "
+               f"2^{len(m.channels) - 1} (one halving per extra level); change data.resolution or model.channels")
+        _check(all(c % m.groups == 0 for c in (*m.channels, m.bottleneck)),
+               f"model.channels and model.bottleneck must be multiples of model.groups={m.groups}")
+    if isinstance(cfg.process, DDPMConfig):
+        p = cfg.process
+        _check(0 < p.beta_start < p.beta_end < 1, "need 0 < process.beta_start < process.beta_end < 1")
+        _choice(p.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
+        _choice(p.sampler, SAMPLERS, "process.sampler")
+        _check(1 <= p.sample_steps <= p.timesteps, f"process.sample_steps must be in [1, {p.timesteps}]")
+        _check(0.0 <= p.eta <= 1.0, f"process.eta must be in [0, 1], got {p.eta}")
+    if isinstance(cfg.process, CFGConfig):
+        p = cfg.process
+        _check(p.lambda_min < p.lambda_max, "need process.lambda_min < process.lambda_max")
+        _check(0.0 <= p.p_uncond < 1.0, f"process.p_uncond must be in [0, 1), got {p.p_uncond}")
+        _check(p.guidance >= 0, f"process.guidance must be >= 0, got {p.guidance}")
+        _check(p.sample_steps >= 1, f"process.sample_steps must be >= 1, got {p.sample_steps}")
+
+
+# ---------------------------------------------------------------------------------------
+# Presets. `reference` = the study's settings; `cpu` = a design measured on a 2-core CPU;
+# `smoke` = seconds, for tests.
+
+_DIFFUSION_REFERENCE_TRAIN = TrainConfig(
+    epochs=20, batch_size=256, lr=2e-4, lr_schedule="step", lr_step_epochs=10, lr_gamma=0.1,
+    ema_decay=0.995, ema_start=2000, amp=True,
+)
+_UNET_REFERENCE = UNetConfig()
+_UNET_CPU = UNetConfig(channels=(64, 128), bottleneck=128, blocks=2, time_dim=64, unshuffle=2,
+                       attention=True, groups=8)
+_UNET_SMOKE = UNetConfig(channels=(8, 16), bottleneck=16, blocks=1, time_dim=16, unshuffle=2, groups=4)
+_CPU_TRAIN = TrainConfig(
+    epochs=10, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=200, grad_clip=1.0,
+    ema_decay=0.999, ema_start=500, amp=False,
+)
+_SMOKE_DATA = DataConfig(train_limit=2048, val_limit=512)
+_SMOKE_TRAIN = TrainConfig(epochs=2, batch_size=64, lr=2e-3, log_every=5, ema_decay=0.9, ema_start=2)
+
+PRESETS: dict[str, dict[str, RunConfig]] = {
+    "vae": {
+        "reference": RunConfig("vae", "reference", train=TrainConfig(epochs=20, batch_size=128, lr=1e-3)),
+        "cpu": RunConfig("vae", "cpu", train=TrainConfig(epochs=20, batch_size=128, lr=1e-3)),
+        "smoke": RunConfig("vae", "smoke", _SMOKE_DATA, train=replace(_SMOKE_TRAIN, lr=1e-3, ema_decay=0.0),
+                           model=VAEConfig(hidden=64, latent=20)),
+    },
+    "ddpm": {
+        "reference": RunConfig("ddpm", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
+                               _UNET_REFERENCE, DDPMConfig()),
+        "cpu": RunConfig("ddpm", "cpu", DataConfig(resolution=28), _CPU_TRAIN, _UNET_CPU,
+                         DDPMConfig(loss_weighting="min-snr", sampler="ddim", sample_steps=50)),
+        "smoke": RunConfig("ddpm", "smoke", _SMOKE_DATA, _SMOKE_TRAIN, _UNET_SMOKE,
+                           DDPMConfig(sampler="ddim", sample_steps=5)),
+    },
+    "cfg": {
+        "reference": RunConfig("cfg", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
+                               replace(_UNET_REFERENCE, num_classes=10), CFGConfig()),
+        "cpu": RunConfig("cfg", "cpu", DataConfig(resolution=28), _CPU_TRAIN,
+                         replace(_UNET_CPU, num_classes=10), CFGConfig(sample_steps=64)),
+        "smoke": RunConfig("cfg", "smoke", _SMOKE_DATA, _SMOKE_TRAIN,
+                           replace(_UNET_SMOKE, num_classes=10), CFGConfig(sample_steps=5)),
+    },
+}
+
+
+def preset(kind: str, name: str) -> RunConfig:
+    """The named preset for a model kind; unknown names list the valid ones."""
+    _choice(kind, KINDS, "model kind")
+    _choice(name, tuple(PRESETS[kind]), "preset")
+    return PRESETS[kind][name]

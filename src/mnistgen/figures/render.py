@@ -1,0 +1,20 @@
+"""`mnistgen figures RUN`: render the figures of a run's model kind into RUN/figures/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from mnistgen.recipes import load_data, load_run
+
+
+def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    loaded = load_run(path, device)
+    out = loaded.run.figures
+    if loaded.cfg.kind == "vae":
+        from mnistgen.figures import vae
+
+        return vae.render(loaded.model, loaded.history, load_data(loaded.cfg, "test", data_dir, device), out)
+    raise NotImplementedError(loaded.cfg.kind)

@@ -1,0 +1,119 @@
+"""The study's VAE (Kingma & Welling 2014) and the likelihood / KL functions it needs.
+
+All functions map ``(batch, ...)`` tensors to ``(batch,)``: sums run over every
+non-batch dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistgen.config import VAEConfig
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)  # (B, D)
+
+
+def log_likelihood_bernoulli(mu: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """log p(target | mu) = sum_i target_i log mu_i + (1 - target_i) log(1 - mu_i); target may be grey levels."""
+    mu = _flat(mu).clamp(eps, 1 - eps)
+    target = _flat(target)
+    return (target * mu.log() + (1 - target) * (-mu).log1p()).sum(1)
+
+
+def log_likelihood_bernoulli_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The same Bernoulli log-likelihood with mu = sigmoid(logits), stable for any logit."""
+    return -F.binary_cross_entropy_with_logits(_flat(logits), _flat(target), reduction="none").sum(1)
+
+
+def log_likelihood_normal(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))) = -1/2 sum_i [log 2 pi + logvar_i + (z_i - mu_i)^2 / exp(logvar_i)]."""
+    mu, logvar, z = _flat(mu), _flat(logvar), _flat(z)
+    return -0.5 * (_LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(1)
+
+
+def log_mean_exp(y: torch.Tensor) -> torch.Tensor:
+    """log (1/K) sum_k exp(y[:, k]) for y of shape (B, K), shifted by the row maximum for stability."""
+    m = y.max(dim=1, keepdim=True).values  # (B, 1)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return (y - m).exp().mean(1).log() + m.squeeze(1)
+
+
+def kl_gaussian_gaussian_analytic(mu_q: torch.Tensor, logvar_q: torch.Tensor,
+                                  mu_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) = 1/2 sum [logvar_p - logvar_q + (var_q + (mu_q - mu_p)^2) / var_p - 1]."""
+    mu_q, logvar_q, mu_p, logvar_p = map(_flat, (mu_q, logvar_q, mu_p, logvar_p))
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) * torch.exp(-logvar_p) - 1).sum(1)
+
+
+def kl_gaussian_gaussian_mc(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor,
+                            num_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Monte-Carlo KL: mean over z_k ~ q of log q(z_k) - log p(z_k), with ``num_samples`` draws per row."""
+    mu_q, logvar_q, mu_p, logvar_p = map(_flat, (mu_q, logvar_q, mu_p, logvar_p))
+    b, d = mu_q.shape
+    noise = torch.randn(num_samples, b, d, generator=generator, device=mu_q.device, dtype=mu_q.dtype)
+    z = mu_q + (0.5 * logvar_q).exp() * noise  # (K, B, D)
+    flat = lambda t: t.expand(num_samples, b, d).reshape(num_samples * b, d)  # noqa: E731
+    log_q = log_likelihood_normal(flat(mu_q), flat(logvar_q), z.reshape(-1, d))
+    log_p = log_likelihood_normal(flat(mu_p), flat(logvar_p), z.reshape(-1, d))
+    return (log_q - log_p).reshape(num_samples, b).mean(0)
+
+
+class VAEOutput(NamedTuple):
+    logits: torch.Tensor  # (B, 1, 28, 28) decoder logits; sigmoid gives the Bernoulli means
+    mu: torch.Tensor  # (B, latent)
+    logvar: torch.Tensor  # (B, latent)
+    z: torch.Tensor  # (B, latent)
+
+
+class VAE(nn.Module):
+    """Encoder 784-400(ReLU)-{mu, logvar}; decoder latent-400(ReLU)-784(sigmoid)."""
+
+    def __init__(self, cfg: VAEConfig = VAEConfig(), image_size: int = 28):
+        super().__init__()
+        self.cfg = cfg
+        self.image_size = image_size
+        pixels = image_size * image_size
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, cfg.hidden), nn.ReLU())
+        self.to_mu = nn.Linear(cfg.hidden, cfg.latent)
+        self.to_logvar = nn.Linear(cfg.hidden, cfg.latent)
+        self.decoder = nn.Sequential(nn.Linear(cfg.latent, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, pixels))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)  # (B, hidden)
+        return self.to_mu(h), self.to_logvar(h)  # (B, latent) each
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).view(-1, 1, self.image_size, self.image_size)  # (B, 1, 28, 28)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli means in [0, 1], shape (B, 1, 28, 28)."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
+        mu, logvar = self.encode(x)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + (0.5 * logvar).exp() * eps  # reparameterisation
+        return VAEOutput(self.decode_logits(z), mu, logvar, z)
+
+
+def neg_elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """-ELBO per image = -log p(x|z) + KL(q(z|x) || N(0, I)), in nats, shape (B,)."""
+    out = model(x, generator)
+    zeros = torch.zeros_like(out.mu)
+    return -log_likelihood_bernoulli_logits(out.logits, x) + kl_gaussian_gaussian_analytic(out.mu, out.logvar, zeros, zeros)
+
+
+class VAEObjective:
+    """Training objective for the shared trainer: mean negative ELBO over the batch."""
+
+    def loss(self, model: VAE, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return neg_elbo(model, x, generator).mean()

@@ -1,0 +1,187 @@
+"""What differs between the three models, in one place: network, objective, data scaling, previews.
+
+Everything else (the training loop, checkpoints, the run directory, the command line) is
+shared and calls these functions with a :class:`RunConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mnistgen.config import CFGConfig, DDPMConfig, RunConfig, UNetConfig, VAEConfig
+from mnistgen.data.mnist import TensorData, load
+from mnistgen.errors import UserError
+from mnistgen.training.checkpoint import load_checkpoint
+from mnistgen.training.rundir import RunDir
+from mnistgen.training.trainer import EpochRecord, Objective, Preview, Trainer
+
+PREVIEW_SEED = 1234  # fixed noise for the per-epoch grids (F9, F12)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable device is a user error."""
+    valid = ("auto", "cpu", "cuda", "mps")
+    if name not in valid and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; valid: {', '.join(valid)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps requested but MPS is not available here")
+    return torch.device(name)
+
+
+def data_scale(cfg: RunConfig) -> str:
+    """Pixels in [0, 1] for the VAE's Bernoulli likelihood, [-1, 1] for diffusion (DDPM section 3.3)."""
+    return "unit" if cfg.kind == "vae" else "signed"
+
+
+def load_data(cfg: RunConfig, split: str, data_dir: str | os.PathLike | None, device: torch.device) -> TensorData:
+    """The split as device-resident tensors, cut to ``data.train_limit`` / ``data.val_limit`` when set."""
+    data = load(split, data_scale(cfg), cfg.data.resolution, cfg.data.dataset, data_dir, device)
+    limit = cfg.data.train_limit if split == "train" else cfg.data.val_limit
+    return TensorData(data.x[:limit], data.y[:limit]) if limit else data
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    if isinstance(cfg.model, VAEConfig):
+        from mnistgen.models.vae import VAE
+
+        return VAE(cfg.model, image_size=cfg.data.resolution)
+    from mnistgen.models.unet import ConditionalUNet, UNet
+
+    assert isinstance(cfg.model, UNetConfig)
+    return ConditionalUNet(cfg.model) if cfg.kind == "cfg" else UNet(cfg.model)
+
+
+def build_process(cfg: RunConfig):
+    """The noise process of a diffusion run (None for the VAE); it never owns the network."""
+    if isinstance(cfg.process, DDPMConfig):
+        from mnistgen.diffusion.ddpm import GaussianDiffusion
+
+        return GaussianDiffusion(cfg.process)
+    if isinstance(cfg.process, CFGConfig):
+        from mnistgen.diffusion.cfg import LogSNRDiffusion
+
+        return LogSNRDiffusion(cfg.process)
+    return None
+
+
+def build_objective(cfg: RunConfig) -> Objective:
+    if cfg.kind == "vae":
+        from mnistgen.models.vae import VAEObjective
+
+        return VAEObjective()
+    return build_process(cfg)
+
+
+def image_shape(cfg: RunConfig) -> tuple[int, int, int]:
+    return (1, cfg.data.resolution, cfg.data.resolution)
+
+
+def generate(cfg: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
+             labels: torch.Tensor | None = None, sampler: str | None = None, steps: int | None = None,
+             eta: float | None = None, guidance: float | None = None) -> torch.Tensor:
+    """``n`` samples in [0, 1], shape (n, 1, H, W), with the run's default sampler unless overridden."""
+    device = next(model.parameters()).device
+    if cfg.kind == "vae":
+        z = torch.randn(n, cfg.model.latent, generator=generator, device=device)
+        return model.decode(z)
+    from mnistgen.diffusion import samplers
+
+    process = build_process(cfg)
+    noise = torch.randn(n, *image_shape(cfg), generator=generator, device=device)
+    if cfg.kind == "ddpm":
+        p = cfg.process
+        sampler = sampler or p.sampler
+        if sampler == "ancestral":
+            x = samplers.ancestral(model, process, noise, generator)
+        else:
+            x = samplers.ddim(model, process, noise, steps or p.sample_steps, p.eta if eta is None else eta, generator)
+    else:
+        if labels is None:
+            raise ValueError("the conditional model needs labels")
+        p = cfg.process
+        x = samplers.guided(model, process, noise, labels.to(device), guidance if guidance is not None else p.guidance,
+                            steps or p.sample_steps, generator)
+    return to_unit(x)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Diffusion output in [-1, 1] -> image in [0, 1]."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def build_preview(cfg: RunConfig) -> Preview:
+    """Per-epoch grid from fixed noise: 64 VAE samples, 16 DDPM samples, or 2 per class for CFG."""
+
+    def preview(model: nn.Module) -> torch.Tensor:
+        device = next(model.parameters()).device
+        g = torch.Generator(device).manual_seed(PREVIEW_SEED)
+        if cfg.kind == "cfg":
+            labels = torch.arange(10, device=device).repeat_interleave(2)  # (20,) 0,0,1,1,...
+            return generate(cfg, model, len(labels), g, labels=labels)
+        return generate(cfg, model, 64 if cfg.kind == "vae" else 16, g)
+
+    return preview
+
+
+def train(cfg: RunConfig, out: Path, data_dir: str | os.PathLike | None = None, device: torch.device | None = None,
+          resume: bool = False, show_progress: bool = True) -> list[EpochRecord]:
+    """Train a run of ``cfg`` in ``out`` (resuming from its last checkpoint when ``resume``)."""
+    device = device or pick_device("auto")
+    run = RunDir(Path(out))
+    if run.last_checkpoint.is_file() and not resume:
+        raise UserError(f"{run.root} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and run.config.is_file():
+        saved = run.read_config()
+        if saved.kind != cfg.kind:
+            raise UserError(f"{run.root} holds a {saved.kind!r} run, not {cfg.kind!r}")
+        cfg = saved
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg).to(device)
+    trainer = Trainer(model, build_objective(cfg), load_data(cfg, "train", data_dir, device),
+                      load_data(cfg, "test", data_dir, device), cfg, run, build_preview(cfg), show_progress)
+    if resume:
+        trainer.resume()
+    if trainer.rank == 0:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.write_config(cfg)
+    return trainer.fit()
+
+
+class LoadedRun(NamedTuple):
+    cfg: RunConfig
+    run: RunDir
+    model: nn.Module  # sampling weights (EMA when the run has them), eval mode
+    history: list[dict]
+
+
+def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: str | None = None,
+             checkpoint: Path | None = None) -> LoadedRun:
+    """Load a run's config and its best sampling weights from ``last.pt`` (or ``checkpoint``)."""
+    run = RunDir(Path(path))
+    if not run.root.is_dir():
+        raise UserError(f"run directory {run.root} does not exist")
+    cfg = run.read_config()
+    if kind is not None and cfg.kind != kind:
+        raise UserError(f"{run.root} holds a {cfg.kind!r} run, not a {kind!r} run")
+    device = device or torch.device("cpu")
+    state = load_checkpoint(checkpoint or run.last_checkpoint, cfg.kind, device)
+    model = build_model(cfg).to(device)
+    ema_started = state["ema"] is not None and state["step"] > cfg.train.ema_start
+    if ema_started:
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+        model.load_state_dict(weights)
+    else:
+        model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedRun(cfg, run, model, state["history"])
