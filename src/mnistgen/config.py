@@ -240,12 +240,13 @@ _DIFFUSION_REFERENCE_TRAIN = TrainConfig(
     ema_decay=0.995, ema_start=2000, amp=True,
 )
 _UNET_REFERENCE = UNetConfig()
-_UNET_CPU = UNetConfig(channels=(64, 128), bottleneck=128, blocks=2, time_dim=64, unshuffle=2,
+_UNET_CPU = UNetConfig(channels=(32, 64, 128), bottleneck=128, blocks=1, time_dim=64, unshuffle=2,
                        attention=True, groups=8)
 _UNET_SMOKE = UNetConfig(channels=(8, 16), bottleneck=16, blocks=1, time_dim=16, unshuffle=2, groups=4)
+_CPU_DATA = DataConfig(resolution=32, val_limit=2000)
 _CPU_TRAIN = TrainConfig(
-    epochs=10, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=200, grad_clip=1.0,
-    ema_decay=0.999, ema_start=500, amp=False,
+    epochs=8, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
+    ema_decay=0.999, ema_start=1000, amp=False,
 )
 _SMOKE_DATA = DataConfig(train_limit=2048, val_limit=512)
 _SMOKE_TRAIN = TrainConfig(epochs=2, batch_size=64, lr=2e-3, log_every=5, ema_decay=0.9, ema_start=2)
@@ -260,7 +261,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
     "ddpm": {
         "reference": RunConfig("ddpm", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                _UNET_REFERENCE, DDPMConfig()),
-        "cpu": RunConfig("ddpm", "cpu", DataConfig(resolution=28), _CPU_TRAIN, _UNET_CPU,
+        "cpu": RunConfig("ddpm", "cpu", _CPU_DATA, _CPU_TRAIN, _UNET_CPU,
                          DDPMConfig(loss_weighting="min-snr", sampler="ddim", sample_steps=50)),
         "smoke": RunConfig("ddpm", "smoke", _SMOKE_DATA, _SMOKE_TRAIN, _UNET_SMOKE,
                            DDPMConfig(sampler="ddim", sample_steps=5)),
@@ -268,7 +269,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
     "cfg": {
         "reference": RunConfig("cfg", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                replace(_UNET_REFERENCE, num_classes=10), CFGConfig()),
-        "cpu": RunConfig("cfg", "cpu", DataConfig(resolution=28), _CPU_TRAIN,
+        "cpu": RunConfig("cfg", "cpu", _CPU_DATA, _CPU_TRAIN,
                          replace(_UNET_CPU, num_classes=10), CFGConfig(sample_steps=64)),
         "smoke": RunConfig("cfg", "smoke", _SMOKE_DATA, _SMOKE_TRAIN,
                            replace(_UNET_SMOKE, num_classes=10), CFGConfig(sample_steps=5)),

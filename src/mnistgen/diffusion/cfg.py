@@ -1,0 +1,121 @@
+"""The continuous-time log-SNR process of classifier-free guidance (Ho & Salimans 2022, section 2, after VDM).
+
+lambda is the log signal-to-noise ratio; alpha_lambda^2 = sigmoid(lambda), sigma_lambda^2 =
+sigmoid(-lambda), z_lambda = alpha_lambda x + sigma_lambda eps. "lambda < lambda'" means
+lambda' is the less noisy of the two. Like :class:`GaussianDiffusion`, the process does
+not own the network, and nothing in it changes after construction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mnistgen.config import CFGConfig
+
+
+class Gaussian(NamedTuple):
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+
+def _b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) or () -> broadcastable against ``like`` (B, C, H, W)."""
+    v = v.to(device=like.device, dtype=like.dtype)
+    return v.view(-1, *([1] * (like.dim() - 1))) if v.dim() else v
+
+
+class LogSNRDiffusion:
+    def __init__(self, cfg: CFGConfig = CFGConfig()):
+        self.cfg = cfg
+        self.b = math.atan(math.exp(-cfg.lambda_max / 2))
+        self.a = math.atan(math.exp(-cfg.lambda_min / 2)) - self.b
+
+    # -- schedule -----------------------------------------------------------------------
+    def log_snr(self, u: torch.Tensor) -> torch.Tensor:
+        """lambda(u) = -2 log tan(a u + b): lambda(0) = lambda_max, lambda(1) = lambda_min, decreasing in u."""
+        return (-2.0 * torch.log(torch.tan(self.a * u.double() + self.b))).to(u.dtype)  # float64 inside
+
+    @staticmethod
+    def alpha_sigma(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha_lambda = sqrt(sigmoid(lambda)), sigma_lambda = sqrt(sigmoid(-lambda))."""
+        return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+
+    def lambda_grid(self, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``steps + 1`` log-SNRs from lambda_min to lambda_max, uniform in u (the sampler's path)."""
+        u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)
+        return self.log_snr(u)
+
+    def model_time(self, lam: torch.Tensor) -> torch.Tensor:
+        """The network's time input: lambda mapped linearly onto [0, 1000] (0 = clean, 1000 = noise)."""
+        c = self.cfg
+        return 1000.0 * (c.lambda_max - lam.float()) / (c.lambda_max - c.lambda_min)
+
+    # -- forward process, transitions and posterior ------------------------------------
+    def q_sample(self, x: torch.Tensor, lam: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """z_lambda = alpha_lambda x + sigma_lambda eps."""
+        alpha, sigma = self.alpha_sigma(lam)
+        return _b(alpha, x) * x + _b(sigma, x) * noise
+
+    def transition_variance(self, lam: torch.Tensor, lam_next: torch.Tensor) -> torch.Tensor:
+        """sigma^2_{lambda|lambda'} = (1 - e^{lambda - lambda'}) sigma_lambda^2 (variance of z_lambda given z_lambda')."""
+        return -torch.expm1(lam - lam_next) * torch.sigmoid(-lam)
+
+    def q_posterior(self, z: torch.Tensor, x: torch.Tensor, lam: torch.Tensor, lam_next: torch.Tensor) -> Gaussian:
+        """q(z_lambda' | z_lambda, x): mean e^{lambda-lambda'} (alpha_lambda'/alpha_lambda) z_lambda
+        + (1 - e^{lambda-lambda'}) alpha_lambda' x, variance (1 - e^{lambda-lambda'}) sigma_lambda'^2."""
+        r = torch.exp(lam - lam_next)  # e^{lambda - lambda'} < 1
+        alpha, _ = self.alpha_sigma(lam)
+        alpha_next, sigma_next = self.alpha_sigma(lam_next)
+        mean = _b(r * alpha_next / alpha, z) * z + _b((1 - r) * alpha_next, z) * x
+        return Gaussian(mean, _b(-torch.expm1(lam - lam_next) * sigma_next.pow(2), z).expand_as(z))
+
+    def predict_x(self, z: torch.Tensor, lam: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_theta = (z_lambda - sigma_lambda eps) / alpha_lambda."""
+        alpha, sigma = self.alpha_sigma(lam)
+        return (z - _b(sigma, z) * eps) / _b(alpha, z)
+
+    def p_step(self, z: torch.Tensor, lam: torch.Tensor, lam_next: torch.Tensor, eps: torch.Tensor,
+               clip_x: bool = True) -> Gaussian:
+        """Model step: the posterior mean with x replaced by x_theta, variance
+        (sigma~^2_{lambda'|lambda})^(1-v) (sigma^2_{lambda|lambda'})^v."""
+        x = self.predict_x(z, lam, eps)
+        if clip_x:
+            x = x.clamp(-1.0, 1.0)
+        posterior = self.q_posterior(z, x, lam, lam_next)
+        v = self.cfg.v
+        tilde = -torch.expm1(lam - lam_next) * torch.sigmoid(-lam_next)
+        variance = tilde.pow(1 - v) * self.transition_variance(lam, lam_next).pow(v)
+        return Gaussian(posterior.mean, _b(variance, z).expand_as(z))
+
+    # -- model predictions ---------------------------------------------------------------
+    def guided_eps(self, model: nn.Module, z: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor,
+                   w: float) -> torch.Tensor:
+        """eps~ = (1 + w) eps_theta(z, c) - w eps_theta(z, null), both in one batched forward pass."""
+        b = z.shape[0]
+        t = self.model_time(lam.expand(b) if lam.dim() == 0 else lam)
+        null = torch.full_like(labels, model.null_label)
+        eps = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null])).float()  # (2B, C, H, W)
+        eps_cond, eps_uncond = eps[:b], eps[b:]
+        return (1 + w) * eps_cond - w * eps_uncond
+
+    # -- training -----------------------------------------------------------------------
+    def drop_labels(self, labels: torch.Tensor, null_label: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replace each label by ``null_label`` independently with probability p_uncond."""
+        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.cfg.p_uncond
+        return torch.where(drop, torch.full_like(labels, null_label), labels)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """E_{u, eps} || eps - eps_theta(z_lambda(u), lambda(u), c~) ||^2 with c~ the label after dropout."""
+        b = x.shape[0]
+        u = torch.rand(b, generator=generator, device=x.device)
+        lam = self.log_snr(u)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        net = getattr(model, "module", model)  # DistributedDataParallel wraps the network
+        c = self.drop_labels(labels, net.null_label, generator)
+        eps = model(self.q_sample(x, lam, noise), self.model_time(lam), c)
+        return (eps.float() - noise).pow(2).mean()

@@ -1,0 +1,114 @@
+"""The discrete-time DDPM noise process (Ho et al. 2020). It does not own the network.
+
+Schedules are computed once in float64 and stored as read-only float32 tensors; nothing
+here changes after construction, so one process object serves training and any number
+of samplers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mnistgen.config import DDPMConfig
+
+
+class Schedule(NamedTuple):
+    """Per-timestep constants, index t = 0 .. T-1 (t = 0 is the paper's t = 1), each computed in float64."""
+
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alpha_bars: torch.Tensor  # prod_{s <= t} alpha_s
+    alpha_bars_prev: torch.Tensor  # alpha_bar_{t-1}, with alpha_bar_{-1} = 1
+    sqrt_alpha_bars: torch.Tensor
+    sqrt_one_minus_alpha_bars: torch.Tensor
+    posterior_variance: torch.Tensor  # beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t  (eq. 7)
+    posterior_coef_x0: torch.Tensor  # sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)
+    posterior_coef_xt: torch.Tensor  # sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
+    eps_coef: torch.Tensor  # beta_t / sqrt(1 - alpha_bar_t)  (eq. 11)
+    snr: torch.Tensor  # alpha_bar_t / (1 - alpha_bar_t)
+
+
+def linear_schedule(cfg: DDPMConfig) -> Schedule:
+    betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.timesteps, dtype=torch.float64)
+    alphas = 1.0 - betas
+    alpha_bars = torch.cumprod(alphas, 0)
+    alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
+    one_minus = 1.0 - alpha_bars
+    values = Schedule(
+        betas=betas, alphas=alphas, alpha_bars=alpha_bars, alpha_bars_prev=alpha_bars_prev,
+        sqrt_alpha_bars=alpha_bars.sqrt(), sqrt_one_minus_alpha_bars=one_minus.sqrt(),
+        posterior_variance=betas * (1.0 - alpha_bars_prev) / one_minus,
+        posterior_coef_x0=alpha_bars_prev.sqrt() * betas / one_minus,
+        posterior_coef_xt=alphas.sqrt() * (1.0 - alpha_bars_prev) / one_minus,
+        eps_coef=betas / one_minus.sqrt(), snr=alpha_bars / one_minus,
+    )
+    return Schedule(*(v.float() for v in values))
+
+
+def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] shaped (B, 1, 1, 1) to broadcast against ``like`` (B, C, H, W)."""
+    return values.to(like.device)[t].view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+class GaussianDiffusion:
+    """q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0), the reverse step of eq. 11 and the epsilon loss."""
+
+    def __init__(self, cfg: DDPMConfig = DDPMConfig()):
+        self.cfg = cfg
+        self.T = cfg.timesteps
+        self.schedule = linear_schedule(cfg)
+
+    # -- forward process ----------------------------------------------------------------
+    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)  (eq. 4)."""
+        s = self.schedule
+        return _at(s.sqrt_alpha_bars, t, x0) * x0, _at(s.sqrt_one_minus_alpha_bars, t, x0).pow(2).expand_as(x0)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
+        s = self.schedule
+        return _at(s.sqrt_alpha_bars, t, x0) * x0 + _at(s.sqrt_one_minus_alpha_bars, t, x0) * noise
+
+    def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I) with
+        mu~_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0 + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t  (eq. 7)."""
+        s = self.schedule
+        mean = _at(s.posterior_coef_x0, t, xt) * x0 + _at(s.posterior_coef_xt, t, xt) * xt
+        return mean, _at(s.posterior_variance, t, xt).expand_as(xt)
+
+    # -- reverse process ----------------------------------------------------------------
+    def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+        s = self.schedule
+        return (xt - _at(s.sqrt_one_minus_alpha_bars, t, xt) * eps) / _at(s.sqrt_alpha_bars, t, xt)
+
+    def p_mean_variance(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reverse step (eq. 11): mean = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t), variance beta_t."""
+        s = self.schedule
+        mean = (xt - _at(s.eps_coef, t, xt) * eps) / _at(s.alphas, t, xt).sqrt()
+        return mean, _at(s.betas, t, xt).expand_as(xt)
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network sees as time: the integer step as a float."""
+        return t.float()
+
+    # -- training -----------------------------------------------------------------------
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-example weights of ||eps - eps_theta||^2: 1 (DDPM eq. 14), or min(SNR, gamma) / SNR (min-SNR)."""
+        if self.cfg.loss_weighting == "uniform":
+            return torch.ones(t.shape, device=t.device)
+        snr = self.schedule.snr.to(t.device)[t]
+        return snr.clamp(max=self.cfg.min_snr_gamma) / snr
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """E_{t, eps} w(t) || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, t uniform."""
+        b = x0.shape[0]
+        t = torch.randint(0, self.T, (b,), generator=generator, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        eps = model(self.q_sample(x0, t, noise), self.model_time(t))
+        per_example = (eps.float() - noise).pow(2).mean(dim=tuple(range(1, x0.dim())))  # (B,)
+        return (self.loss_weights(t) * per_example).mean()

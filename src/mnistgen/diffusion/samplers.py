@@ -1,0 +1,82 @@
+"""Samplers: short explicit loops over a time grid, every random draw from the given generator."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mnistgen.diffusion.cfg import LogSNRDiffusion
+from mnistgen.diffusion.ddpm import GaussianDiffusion
+
+OnStep = Callable[[int, torch.Tensor], None]  # (t, x after the step) -> None
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def ancestral(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, generator: torch.Generator | None = None,
+              on_step: OnStep | None = None) -> torch.Tensor:
+    """DDPM algorithm 2: for t = T-1 .. 0, x <- mean(x_t, eps_theta) + sqrt(beta_t) z, no noise at t = 0."""
+    for t in reversed(range(process.T)):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        eps = model(x, process.model_time(tt)).float()
+        mean, variance = process.p_mean_variance(x, tt, eps)
+        x = mean + variance.sqrt() * _randn_like(x, generator) if t > 0 else mean
+        if on_step is not None:
+            on_step(t, x)
+    return x
+
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` timesteps from T-1 down to 0, evenly spaced (both ends included)."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in [1, {T}], got {steps}")
+    grid = torch.linspace(T - 1, 0, steps).round().long().tolist()
+    return list(dict.fromkeys(grid))
+
+
+@torch.no_grad()
+def ddim(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: int = 50, eta: float = 0.0,
+         generator: torch.Generator | None = None, clip_x0: bool = True, on_step: OnStep | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) on a subsequence of the DDPM steps; eta = 0 is deterministic,
+    eta = 1 has the DDPM posterior variance. x_{t'} = sqrt(ab') x0 + sqrt(1 - ab' - s^2) eps + s z,
+    s = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab')."""
+    alpha_bars = process.schedule.alpha_bars.to(x.device)
+    grid = ddim_timesteps(process.T, steps)
+    for i, t in enumerate(grid):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        eps = model(x, process.model_time(tt)).float()
+        ab = alpha_bars[t]
+        ab_next = alpha_bars[grid[i + 1]] if i + 1 < len(grid) else torch.ones((), device=x.device)
+        x0 = process.predict_x0(x, tt, eps)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # the noise consistent with the clipped x0
+        sigma = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
+        x = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and i + 1 < len(grid):
+            x = x + sigma * _randn_like(x, generator)
+        if on_step is not None:
+            on_step(t, x)
+    return x
+
+
+@torch.no_grad()
+def guided(model: nn.Module, process: LogSNRDiffusion, z: torch.Tensor, labels: torch.Tensor, w: float,
+           steps: int = 256, generator: torch.Generator | None = None, clip_x: bool = True,
+           on_step: OnStep | None = None) -> torch.Tensor:
+    """CFG sampling: walk lambda_min -> lambda_max; at each step eps~ = (1 + w) eps(z, c) - w eps(z, null),
+    then z' ~ N(mean with x_theta, (sigma~^2)^(1-v) (sigma^2)^v); the last step returns its mean."""
+    grid = process.lambda_grid(steps, z.device)
+    for i in range(steps):
+        lam, lam_next = grid[i], grid[i + 1]
+        eps = process.guided_eps(model, z, lam.float(), labels, w)
+        mean, variance = process.p_step(z, lam, lam_next, eps, clip_x)
+        z = mean + variance.sqrt().to(z.dtype) * _randn_like(z, generator) if i + 1 < steps else mean
+        if on_step is not None:
+            on_step(i, z)
+    return z

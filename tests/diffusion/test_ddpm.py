@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mnistgen.config import DDPMConfig
+from mnistgen.diffusion import samplers
+from mnistgen.diffusion.ddpm import GaussianDiffusion
+
+
+@pytest.fixture(scope="module")
+def process():
+    return GaussianDiffusion(DDPMConfig())
+
+
+def test_schedule_values(process):
+    s = process.schedule
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+    expected = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    np.testing.assert_allclose(s.alpha_bars.numpy(), expected, rtol=1e-5)
+    assert s.alpha_bars[-1].item() < 1e-4  # x_T is almost pure noise
+    assert s.posterior_variance[0].item() == 0.0  # beta~ at t = 0 (paper's t = 1) vanishes
+    assert (s.posterior_variance[1:] > 0).all() and (s.posterior_variance <= s.betas).all()
+
+
+def test_schedule_is_not_mutated_by_sampling(process):
+    before = [v.clone() for v in process.schedule]
+    samplers.ddim(lambda x, t: torch.zeros_like(x), process, torch.randn(2, 1, 4, 4), steps=10, eta=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, process.schedule))
+
+
+@pytest.mark.parametrize("t", [0, 10, 250, 999])
+def test_q_sample_moments_match_closed_form(process, t):
+    g = torch.Generator().manual_seed(t)
+    x0 = torch.linspace(-1, 1, 16).view(1, 1, 4, 4)
+    n = 50_000
+    tt = torch.full((n,), t)
+    xt = process.q_sample(x0.expand(n, 1, 4, 4), tt, torch.randn(n, 1, 4, 4, generator=g))
+    ab = torch.tensor(np.prod(1 - np.linspace(1e-4, 0.02, 1000)[: t + 1]))  # float64, independent
+    mean, var = process.q_mean_variance(x0, torch.tensor([t]))
+    torch.testing.assert_close(xt.double().mean(0, keepdim=True), (ab.sqrt() * x0).double(), atol=0.02, rtol=0)
+    torch.testing.assert_close(xt.double().var(0), torch.full((1, 4, 4), 1 - ab.item(), dtype=torch.float64),
+                               atol=0.02 * max(1 - ab.item(), 0.01) + 1e-4, rtol=0.03)
+    torch.testing.assert_close(var[0, 0, 0, 0].double(), 1 - ab, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("t", [1, 5, 300, 999])
+def test_posterior_equals_gaussian_conditioning(process, t):
+    """q(x_{t-1} | x_t, x_0) from the joint Gaussian of (x_{t-1}, x_t) given x_0, in float64."""
+    betas = np.linspace(1e-4, 0.02, 1000)  # the schedule again, independently, in float64
+    beta, ab_prev = betas[t], np.prod(1 - betas[:t])
+    alpha = 1 - beta
+    x0, xt = 0.3, -0.7
+    mu = np.array([np.sqrt(ab_prev) * x0, np.sqrt(alpha * ab_prev) * x0])  # means of (x_{t-1}, x_t)
+    v_prev = 1 - ab_prev
+    cov = np.array([[v_prev, np.sqrt(alpha) * v_prev], [np.sqrt(alpha) * v_prev, alpha * v_prev + beta]])
+    cond_mean = mu[0] + cov[0, 1] / cov[1, 1] * (xt - mu[1])
+    cond_var = cov[0, 0] - cov[0, 1] ** 2 / cov[1, 1]
+    mean, var = process.q_posterior(torch.tensor([[[[x0]]]]), torch.tensor([[[[xt]]]]), torch.tensor([t]))
+    assert mean.item() == pytest.approx(cond_mean, rel=1e-4, abs=1e-6)
+    assert var.item() == pytest.approx(cond_var, rel=1e-4, abs=1e-9)
+
+
+def test_reverse_mean_with_true_noise_equals_posterior_mean(process):
+    """Eq. 11 with the exact eps is the posterior mean mu~_t(x_t, x_0) (DDPM eq. 10)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(8, 1, 4, 4, generator=g) * 2 - 1
+    t = torch.randint(1, 1000, (8,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    xt = process.q_sample(x0, t, eps)
+    mean, var = process.p_mean_variance(xt, t, eps)
+    post_mean, _ = process.q_posterior(x0, xt, t)
+    torch.testing.assert_close(mean, post_mean, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(var[:, 0, 0, 0], process.schedule.betas[t])
+
+
+class Oracle(nn.Module):
+    """The exact noise predictor for a data set of one image: eps = (x_t - sqrt(ab_t) x*) / sqrt(1 - ab_t)."""
+
+    def __init__(self, process, target):
+        super().__init__()
+        self.process, self.target = process, target
+
+    def forward(self, x, t):
+        ab = self.process.schedule.alpha_bars[t.long()].view(-1, 1, 1, 1)
+        return (x - ab.sqrt() * self.target) / (1 - ab).sqrt()
+
+
+@pytest.fixture(scope="module")
+def target():
+    g = torch.Generator().manual_seed(3)
+    return (torch.rand(1, 1, 8, 8, generator=g) * 1.6 - 0.8)
+
+
+def test_ancestral_sampling_with_oracle_recovers_the_image(process, target):
+    g = torch.Generator().manual_seed(0)
+    out = samplers.ancestral(Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), g)
+    torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("steps, eta", [(50, 0.0), (20, 1.0), (1000, 0.0)])
+def test_ddim_with_oracle_recovers_the_image(process, target, steps, eta):
+    g = torch.Generator().manual_seed(1)
+    out = samplers.ddim(Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), steps, eta, g)
+    torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
+
+
+def test_ddim_grid_covers_both_ends():
+    grid = samplers.ddim_timesteps(1000, 50)
+    assert grid[0] == 999 and grid[-1] == 0 and len(grid) == 50 and grid == sorted(grid, reverse=True)
+
+
+def test_ddim_eta_zero_is_deterministic_and_generator_controls_noise(process):
+    model = lambda x, t: 0.1 * x  # noqa: E731
+    x = torch.randn(2, 1, 4, 4)
+    a = samplers.ddim(model, process, x, 10, 0.0, torch.Generator().manual_seed(1))
+    b = samplers.ddim(model, process, x, 10, 0.0, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b)
+    c = samplers.ddim(model, process, x, 10, 1.0, torch.Generator().manual_seed(1))
+    d = samplers.ddim(model, process, x, 10, 1.0, torch.Generator().manual_seed(1))
+    e = samplers.ddim(model, process, x, 10, 1.0, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(c, d)
+    assert not torch.allclose(c, e)
+
+
+def test_min_snr_weights(process):
+    t = torch.tensor([0, 500, 999])
+    w = GaussianDiffusion(DDPMConfig(loss_weighting="min-snr", min_snr_gamma=5.0)).loss_weights(t)
+    snr = process.schedule.snr[t]
+    torch.testing.assert_close(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert w[0] < 0.01 and w[2] == 1.0
+    assert torch.equal(process.loss_weights(t), torch.ones(3))

@@ -1,0 +1,133 @@
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistgen.config import apply_overrides, preset
+from mnistgen.recipes import build_model, build_objective, build_preview, load_data
+from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint
+from mnistgen.training.rundir import RunDir
+from mnistgen.training.trainer import NonFiniteLossError, Trainer, lr_factor
+
+
+class StopAfter:
+    """Wraps an objective and raises KeyboardInterrupt at call ``n`` (a killed run)."""
+
+    def __init__(self, objective, n):
+        self.objective, self.n, self.calls = objective, n, 0
+
+    def loss(self, model, x, y, generator=None):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.objective.loss(model, x, y, generator)
+
+
+def _trainer(cfg, out: Path, mnist_dir, objective=None) -> Trainer:
+    torch.manual_seed(cfg.train.seed)
+    device = torch.device("cpu")
+    return Trainer(build_model(cfg), objective or build_objective(cfg), load_data(cfg, "train", mnist_dir, device),
+                   load_data(cfg, "test", mnist_dir, device), cfg, RunDir(out), build_preview(cfg),
+                   show_progress=False)
+
+
+def _small(kind, **overrides):
+    base = {"data.train_limit": 640, "data.val_limit": 128, "train.epochs": 2, "train.log_every": 2}
+    return apply_overrides(preset(kind, "smoke"), {**base, **overrides})
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "cfg", "vae"])
+def test_killed_run_resumes_to_the_same_weights(kind, tmp_path, mnist_dir):
+    cfg = _small(kind, **{"train.checkpoint_minutes": 1e-9})  # checkpoint at every log step
+    reference = _trainer(cfg, tmp_path / "a", mnist_dir)
+    reference.fit()
+    steps_per_run = reference.steps_per_epoch * cfg.train.epochs
+
+    killed = _trainer(cfg, tmp_path / "b", mnist_dir, StopAfter(build_objective(cfg), steps_per_run // 2 + 2))
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = _trainer(cfg, tmp_path / "b", mnist_dir)
+    assert resumed.resume() and 0 < resumed.step < steps_per_run
+    resumed.fit()
+    assert resumed.step == reference.step == steps_per_run
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    if reference.ema is not None:
+        for a, b in zip(reference.ema.parameters(), resumed.ema.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [r.train_loss for r in reference.history] == [r.train_loss for r in resumed.history]
+
+
+def test_run_directory_contents(tmp_path, mnist_dir):
+    cfg = _small("ddpm")
+    _trainer(cfg, tmp_path, mnist_dir).fit()
+    run = RunDir(tmp_path)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["epoch_001.pt", "epoch_002.pt", "last.pt"]
+    assert run.sample_epochs() == [1, 2]
+    images = run.load_epoch_samples(2)
+    assert images.shape == (16, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    state = load_checkpoint(run.last_checkpoint, "ddpm")
+    for key in ("model", "ema", "optimizer", "scheduler", "scaler", "rng", "generator", "epoch", "step", "config"):
+        assert key in state
+    assert state["epoch"] == 2 and state["config"] == cfg.to_dict()
+
+
+def test_checkpoint_of_another_kind_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"config": {"kind": "vae"}})
+    from mnistgen.errors import UserError
+
+    with pytest.raises(UserError, match="'vae' model, not a 'ddpm'"):
+        load_checkpoint(tmp_path / "c.pt", "ddpm")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+class Exploding:
+    """A real objective that returns NaN from call ``n`` on."""
+
+    def __init__(self, objective, n):
+        self.objective, self.n, self.calls = objective, n, 0
+
+    def loss(self, model, x, y, generator=None):
+        self.calls += 1
+        loss = self.objective.loss(model, x, y, generator)
+        return loss * float("nan") if self.calls >= self.n else loss
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, mnist_dir):
+    cfg = _small("vae", **{"train.epochs": 3})
+    steps = 640 // cfg.train.batch_size
+    trainer = _trainer(cfg, tmp_path, mnist_dir, Exploding(build_objective(cfg), steps + 3))
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        trainer.fit()
+    state = load_checkpoint(RunDir(tmp_path).last_checkpoint, "vae")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_lr_schedules():
+    cfg = preset("ddpm", "reference").train
+    f = lr_factor(cfg, steps_per_epoch=100)
+    assert f(0) == 1 and f(999) == 1 and f(1000) == pytest.approx(0.1) and f(1999) == pytest.approx(0.1)
+    cos = lr_factor(replace(cfg, lr_schedule="cosine", warmup_steps=10, epochs=1), steps_per_epoch=110)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "cfg"])
+def test_short_training_on_real_mnist_lowers_the_loss(kind, tmp_path, mnist_dir):
+    cfg = _small(kind, **{"data.train_limit": 2048, "train.epochs": 3, "train.ema_decay": 0.0})
+    trainer = _trainer(cfg, tmp_path, mnist_dir)
+    val = trainer.val_data
+
+    def fixed_loss():
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            return trainer.objective.loss(trainer.model, val.x, val.y, g).item()
+
+    before = fixed_loss()
+    trainer.fit()
+    after = fixed_loss()
+    assert after < 0.6 * before, (before, after)
