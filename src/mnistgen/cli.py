@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from mnistgen.config import DATASETS, KINDS, PRESETS, apply_overrides, preset
@@ -105,16 +106,36 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _sample_parser(sub)
     p = _run_parser(sub, "evaluate", "compute a run's metrics into RUN/metrics.json",
-                    "Evaluate a run. VAE: validation negative ELBO and the IWAE bound on -log p(x).")
+                    "Evaluate a run. Every generating model: MNIST-FD of N samples against the MNIST test set and "
+                    "the class histogram of its samples, judged by mnistgen's classifier (not Inception FID). "
+                    "VAE: also the validation negative ELBO and the IWAE bound on -log p(x). CFG: also class "
+                    "accuracy. Classifier runs: test accuracy, and RUN/classifier.pt (compact weights).")
+    p.add_argument("--n", type=_positive_int, default=1000, help="samples to judge (CFG: N // 10 per digit)")
+    p.add_argument("--sampler", choices=("ancestral", "ddim"), default=None, help="DDPM sampler (default: the run's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDIM or CFG grid)")
+    p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
+    p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
+    p.add_argument("--guidance-sweep", default=None, metavar="W1,W2,...",
+                   help="CFG: also MNIST-FD and class accuracy for each w, e.g. 0,0.3,1,2,4")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the bundled classifier)")
     p.add_argument("--iwae-k", type=_positive_int, default=500, help="importance samples per image (VAE)")
     p.add_argument("--n-images", type=_positive_int, default=10_000, help="test images for the IWAE bound (VAE)")
     _run_parser(sub, "figures", "render a run's figures into RUN/figures/",
-                "Render the study's figures for a run (VAE: F1-F8).")
+                "Render the study's figures for a run (VAE: F1-F8, DDPM: F9-F11, CFG: F12 and the guidance sweep).")
+    p = sub.add_parser("reproduce", help="the whole study: train, evaluate, draw, report",
+                       description="Train (or resume) the VAE, DDPM and CFG runs under OUT, evaluate them, render "
+                                   "every figure and write OUT/report.html. Re-running resumes and skips what is done.")
+    p.add_argument("--preset", default="cpu", help="reference (the study's settings, for a GPU) | cpu | smoke")
+    p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-PRESET)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
     return parser
 
 
 def _train(args) -> int:
     from mnistgen.recipes import pick_device, train
+    from mnistgen.training import distributed
 
     cfg = preset(args.kind, args.preset or "cpu")
     overrides = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
@@ -127,10 +148,16 @@ def _train(args) -> int:
         overrides[key.strip()] = value.strip()
     cfg = apply_overrides(cfg, overrides)
     out = args.out or Path("runs") / f"{cfg.kind}-{cfg.preset}"
-    history = train(cfg, out, args.data_dir, pick_device(args.device), args.resume, not args.no_progress)
+    device = distributed.setup(pick_device(args.device))
+    main_process = distributed.is_main_process()
+    try:
+        history = train(cfg, out, args.data_dir, device, args.resume, not args.no_progress)
+    finally:
+        distributed.teardown()
     last = history[-1]
-    print(f"{cfg.kind} trained: {last.epoch} epochs, train loss {last.train_loss:.4f}, "
-          f"val loss {last.val_loss:.4f}; run directory {out}")
+    if main_process:
+        print(f"{cfg.kind} trained: {last.epoch} epochs, train loss {last.train_loss:.4f}, "
+              f"val loss {last.val_loss:.4f}; run directory {out}")
     return 0
 
 
@@ -185,13 +212,32 @@ def _evaluate(args) -> int:
     from mnistgen.evaluation.run_metrics import evaluate_run
     from mnistgen.recipes import pick_device
 
+    from mnistgen.evaluation.run_metrics import SamplerSettings
+
+    if args.eta is not None and args.eta > 1:
+        raise UserError(f"--eta must be in [0, 1], got {args.eta}")
+    sweep = _parse_weights(args.guidance_sweep) if args.guidance_sweep else None
+    settings = SamplerSettings(args.sampler, args.steps, args.eta, args.guidance)
     metrics = evaluate_run(args.run, pick_device(args.device), args.data_dir, iwae_k=args.iwae_k,
-                           n_images=args.n_images)
+                           n_images=args.n_images, n_samples=args.n, seed=args.seed, settings=settings,
+                           guidance_sweep=sweep, classifier_path=args.classifier)
     for key, value in metrics.items():
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
+    for row in metrics.get("guidance_sweep", []) if sweep else []:
+        print(f"w={row['guidance']:g}: mnist_fd {row['mnist_fd']:.2f}, class_accuracy {row['class_accuracy']:.4f}")
     print(f"wrote {Path(args.run) / 'metrics.json'}")
     return 0
+
+
+def _parse_weights(text: str) -> list[float]:
+    try:
+        weights = [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise UserError(f"--guidance-sweep expects numbers separated by commas, got {text!r}") from None
+    if not weights or min(weights) < 0:
+        raise UserError(f"--guidance-sweep needs one or more weights >= 0, got {text!r}")
+    return weights
 
 
 def _figures(args) -> int:
@@ -204,9 +250,23 @@ def _figures(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    from mnistgen.recipes import pick_device
+    from mnistgen.study import SETTINGS, run_study
+
+    if args.preset not in SETTINGS:
+        raise UserError(f"bad preset {args.preset!r}; valid: {', '.join(SETTINGS)}")
+    out = args.out or Path("runs") / f"study-{args.preset}"
+    start = time.perf_counter()
+    report = run_study(args.preset, out, args.data_dir, pick_device(args.device), not args.no_progress)
+    print(f"study done in {time.perf_counter() - start:.0f} s; open {report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "sample": _sample, "evaluate": _evaluate, "figures": _figures}
+    handlers = {"train": _train, "sample": _sample, "evaluate": _evaluate, "figures": _figures,
+                "reproduce": _reproduce}
     try:
         return handlers[args.command](args)
     except UserError as e:

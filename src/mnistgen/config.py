@@ -17,7 +17,7 @@ from typing import Any
 
 from mnistgen.errors import UserError
 
-KINDS = ("vae", "ddpm", "cfg")
+KINDS = ("vae", "ddpm", "cfg", "classifier")
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr")
@@ -91,7 +91,14 @@ class CFGConfig:
     sample_steps: int = 256
 
 
-ModelConfig = VAEConfig | UNetConfig
+@dataclass(frozen=True)
+class ClassifierConfig:
+    width: int = 32  # channels of the first stage (then 2x, 4x)
+    feature_dim: int = 128  # penultimate layer: the MNIST-FD feature space
+    dropout: float = 0.3
+
+
+ModelConfig = VAEConfig | UNetConfig | ClassifierConfig
 ProcessConfig = DDPMConfig | CFGConfig
 
 
@@ -130,6 +137,7 @@ _COMPONENTS: dict[str, tuple[type, type | None]] = {
     "vae": (VAEConfig, None),
     "ddpm": (UNetConfig, DDPMConfig),
     "cfg": (UNetConfig, CFGConfig),
+    "classifier": (ClassifierConfig, None),
 }
 
 
@@ -245,7 +253,7 @@ _UNET_CPU = UNetConfig(channels=(32, 64, 128), bottleneck=128, blocks=1, time_di
 _UNET_SMOKE = UNetConfig(channels=(8, 16), bottleneck=16, blocks=1, time_dim=16, unshuffle=2, groups=4)
 _CPU_DATA = DataConfig(resolution=32, val_limit=2000)
 _CPU_TRAIN = TrainConfig(
-    epochs=8, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
+    epochs=7, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
     ema_decay=0.999, ema_start=1000, amp=False,
 )
 _SMOKE_DATA = DataConfig(train_limit=2048, val_limit=512)
@@ -274,6 +282,15 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
         "smoke": RunConfig("cfg", "smoke", _SMOKE_DATA, _SMOKE_TRAIN,
                            replace(_UNET_SMOKE, num_classes=10), CFGConfig(sample_steps=5)),
     },
+}
+
+
+_CLASSIFIER_TRAIN = TrainConfig(epochs=4, batch_size=128, lr=2e-3, lr_schedule="cosine", warmup_steps=100)
+PRESETS["classifier"] = {
+    "reference": RunConfig("classifier", "reference", train=_CLASSIFIER_TRAIN, model=ClassifierConfig()),
+    "cpu": RunConfig("classifier", "cpu", train=_CLASSIFIER_TRAIN, model=ClassifierConfig()),
+    "smoke": RunConfig("classifier", "smoke", _SMOKE_DATA, replace(_CLASSIFIER_TRAIN, epochs=1),
+                       ClassifierConfig(width=8, feature_dim=32)),
 }
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mnistgen.config import CFGConfig, DDPMConfig, RunConfig, UNetConfig, VAEConfig
+from mnistgen.config import CFGConfig, ClassifierConfig, DDPMConfig, RunConfig, UNetConfig, VAEConfig
 from mnistgen.data.mnist import TensorData, load
 from mnistgen.errors import UserError
 from mnistgen.training.checkpoint import load_checkpoint
@@ -41,7 +41,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def data_scale(cfg: RunConfig) -> str:
     """Pixels in [0, 1] for the VAE's Bernoulli likelihood, [-1, 1] for diffusion (DDPM section 3.3)."""
-    return "unit" if cfg.kind == "vae" else "signed"
+    return "unit" if cfg.kind in ("vae", "classifier") else "signed"
 
 
 def load_data(cfg: RunConfig, split: str, data_dir: str | os.PathLike | None, device: torch.device) -> TensorData:
@@ -56,6 +56,10 @@ def build_model(cfg: RunConfig) -> nn.Module:
         from mnistgen.models.vae import VAE
 
         return VAE(cfg.model, image_size=cfg.data.resolution)
+    if isinstance(cfg.model, ClassifierConfig):
+        from mnistgen.models.classifier import Classifier
+
+        return Classifier(cfg.model)
     from mnistgen.models.unet import ConditionalUNet, UNet
 
     assert isinstance(cfg.model, UNetConfig)
@@ -80,6 +84,10 @@ def build_objective(cfg: RunConfig) -> Objective:
         from mnistgen.models.vae import VAEObjective
 
         return VAEObjective()
+    if cfg.kind == "classifier":
+        from mnistgen.models.classifier import ClassifierObjective
+
+        return ClassifierObjective()
     return build_process(cfg)
 
 
@@ -120,8 +128,10 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def build_preview(cfg: RunConfig) -> Preview:
+def build_preview(cfg: RunConfig) -> Preview | None:
     """Per-epoch grid from fixed noise: 64 VAE samples, 16 DDPM samples, or 2 per class for CFG."""
+    if cfg.kind == "classifier":
+        return None
 
     def preview(model: nn.Module) -> torch.Tensor:
         device = next(model.parameters()).device

@@ -1,26 +1,120 @@
-"""`mnistgen evaluate`: a run's metrics, written to RUN/metrics.json."""
+"""`mnistgen evaluate`: a run's metrics, merged into RUN/metrics.json."""
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
+from mnistgen.config import RunConfig
+from mnistgen.data.mnist import load
+from mnistgen.evaluation.fd import (FeatureStats, class_histogram, feature_stats, frechet_distance, judge,
+                                   load_classifier)
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
-from mnistgen.recipes import load_data, load_run
+from mnistgen.recipes import generate, load_data, load_run
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    sampler: str | None = None  # DDPM: ancestral | ddim (None = the run's default)
+    steps: int | None = None
+    eta: float | None = None
+    guidance: float | None = None  # CFG
+
+
+def describe(cfg: RunConfig, s: SamplerSettings) -> dict:
+    """The sampler settings actually used, defaults filled in from the run's config."""
+    p = cfg.process
+    if cfg.kind == "ddpm":
+        sampler = s.sampler or p.sampler
+        steps = p.timesteps if sampler == "ancestral" else (s.steps or p.sample_steps)
+        return {"sampler": sampler, "steps": steps, "eta": p.eta if s.eta is None else s.eta}
+    if cfg.kind == "cfg":
+        return {"sampler": "cfg", "steps": s.steps or p.sample_steps,
+                "guidance": p.guidance if s.guidance is None else s.guidance}
+    return {"sampler": "prior"}
+
+
+@torch.no_grad()
+def draw(cfg: RunConfig, model: nn.Module, n: int, seed: int, settings: SamplerSettings,
+         batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """``n`` samples (for CFG: n // 10 per digit, labels returned), and the seconds it took."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
+    labels = torch.arange(10, device=device).repeat_interleave(max(1, n // 10)) if cfg.kind == "cfg" else None
+    total = len(labels) if labels is not None else n
+    start = time.perf_counter()
+    chunks = []
+    for first in range(0, total, batch_size):
+        count = min(batch_size, total - first)
+        chunk_labels = labels[first: first + count] if labels is not None else None
+        chunks.append(generate(cfg, model, count, g, labels=chunk_labels, sampler=settings.sampler,
+                               steps=settings.steps, eta=settings.eta, guidance=settings.guidance).cpu())
+    return torch.cat(chunks), (labels.cpu() if labels is not None else None), time.perf_counter() - start
+
+
+def sample_quality(cfg: RunConfig, model: nn.Module, classifier, reference: FeatureStats, n: int, seed: int,
+                   settings: SamplerSettings) -> dict:
+    """MNIST-FD, class histogram and (CFG) class accuracy of ``n`` fresh samples."""
+    images, labels, seconds = draw(cfg, model, n, seed, settings)
+    verdict = judge(classifier, images)
+    values = {**describe(cfg, settings), "n_samples": len(images),
+              "mnist_fd": frechet_distance(feature_stats(verdict.features), reference),
+              "class_histogram": class_histogram(verdict.predictions),
+              "sample_seconds": round(seconds, 3), "seconds_per_100_samples": round(100 * seconds / len(images), 3)}
+    if labels is not None:
+        correct = verdict.predictions == labels
+        values["class_accuracy"] = correct.float().mean().item()
+        values["class_accuracy_per_class"] = [correct[labels == d].float().mean().item() for d in range(10)]
+    return values
+
+
+def export_classifier(cfg: RunConfig, model: nn.Module, path: Path) -> None:
+    """Compact judge weights (float16, about half a megabyte): what mnistgen bundles as its classifier."""
+    from mnistgen.training.checkpoint import save_checkpoint
+
+    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": weights})
+
+
+def reference_stats(classifier, data_dir: str | os.PathLike | None, device) -> FeatureStats:
+    """Classifier feature statistics of the 10,000 MNIST test images."""
+    test = load("test", "unit", 28, "mnist", data_dir, device)
+    return feature_stats(judge(classifier, test.x).features)
 
 
 def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None,
-                 iwae_k: int = 500, n_images: int = 10_000, seed: int = 0) -> dict:
+                 iwae_k: int = 500, n_images: int = 10_000, n_samples: int = 1000, seed: int = 0,
+                 settings: SamplerSettings = SamplerSettings(), guidance_sweep: list[float] | None = None,
+                 sweep_samples: int | None = None, classifier_path: Path | None = None) -> dict:
     """Evaluate the run at ``path`` and merge the results into its metrics.json; returns the whole record."""
     loaded = load_run(path, device)
-    test = load_data(loaded.cfg, "test", data_dir, device)
-    g = torch.Generator(device).manual_seed(seed)
-    values: dict = {"model": loaded.cfg.kind, "preset": loaded.cfg.preset}
-    if loaded.cfg.kind == "vae":
-        values.update(
-            val_neg_elbo=neg_elbo_mean(loaded.model, test.x, g),
-            iwae_nll=iwae_nll_mean(loaded.model, test.x[:n_images], iwae_k, g),
-            iwae_k=iwae_k, iwae_n_images=min(n_images, len(test)), n_test_images=len(test),
-        )
+    cfg, model = loaded.cfg, loaded.model
+    values: dict = {"model": cfg.kind, "preset": cfg.preset}
+    if cfg.kind == "classifier":
+        test = load_data(cfg, "test", data_dir, device)
+        predictions = judge(model, test.x).predictions
+        values["test_accuracy"] = (predictions == test.y.cpu()).float().mean().item()
+        export_classifier(cfg, model, loaded.run.root / "classifier.pt")
+        return loaded.run.update_metrics(**values)
+    if cfg.kind == "vae":
+        test = load_data(cfg, "test", data_dir, device)
+        g = torch.Generator(device).manual_seed(seed)
+        values.update(val_neg_elbo=neg_elbo_mean(model, test.x, g),
+                      iwae_nll=iwae_nll_mean(model, test.x[:n_images], iwae_k, g),
+                      iwae_k=iwae_k, iwae_n_images=min(n_images, len(test)), n_test_images=len(test))
+    if cfg.data.dataset == "mnist":
+        classifier = load_classifier(classifier_path, device)
+        reference = reference_stats(classifier, data_dir, device)
+        values.update(sample_quality(cfg, model, classifier, reference, n_samples, seed, settings))
+        if guidance_sweep and cfg.kind == "cfg":
+            values["guidance_sweep"] = [
+                {k: v for k, v in sample_quality(cfg, model, classifier, reference, sweep_samples or n_samples, seed,
+                                                 SamplerSettings(steps=settings.steps, guidance=w)).items()
+                 if k in ("guidance", "mnist_fd", "class_accuracy", "steps", "n_samples")}
+                for w in guidance_sweep]
     return loaded.run.update_metrics(**values)

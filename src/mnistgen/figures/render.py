@@ -17,4 +17,8 @@ def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str 
         from mnistgen.figures import vae
 
         return vae.render(loaded.model, loaded.history, load_data(loaded.cfg, "test", data_dir, device), out)
-    raise NotImplementedError(loaded.cfg.kind)
+    from mnistgen.figures import diffusion
+
+    if loaded.cfg.kind == "ddpm":
+        return diffusion.render_ddpm(loaded.cfg, loaded.model, loaded.run)
+    return diffusion.render_cfg(loaded.cfg, loaded.model, loaded.run)

@@ -1,0 +1,135 @@
+"""mnistgen benchmarks: one run, one machine, everything side by side.
+
+    python bench/run.py            # full table (about 10 minutes on a 2-core CPU)
+    python bench/run.py --quick    # fewer repetitions, for a quick look
+
+Prints a table and writes bench/results/<date>-<host>.json. Measures:
+  - the machine's fp32 matrix-product GFLOP/s (the ceiling);
+  - training images/s, FLOPs per image and achieved GFLOP/s of every preset's network, with the
+    optimizer step (Adam, grad clipping, EMA) included, as the trainer runs it;
+  - seconds to draw 64 samples: DDPM ancestral-1000, DDIM-50, DDIM-20 (cpu network) and the CFG
+    sampler at its default steps (reported per 100 samples too).
+Timings use untrained weights: the cost of a forward pass does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import socket
+
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+from mnistgen.config import preset
+from mnistgen.recipes import build_model, build_objective, generate
+from mnistgen.training.trainer import Trainer
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    a = torch.randn(n, n)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def _batch(cfg, n):
+    r = cfg.data.resolution
+    x = torch.rand(n, 1, r, r) if cfg.kind in ("vae", "classifier") else torch.rand(n, 1, r, r) * 2 - 1
+    return x, torch.randint(0, 10, (n,))
+
+
+def train_flops_per_image(cfg) -> float:
+    model, objective = build_model(cfg), build_objective(cfg)
+    x, y = _batch(cfg, 8)
+    with FlopCounterMode(display=False) as counter:
+        objective.loss(model, x, y).backward()
+    return counter.get_total_flops() / 8
+
+
+def train_throughput(kind: str, name: str, steps: int) -> dict:
+    """Images/s of full optimizer steps (forward, backward, Adam, clipping, EMA) through the real trainer."""
+    cfg = preset(kind, name)
+    bs = cfg.train.batch_size
+    x, y = _batch(cfg, bs * (steps + 2))
+    from mnistgen.data.mnist import TensorData
+
+    data = TensorData(x, y)
+    trainer = Trainer(build_model(cfg), build_objective(cfg), data, TensorData(x[:0], y[:0]), cfg,
+                      run=None, show_progress=False)  # type: ignore[arg-type]
+    batches = trainer._batches()
+    trainer._train_step(batches[0])  # warm-up
+    trainer._train_step(batches[1])
+    start = time.perf_counter()
+    for idx in batches[2: 2 + steps]:
+        trainer._train_step(idx)
+    trainer.epoch_loss.item()
+    seconds = time.perf_counter() - start
+    flops = train_flops_per_image(cfg)
+    ips = bs * steps / seconds
+    params = sum(p.numel() for p in trainer.model.parameters())
+    return {"model": f"{kind}/{name}", "params_M": round(params / 1e6, 3), "batch": bs,
+            "train_images_per_s": round(ips, 1), "train_gflop_per_image": round(flops / 1e9, 4),
+            "achieved_gflop_per_s": round(ips * flops / 1e9, 1)}
+
+
+@torch.no_grad()
+def sampling_seconds(kind: str, name: str, n: int, **kwargs) -> float:
+    cfg = preset(kind, name)
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 10 if kind == "cfg" else None
+    start = time.perf_counter()
+    generate(cfg, model, n, g, labels=labels, **kwargs)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    steps = 3 if args.quick else 10
+    torch.manual_seed(0)
+    results: dict = {"date": datetime.date.today().isoformat(), "host": socket.gethostname(),
+                     "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                     "matmul_gflop_per_s": round(matmul_gflops(), 1)}
+    print(f"# mnistgen bench  {results['date']}  {results['machine']}")
+    print(f"fp32 matmul: {results['matmul_gflop_per_s']} GFLOP/s\n")
+
+    print(f"{'network':22s} {'params':>8s} {'batch':>6s} {'img/s':>8s} {'GFLOP/img':>10s} {'GFLOP/s':>8s}")
+    rows = []
+    for kind, name, n in [("vae", "reference", steps * 10), ("classifier", "cpu", steps), ("ddpm", "cpu", steps),
+                          ("cfg", "cpu", steps), ("ddpm", "reference", max(2, steps // 3))]:
+        row = train_throughput(kind, name, n)
+        rows.append(row)
+        print(f"{row['model']:22s} {row['params_M']:7.2f}M {row['batch']:6d} {row['train_images_per_s']:8.1f} "
+              f"{row['train_gflop_per_image']:10.4f} {row['achieved_gflop_per_s']:8.1f}", flush=True)
+    results["training"] = rows
+
+    print(f"\n{'sampler (cpu presets, 64 images)':40s} {'seconds':>8s} {'s / 100':>8s}")
+    sampling = []
+    for label, kind, kw in [("DDPM ancestral-1000", "ddpm", {"sampler": "ancestral"}),
+                            ("DDPM DDIM-50", "ddpm", {"sampler": "ddim", "steps": 50}),
+                            ("DDPM DDIM-20", "ddpm", {"sampler": "ddim", "steps": 20}),
+                            (f"CFG guided-{preset('cfg', 'cpu').process.sample_steps} (2 passes/step)", "cfg", {})]:
+        seconds = sampling_seconds(kind, "cpu", 64, **kw)
+        sampling.append({"sampler": label, "seconds_64": round(seconds, 2), "seconds_per_100": round(seconds / 0.64, 2)})
+        print(f"{label:40s} {seconds:8.2f} {seconds / 0.64:8.2f}", flush=True)
+    results["sampling"] = sampling
+
+    out = Path(__file__).with_name("results") / f"{results['date']}-{results['host']}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""MNIST-FD, class accuracy and mode coverage, all judged by mnistgen's own MNIST classifier.
+
+MNIST-FD is the Frechet distance between Gaussians fitted to the classifier's
+penultimate-layer features of two image sets (the FID formula of Heusel et al. 2017 with
+a different feature network). It is *not* Inception FID: numbers are comparable only
+with other MNIST-FD numbers from the same classifier weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from mnistgen.config import ClassifierConfig
+from mnistgen.errors import UserError
+from mnistgen.models.classifier import Classifier
+
+BUNDLED_CLASSIFIER = Path(__file__).with_name("weights") / "classifier.pt"
+
+
+class FeatureStats(NamedTuple):
+    mean: torch.Tensor  # (D,) float64
+    cov: torch.Tensor  # (D, D) float64
+
+
+class Judgement(NamedTuple):
+    features: torch.Tensor  # (N, D)
+    predictions: torch.Tensor  # (N,) int64
+
+
+def load_classifier(path: Path | None = None, device: torch.device | str = "cpu") -> Classifier:
+    """The classifier shipped with mnistgen (or the weights at ``path``), in eval mode."""
+    path = Path(path) if path is not None else BUNDLED_CLASSIFIER
+    if not path.is_file():
+        raise UserError(f"classifier weights {path} not found; create them with `mnistgen train classifier`")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "model" not in state or state.get("config", {}).get("kind") != "classifier":
+        raise UserError(f"{path} does not hold mnistgen classifier weights")
+    model = Classifier(ClassifierConfig(**state["config"]["model"]))
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def judge(classifier: Classifier, images: torch.Tensor, batch_size: int = 1000) -> Judgement:
+    """Features and predicted digits for images in [0, 1], (N, 1, 28 or 32, 28 or 32)."""
+    device = next(classifier.parameters()).device
+    features, predictions = [], []
+    for chunk in images.split(batch_size):
+        f = classifier.features(chunk.to(device).float())
+        features.append(f.double().cpu())
+        predictions.append(classifier.out(f).argmax(1).cpu())
+    return Judgement(torch.cat(features), torch.cat(predictions))
+
+
+def feature_stats(features: torch.Tensor) -> FeatureStats:
+    f = features.double()
+    return FeatureStats(f.mean(0), torch.cov(f.T))
+
+
+def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(m)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), with tr (S_a S_b)^(1/2) computed as
+    tr (S_a^(1/2) S_b S_a^(1/2))^(1/2), a symmetric PSD square root (float64)."""
+    root_a = _sqrt_psd(a.cov)
+    cross = torch.linalg.eigvalsh(root_a @ b.cov @ root_a).clamp(min=0).sqrt().sum()
+    value = (a.mean - b.mean).pow(2).sum() + a.cov.trace() + b.cov.trace() - 2 * cross
+    return float(value.clamp(min=0))
+
+
+def class_histogram(predictions: torch.Tensor) -> list[int]:
+    return torch.bincount(predictions, minlength=10).tolist()

@@ -1,0 +1,115 @@
+"""The diffusion studies' figures: F9-F11 (DDPM, SPEC section 2), F12 and the guidance sweep (CFG, section 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnistgen.config import RunConfig
+from mnistgen.diffusion import samplers
+from mnistgen.figures.grids import save_grid
+from mnistgen.figures.vae import _save, _show, plt
+from mnistgen.recipes import build_process, generate, image_shape, to_unit
+from mnistgen.training.rundir import RunDir
+
+STUDY_EPOCHS = (5, 9, 15, 19)
+CHAIN_STEPS = (999, 500, 200, 100, 25, 0)
+SWEEP_WEIGHTS = (0.0, 0.3, 1.0, 2.0, 4.0)
+
+
+def nearest_epochs(available: list[int], wanted=STUDY_EPOCHS) -> list[int]:
+    """For each wanted epoch the nearest one that has samples (duplicates dropped, order kept)."""
+    if not available:
+        raise ValueError("the run has no per-epoch samples")
+    picked = [min(available, key=lambda e: (abs(e - w), e)) for w in wanted]
+    return list(dict.fromkeys(picked))
+
+
+def epochs_grid(run: RunDir, rows: list[int], path: Path, title: str, row_names: list[str]) -> Path:
+    """Per-epoch preview images ``rows`` (indices into each epoch's fixed-noise batch) as rows, epochs as columns."""
+    epochs = nearest_epochs(run.sample_epochs())
+    columns = [run.load_epoch_samples(e)[rows] for e in epochs]  # each (R, 1, H, W)
+    images = torch.stack(columns, dim=1).flatten(0, 1)  # (R * E, 1, H, W), row-major
+    fig, ax = plt.subplots(figsize=(1.2 * len(epochs) + 1, 1.1 * len(rows) + 0.8))
+    _show(ax, images, len(epochs), title)
+    size = images.shape[-1] + 2
+    ax.set_xticks([(i + 0.5) * size for i in range(len(epochs))], [f"epoch {e}" for e in epochs], fontsize=8)
+    ax.set_yticks([(i + 0.5) * size for i in range(len(rows))], row_names, fontsize=8)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def reverse_chain(cfg: RunConfig, model: nn.Module, path: Path, seed: int = 0, chains: int = 4) -> Path:
+    """F11: ancestral sampling, the state after steps t = 999, 500, 200, 100, 25, 0 for ``chains`` chains."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
+    process = build_process(cfg)
+    kept: dict[int, torch.Tensor] = {}
+
+    def keep(t: int, x: torch.Tensor) -> None:
+        if t in CHAIN_STEPS:
+            kept[t] = to_unit(x)
+
+    samplers.ancestral(model, process, torch.randn(chains, *image_shape(cfg), generator=g, device=device), g, keep)
+    images = torch.stack([kept[t] for t in CHAIN_STEPS], dim=1).flatten(0, 1)  # (chains * 6, 1, H, W)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    _show(ax, images, len(CHAIN_STEPS), "F11  reverse process (ancestral), state after step t")
+    size = images.shape[-1] + 2
+    ax.set_xticks([(i + 0.5) * size for i in range(len(CHAIN_STEPS))], [f"t={t}" for t in CHAIN_STEPS], fontsize=8)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def render_ddpm(cfg: RunConfig, model: nn.Module, run: RunDir, seed: int = 0) -> list[Path]:
+    out = run.figures
+    paths = [epochs_grid(run, [0, 1, 2, 3], out / "f9_epochs.png", "F9  samples from fixed noise per epoch",
+                         [f"seed {i}" for i in range(4)])]
+    device = next(model.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
+    save_grid(generate(cfg, model, 64, g), out / "f10_samples.png", nrow=8)
+    paths.append(out / "f10_samples.png")
+    paths.append(reverse_chain(cfg, model, out / "f11_reverse_chain.png", seed))
+    return paths
+
+
+@torch.no_grad()
+def class_grid(cfg: RunConfig, model: nn.Module, w: float, per_class: int, seed: int) -> torch.Tensor:
+    """Samples for labels 0-9 (``per_class`` each, same noise for every w): (10 * per_class, 1, H, W)."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
+    labels = torch.arange(10, device=device).repeat_interleave(per_class)
+    return generate(cfg, model, len(labels), g, labels=labels, guidance=w)
+
+
+@torch.no_grad()
+def guidance_sweep(cfg: RunConfig, model: nn.Module, path: Path, metrics: list[dict] | None = None,
+                   per_class: int = 4, seed: int = 0) -> Path:
+    """Sample grids (rows = digits 0-9) for w in SWEEP_WEIGHTS and, when given, MNIST-FD and accuracy against w."""
+    panels = len(SWEEP_WEIGHTS) + (1 if metrics else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels + (1.5 if metrics else 0), 5.2))
+    for ax, w in zip(axes, SWEEP_WEIGHTS):
+        _show(ax, class_grid(cfg, model, w, per_class, seed), per_class, f"w = {w:g}")
+    if metrics:
+        ax = axes[-1]
+        ws = [m["guidance"] for m in metrics]
+        ax.plot(ws, [m["mnist_fd"] for m in metrics], "o-", color="C0")
+        ax.set_xlabel("guidance weight w")
+        ax.set_ylabel("MNIST-FD (lower is better)", color="C0")
+        twin = ax.twinx()
+        twin.plot(ws, [100 * m["class_accuracy"] for m in metrics], "s--", color="C1")
+        twin.set_ylabel("class accuracy (%)", color="C1")
+        ax.set_title("quality vs w", fontsize=9)
+        ax.set_box_aspect(1.2)
+    fig.suptitle("Guidance sweep: rows are the requested digits 0-9", fontsize=11)
+    return _save(fig, path)
+
+
+def render_cfg(cfg: RunConfig, model: nn.Module, run: RunDir, seed: int = 0) -> list[Path]:
+    out = run.figures
+    paths = [epochs_grid(run, list(range(0, 20, 2)), out / "f12_epochs.png",
+                         "F12  class-conditional samples per epoch", [f"label {d}" for d in range(10)])]
+    sweep = run.read_metrics().get("guidance_sweep")
+    paths.append(guidance_sweep(cfg, model, out / "guidance_sweep.png", sweep, seed=seed))
+    return paths

@@ -1,0 +1,120 @@
+"""The command line: exit codes, one-line errors, and the file contracts of sample / evaluate / figures."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mnistgen.cli import main
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mnistgen", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    assert main(["train", "vae", "--preset", "smoke", "--out", str(out), "--no-progress",
+                 "--data-dir", str(mnist_dir)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("runs") / "ddpm"
+    assert main(["train", "ddpm", "--preset", "smoke", "--out", str(out), "--no-progress", "--epochs", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfg_run(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("runs") / "cfg"
+    assert main(["train", "cfg", "--preset", "smoke", "--out", str(out), "--no-progress", "--epochs", "1"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "vae", "--preset", "huge"], "valid: reference, cpu, smoke"),
+    (["train", "vae", "--epochs", "-3"], "must be >= 1"),
+    (["train", "gan"], "invalid choice"),
+    (["train", "vae", "--set", "train.bogus=1"], "valid: epochs"),
+    (["sample", "/nonexistent/run", "--n", "4", "--out", "x.png"], "does not exist"),
+    (["sample", "/nonexistent/run", "--n", "-4", "--out", "x.png"], "must be >= 1"),
+    (["figures", "/nonexistent/run"], "does not exist"),
+    (["evaluate", "/nonexistent/run"], "does not exist"),
+    (["reproduce", "--preset", "huge"], "valid: reference, cpu, smoke"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = _run(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_missing_data_is_one_line_and_exit_2(tmp_path):
+    result = _run("train", "vae", "--preset", "smoke", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train-images-idx3-ubyte.gz" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "figures", "reproduce"])
+def test_help_explains_each_command(command):
+    result = _run(command, "--help")
+    assert result.returncode == 0 and "usage: mnistgen" in result.stdout and len(result.stdout) > 200
+
+
+def test_vae_sample_evaluate_figures(vae_run, tmp_path, mnist_dir):
+    assert main(["sample", str(vae_run), "--n", "10", "--out", str(tmp_path / "s")]) == 0
+    with np.load(tmp_path / "s.npz") as f:
+        images = f["images"]
+    assert images.shape == (10, 1, 28, 28) and images.dtype == np.float32
+    assert 0 <= images.min() and images.max() <= 1 and (tmp_path / "s.png").is_file()
+    assert main(["evaluate", str(vae_run), "--iwae-k", "5", "--n-images", "200", "--n", "100"]) == 0
+    metrics = json.loads((vae_run / "metrics.json").read_text())
+    assert metrics["iwae_k"] == 5 and metrics["iwae_n_images"] == 200
+    assert metrics["iwae_nll"] < metrics["val_neg_elbo"] + 1.0 and metrics["n_samples"] == 100
+    assert main(["figures", str(vae_run)]) == 0
+    names = {"f1_loss.png", "f2_samples.png", "f3_traversals_0-9.png", "f4_traversals_10-19.png",
+             "f5_interpolation.png", "f6_interp_4_9.png", "f7_interp_5_6.png", "f8_interp_8_2.png"}
+    assert names <= {p.name for p in (vae_run / "figures").iterdir()}
+    for name in ("config.json", "history.json", "checkpoints", "samples", "figures", "metrics.json"):
+        assert (vae_run / name).exists()
+
+
+def test_rerunning_a_finished_run_without_resume_is_refused(vae_run):
+    result = _run("train", "vae", "--preset", "smoke", "--out", str(vae_run))
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def test_ddpm_samplers_write_the_promised_files(ddpm_run, tmp_path):
+    for extra in (["--sampler", "ddim", "--steps", "5", "--eta", "1"], ["--sampler", "ancestral"]):
+        assert main(["sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "d.npz"), *extra]) == 0
+        with np.load(tmp_path / "d.npz") as f:
+            assert f["images"].shape == (3, 1, 28, 28)
+    assert _run("sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "x"), "--eta", "2").returncode == 2
+    assert _run("sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "x"), "--label", "3").returncode == 2
+
+
+def test_cfg_sample_labels(cfg_run, tmp_path):
+    assert main(["sample", str(cfg_run), "--n", "2", "--label", "all", "--guidance", "1", "--steps", "4",
+                 "--out", str(tmp_path / "c.png")]) == 0
+    with np.load(tmp_path / "c.npz") as f:
+        assert f["images"].shape == (20, 1, 28, 28) and f["labels"].tolist() == sorted(list(range(10)) * 2)
+    assert main(["sample", str(cfg_run), "--n", "3", "--label", "7", "--steps", "4", "--out", str(tmp_path / "s")]) == 0
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["labels"].tolist() == [7, 7, 7]
+    bad = _run("sample", str(cfg_run), "--n", "3", "--label", "12", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "0-9" in bad.stderr
+
+
+def test_checkpoint_of_another_kind_is_exit_2(vae_run, ddpm_run, tmp_path):
+    import shutil
+
+    shutil.copytree(ddpm_run, tmp_path / "mixed")
+    shutil.copy(vae_run / "checkpoints" / "last.pt", tmp_path / "mixed" / "checkpoints" / "last.pt")
+    result = _run("sample", str(tmp_path / "mixed"), "--n", "2", "--out", str(tmp_path / "m"))
+    assert result.returncode == 2 and "'vae' model, not a 'ddpm'" in result.stderr
