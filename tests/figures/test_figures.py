@@ -1,0 +1,33 @@
+import pytest
+from PIL import Image
+
+from mnistgen.cli import main
+from mnistgen.figures.diffusion import nearest_epochs
+
+
+def test_nearest_epochs_falls_back_to_what_the_run_has():
+    assert nearest_epochs(list(range(1, 21))) == [5, 9, 15, 19]
+    assert nearest_epochs([1, 2, 3, 4, 5, 6, 7]) == [5, 7]
+    assert nearest_epochs([1, 2]) == [2]
+    with pytest.raises(ValueError):
+        nearest_epochs([])
+
+
+def _valid_png(path):
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.parametrize("kind, names", [
+    ("ddpm", ["f9_epochs.png", "f10_samples.png", "f11_reverse_chain.png"]),
+    ("cfg", ["f12_epochs.png", "guidance_sweep.png"]),
+])
+def test_diffusion_figures_render(kind, names, tmp_path):
+    run = tmp_path / kind
+    assert main(["train", kind, "--preset", "smoke", "--out", str(run), "--no-progress", "--epochs", "3"]) == 0
+    assert main(["figures", str(run)]) == 0
+    for name in names:
+        width, height = _valid_png(run / "figures" / name)
+        assert width > 100 and height > 100

@@ -1,0 +1,29 @@
+"""`mnistgen reproduce --preset smoke` end to end: every figure, a metrics table, and a resumable study."""
+
+import re
+
+from PIL import Image
+
+from mnistgen.cli import main
+from mnistgen.study import CAPTIONS
+
+
+def test_reproduce_smoke_end_to_end(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    report = (out / "report.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', report)
+    assert {name.split("/")[-1] for name in images} == set(CAPTIONS)  # every figure, once
+    for rel in images:
+        with Image.open(out / rel) as image:
+            image.verify()
+    for needle in ("validation negative ELBO", "IWAE", "MNIST-FD", "class accuracy", "w = 4", "smoke",
+                   "not Inception FID", "training:"):
+        assert needle in report, needle
+    for kind in ("vae", "ddpm", "cfg"):
+        assert (out / kind / "metrics.json").is_file()
+
+    capsys.readouterr()
+    assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("trained already") == 3 and "evaluating" not in log
