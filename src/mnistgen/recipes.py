@@ -129,7 +129,8 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_preview(cfg: RunConfig) -> Preview | None:
-    """Per-epoch grid from fixed noise: 64 VAE samples, 16 DDPM samples, or 2 per class for CFG."""
+    """Per-epoch grid from fixed noise: 64 VAE samples (8x8), 16 DDPM samples (4x4), or CFG: 2 per class,
+    one row per digit."""
     if cfg.kind == "classifier":
         return None
 
@@ -141,7 +142,7 @@ def build_preview(cfg: RunConfig) -> Preview | None:
             return generate(cfg, model, len(labels), g, labels=labels)
         return generate(cfg, model, 64 if cfg.kind == "vae" else 16, g)
 
-    return preview
+    return Preview(preview, {"vae": 8, "ddpm": 4, "cfg": 2}[cfg.kind])
 
 
 def train(cfg: RunConfig, out: Path, data_dir: str | os.PathLike | None = None, device: torch.device | None = None,

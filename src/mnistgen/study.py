@@ -164,7 +164,7 @@ def write_report(out: Path, preset_name: str, device: torch.device) -> Path:
 body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; }}
 figure {{ display: inline-block; margin: 0.6em; vertical-align: top; max-width: 460px; }}
-figure img {{ max-width: 100%; image-rendering: pixelated; }} figcaption {{ font-size: 0.85em; color: #444; }}
+figure img {{ width: 100%; image-rendering: pixelated; }} figcaption {{ font-size: 0.85em; color: #444; }}
 </style></head><body>
 <h1>mnistgen study</h1>
 <p>Preset <b>{html.escape(preset_name)}</b> on <b>{html.escape(device_name)}</b>, torch {torch.__version__},

@@ -7,8 +7,10 @@ from mnistgen.figures.diffusion import nearest_epochs
 
 def test_nearest_epochs_falls_back_to_what_the_run_has():
     assert nearest_epochs(list(range(1, 21))) == [5, 9, 15, 19]
-    assert nearest_epochs([1, 2, 3, 4, 5, 6, 7]) == [5, 7]
-    assert nearest_epochs([1, 2]) == [2]
+    assert nearest_epochs([1, 2, 5, 9, 10, 15, 19, 20]) == [5, 9, 15, 19]
+    assert nearest_epochs([1, 2, 3, 4, 5, 6, 7]) == [2, 3, 5, 7]  # a 7-epoch run: the same fractions
+    assert nearest_epochs([2, 4, 6, 8, 10, 12, 14, 16, 18, 20]) == [4, 8, 14, 18]
+    assert nearest_epochs([1, 2]) == [1, 2]
     with pytest.raises(ValueError):
         nearest_epochs([])
 

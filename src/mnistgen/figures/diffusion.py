@@ -19,10 +19,14 @@ CHAIN_STEPS = (999, 500, 200, 100, 25, 0)
 SWEEP_WEIGHTS = (0.0, 0.3, 1.0, 2.0, 4.0)
 
 
-def nearest_epochs(available: list[int], wanted=STUDY_EPOCHS) -> list[int]:
-    """For each wanted epoch the nearest one that has samples (duplicates dropped, order kept)."""
+def nearest_epochs(available: list[int], wanted=STUDY_EPOCHS, study_length: int = 20) -> list[int]:
+    """The study's epochs 5, 9, 15, 19 of 20, or for a shorter run the same fractions of its length;
+    each mapped to the nearest epoch that has samples (duplicates dropped, order kept)."""
     if not available:
         raise ValueError("the run has no per-epoch samples")
+    last = max(available)
+    if last < max(wanted):
+        wanted = [max(1, round(w * last / study_length)) for w in wanted]
     picked = [min(available, key=lambda e: (abs(e - w), e)) for w in wanted]
     return list(dict.fromkeys(picked))
 

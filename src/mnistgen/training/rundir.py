@@ -38,12 +38,12 @@ class RunDir:
         """Epochs (1-based) that have a saved sample grid."""
         return sorted(int(p.stem.split("_")[1]) for p in self.samples.glob("epoch_*.npz"))
 
-    def save_epoch_samples(self, epoch: int, images: torch.Tensor) -> None:
+    def save_epoch_samples(self, epoch: int, images: torch.Tensor, nrow: int | None = None) -> None:
         """Keep the preview images of one epoch as .npz (for figures) and .png (to look at)."""
         buffer = io.BytesIO()
         np.savez_compressed(buffer, images=images.float().cpu().numpy())
         write_atomic(self.epoch_samples(epoch), buffer.getvalue())
-        save_grid(images, self.epoch_samples(epoch).with_suffix(".png"))
+        save_grid(images, self.epoch_samples(epoch).with_suffix(".png"), nrow)
 
     def load_epoch_samples(self, epoch: int) -> torch.Tensor:
         with np.load(self.epoch_samples(epoch)) as f:

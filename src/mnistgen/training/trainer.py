@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -37,7 +37,11 @@ class Objective(Protocol):
         """Mean loss over the batch, a scalar tensor."""
 
 
-Preview = Callable[[nn.Module], torch.Tensor]  # model -> images in [0, 1], (N, 1, H, W)
+class Preview(NamedTuple):
+    """The per-epoch sample grid: ``draw(model)`` gives images in [0, 1], (N, 1, H, W), laid out ``nrow`` per row."""
+
+    draw: Callable[[nn.Module], torch.Tensor]
+    nrow: int
 
 
 class NonFiniteLossError(RuntimeError):
@@ -234,7 +238,7 @@ class Trainer:
                 model = self.sampling_model
                 model.eval()
                 with torch.no_grad():
-                    self.run.save_epoch_samples(self.epoch, self.preview(model))
+                    self.run.save_epoch_samples(self.epoch, self.preview.draw(model), self.preview.nrow)
                 model.train()
             write_json(self.run.history, [asdict(r) for r in self.history])
         self.save(epoch_file=True)

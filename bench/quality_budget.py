@@ -1,0 +1,124 @@
+"""Sample quality per CPU-minute: DDPM networks trained for the same wall-clock budget, side by side.
+
+    python bench/quality_budget.py --minutes 10 --candidates cpu,small,reference --n 1000
+
+Each candidate's schedule is planned for the budget: a short warm-up measures its
+images/s, the run is then sized to ``minutes`` (whole epochs of equal size, so the cosine
+or step LR schedule ends with the budget), trained with the shared trainer, and judged
+by MNIST-FD of ``n`` DDIM-50 samples (EMA weights once EMA has started) at every epoch end.
+Prints a table, writes bench/results/quality-<date>-<host>.json and a plot of MNIST-FD
+against CPU-minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from mnistgen.config import apply_overrides, preset  # noqa: E402
+from mnistgen.evaluation.fd import load_classifier  # noqa: E402
+from mnistgen.evaluation.run_metrics import SamplerSettings, reference_stats, sample_quality  # noqa: E402
+from mnistgen.recipes import build_model, build_objective, load_data, load_run  # noqa: E402
+from mnistgen.training.rundir import RunDir  # noqa: E402
+from mnistgen.training.trainer import Trainer  # noqa: E402
+
+CANDIDATES = {
+    "cpu": ("cpu", {}),
+    # two resolution levels at 14x14 / 7x7, 0.49 M parameters: the fastest per image
+    "small": ("cpu", {"data.resolution": 28, "model.channels": "32,64", "model.bottleneck": 64, "model.blocks": 2,
+                      "model.attention": False}),
+    # the study's network and recipe
+    "reference": ("reference", {}),
+}
+
+
+def images_per_second(cfg, steps: int = 6) -> float:
+    device = torch.device("cpu")
+    train = load_data(cfg, "train", None, device)
+    trainer = Trainer(build_model(cfg), build_objective(cfg), train, train, cfg, RunDir(Path(".")),
+                      show_progress=False)
+    batches = trainer._batches()
+    trainer._train_step(batches[0])
+    start = time.perf_counter()
+    for idx in batches[1: 1 + steps]:
+        trainer._train_step(idx)
+    return steps * cfg.train.batch_size / (time.perf_counter() - start)
+
+
+def plan(name: str, minutes: float):
+    preset_name, overrides = CANDIDATES[name]
+    cfg = apply_overrides(preset("ddpm", preset_name), {**overrides, "data.val_limit": 256,
+                                                        "train.checkpoint_minutes": 0})
+    ips = images_per_second(cfg)
+    total = ips * 60 * minutes
+    epochs = max(1, math.ceil(total / 60_000))
+    per_epoch = max(cfg.train.batch_size, int(total / epochs))
+    return apply_overrides(cfg, {"train.epochs": epochs, "data.train_limit": per_epoch}), ips
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--candidates", default="cpu,small,reference")
+    parser.add_argument("--n", type=int, default=1000, help="DDIM-50 samples per MNIST-FD")
+    args = parser.parse_args()
+    classifier = load_classifier()
+    reference = reference_stats(classifier, None, "cpu")
+    results = {"date": datetime.date.today().isoformat(), "host": socket.gethostname(), "minutes": args.minutes,
+               "n_samples": args.n, "candidates": []}
+    for name in args.candidates.split(","):
+        cfg, ips = plan(name, args.minutes)
+        with tempfile.TemporaryDirectory() as tmp:
+            from mnistgen.recipes import train
+
+            start = time.perf_counter()
+            history = train(cfg, Path(tmp), show_progress=False)
+            seconds = time.perf_counter() - start
+            points = []
+            for record in history:
+                model = load_run(tmp, checkpoint=RunDir(Path(tmp)).epoch_checkpoint(record.epoch)).model
+                q = sample_quality(cfg, model, classifier, reference, args.n, 0,
+                                   SamplerSettings(sampler="ddim", steps=50))
+                minutes = sum(r.seconds for r in history[: record.epoch]) / 60
+                points.append({"epoch": record.epoch, "cpu_minutes": round(minutes, 2), "step": record.step,
+                               "mnist_fd": round(q["mnist_fd"], 2)})
+        params = sum(p.numel() for p in build_model(cfg).parameters())
+        row = {"candidate": name, "params_M": round(params / 1e6, 2), "planned_images_per_s": round(ips, 1),
+               "train_seconds": round(seconds, 1), "steps": history[-1].step, "points": points,
+               "final_mnist_fd": points[-1]["mnist_fd"]}
+        results["candidates"].append(row)
+        print(f"{name:10s} {row['params_M']:5.2f}M  {ips:6.1f} img/s  {row['steps']:6d} steps  "
+              f"{seconds / 60:5.1f} min  MNIST-FD {row['final_mnist_fd']:8.2f}", flush=True)
+    best = min(results["candidates"], key=lambda r: r["final_mnist_fd"])
+    for row in results["candidates"]:
+        row["fd_ratio_to_best"] = round(row["final_mnist_fd"] / best["final_mnist_fd"], 2)
+    out = Path(__file__).with_name("results") / f"quality-{results['date']}-{results['host']}"
+    out.parent.mkdir(exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in results["candidates"]:
+        ax.plot([p["cpu_minutes"] for p in row["points"]], [p["mnist_fd"] for p in row["points"]], "o-",
+                label=f"{row['candidate']} ({row['params_M']} M)")
+    ax.set_xlabel("CPU-minutes of training (2 cores)")
+    ax.set_ylabel(f"MNIST-FD, {args.n} DDIM-50 samples")
+    ax.set_yscale("log")
+    ax.set_title(f"DDPM quality per CPU-minute ({args.minutes:g}-minute budget each)")
+    ax.legend()
+    fig.savefig(out.with_suffix(".png"), dpi=120, bbox_inches="tight")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
