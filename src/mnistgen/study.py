@@ -39,7 +39,7 @@ class StudySettings:
 
 SETTINGS = {
     "reference": StudySettings(n_samples=10_000, sweep_samples=2000, iwae_k=1000),
-    "cpu": StudySettings(n_samples=1000, sweep_samples=500, iwae_k=500),
+    "cpu": StudySettings(n_samples=1000, sweep_samples=300, iwae_k=200),
     "smoke": StudySettings(n_samples=100, sweep_samples=50, iwae_k=10),
 }
 

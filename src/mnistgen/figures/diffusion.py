@@ -92,7 +92,8 @@ def guidance_sweep(cfg: RunConfig, model: nn.Module, path: Path, metrics: list[d
                    per_class: int = 4, seed: int = 0) -> Path:
     """Sample grids (rows = digits 0-9) for w in SWEEP_WEIGHTS and, when given, MNIST-FD and accuracy against w."""
     panels = len(SWEEP_WEIGHTS) + (1 if metrics else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels + (1.5 if metrics else 0), 5.2))
+    fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels + (1.5 if metrics else 0), 5.2),
+                             gridspec_kw={"wspace": 0.45 if metrics else 0.2})
     for ax, w in zip(axes, SWEEP_WEIGHTS):
         _show(ax, class_grid(cfg, model, w, per_class, seed), per_class, f"w = {w:g}")
     if metrics:
