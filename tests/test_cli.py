@@ -118,3 +118,15 @@ def test_checkpoint_of_another_kind_is_exit_2(vae_run, ddpm_run, tmp_path):
     shutil.copy(vae_run / "checkpoints" / "last.pt", tmp_path / "mixed" / "checkpoints" / "last.pt")
     result = _run("sample", str(tmp_path / "mixed"), "--n", "2", "--out", str(tmp_path / "m"))
     assert result.returncode == 2 and "'vae' model, not a 'ddpm'" in result.stderr
+
+
+def test_sample_and_figures_refuse_a_classifier_run(tmp_path):
+    from mnistgen.config import preset
+    from mnistgen.training.rundir import RunDir
+
+    run = RunDir(tmp_path / "judge")
+    run.root.mkdir()
+    run.write_config(preset("classifier", "smoke"))
+    for args in (["sample", str(run.root), "--n", "2", "--out", str(tmp_path / "s")], ["figures", str(run.root)]):
+        result = _run(*args)
+        assert result.returncode == 2 and "'classifier' run" in result.stderr

@@ -168,7 +168,7 @@ def _sample(args) -> int:
     from mnistgen.recipes import generate, load_run, pick_device
 
     device = pick_device(args.device)
-    loaded = load_run(args.run, device)
+    loaded = load_run(args.run, device, generative=True)
     cfg = loaded.cfg
     labels = None
     if cfg.kind == "cfg":

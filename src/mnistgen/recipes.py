@@ -176,13 +176,19 @@ class LoadedRun(NamedTuple):
     history: list[dict]
 
 
+GENERATIVE = ("vae", "ddpm", "cfg")
+
+
 def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: str | None = None,
-             checkpoint: Path | None = None) -> LoadedRun:
-    """Load a run's config and its best sampling weights from ``last.pt`` (or ``checkpoint``)."""
+             checkpoint: Path | None = None, generative: bool = False) -> LoadedRun:
+    """Load a run's config and its best sampling weights from ``last.pt`` (or ``checkpoint``);
+    ``generative=True`` refuses a classifier run."""
     run = RunDir(Path(path))
     if not run.root.is_dir():
         raise UserError(f"run directory {run.root} does not exist")
     cfg = run.read_config()
+    if generative and cfg.kind not in GENERATIVE:
+        raise UserError(f"{run.root} holds a {cfg.kind!r} run; this command needs one of {', '.join(GENERATIVE)}")
     if kind is not None and cfg.kind != kind:
         raise UserError(f"{run.root} holds a {cfg.kind!r} run, not a {kind!r} run")
     device = device or torch.device("cpu")

@@ -11,7 +11,7 @@ from mnistgen.recipes import load_data, load_run
 
 
 def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:
-    loaded = load_run(path, device)
+    loaded = load_run(path, device, generative=True)
     out = loaded.run.figures
     if loaded.cfg.kind == "vae":
         from mnistgen.figures import vae
