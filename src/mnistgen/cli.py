@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnistgen.config import DATASETS, KINDS, PRESETS, apply_overrides, preset
+from mnistgen.config import DATASETS, KINDS, apply_overrides, preset
 from mnistgen.errors import UserError
 
 

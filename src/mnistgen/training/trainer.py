@@ -14,7 +14,6 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
