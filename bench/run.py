@@ -6,7 +6,10 @@
 Prints a table and writes bench/results/<date>-<host>.json. Measures:
   - the machine's fp32 matrix-product GFLOP/s (the ceiling);
   - training images/s, FLOPs per image and achieved GFLOP/s of every preset's network, with the
-    optimizer step (Adam, grad clipping, EMA) included, as the trainer runs it;
+    optimizer step (Adam, grad clipping, EMA) included, as the trainer runs it, and the split of
+    the step time into data, forward, backward, optimizer and EMA;
+  - the `cpu` DDPM network again in channels_last memory format and under torch.compile;
+  - one EMA update: torch's AveragedModel against mnistgen's fused EMA;
   - seconds to draw 64 samples: DDPM ancestral-1000, DDIM-50, DDIM-20 (cpu network) and the CFG
     sampler at its default steps (reported per 100 samples too).
 Timings use untrained weights: the cost of a forward pass does not depend on the weights.
@@ -19,16 +22,17 @@ import datetime
 import json
 import platform
 import socket
-
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-
-from mnistgen.config import preset
+from mnistgen.config import apply_overrides, preset
+from mnistgen.data.mnist import TensorData
 from mnistgen.recipes import build_model, build_objective, generate
+from mnistgen.training.ema import EMA
 from mnistgen.training.trainer import Trainer
 
 
@@ -55,30 +59,70 @@ def train_flops_per_image(cfg) -> float:
     return counter.get_total_flops() / 8
 
 
-def train_throughput(kind: str, name: str, steps: int) -> dict:
-    """Images/s of full optimizer steps (forward, backward, Adam, clipping, EMA) through the real trainer."""
-    cfg = preset(kind, name)
-    bs = cfg.train.batch_size
-    x, y = _batch(cfg, bs * (steps + 2))
-    from mnistgen.data.mnist import TensorData
+PHASES = ("data", "forward", "backward", "optimizer", "ema")
 
+
+def _trainer(kind: str, name: str, steps: int, variant: str = "default") -> tuple[Trainer, list[torch.Tensor]]:
+    """A trainer on random data with EMA from step 0, in one of the memory-format / compile variants."""
+    cfg = apply_overrides(preset(kind, name), {"train.ema_start": 0})
+    bs = cfg.train.batch_size
+    x, y = _batch(cfg, bs * (steps + 3))
+    model = build_model(cfg)
+    if variant == "channels_last":
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     data = TensorData(x, y)
-    trainer = Trainer(build_model(cfg), build_objective(cfg), data, TensorData(x[:0], y[:0]), cfg,
+    trainer = Trainer(model, build_objective(cfg), data, TensorData(x[:0], y[:0]), cfg,
                       run=None, show_progress=False)  # type: ignore[arg-type]
-    batches = trainer._batches()
-    trainer._train_step(batches[0])  # warm-up
-    trainer._train_step(batches[1])
-    start = time.perf_counter()
-    for idx in batches[2: 2 + steps]:
+    if variant == "compile":
+        trainer.net = torch.compile(model)
+    return trainer, trainer._batches()
+
+
+def train_throughput(kind: str, name: str, steps: int, variant: str = "default") -> dict:
+    """Images/s of full optimizer steps (forward, backward, Adam, clipping, EMA) through the real trainer,
+    and the mean seconds per step spent in each phase."""
+    trainer, batches = _trainer(kind, name, steps, variant)
+    for idx in batches[:3]:  # warm-up (and compilation)
         trainer._train_step(idx)
-    trainer.epoch_loss.item()
-    seconds = time.perf_counter() - start
+    split = dict.fromkeys(PHASES, 0.0)
+    for idx in batches[3: 3 + steps]:
+        t = [time.perf_counter()]
+        x, y = trainer.batch_at(idx)
+        t.append(time.perf_counter())
+        loss = trainer.forward(x, y)
+        t.append(time.perf_counter())
+        trainer.backward(loss)
+        t.append(time.perf_counter())
+        trainer.optimizer_step()
+        t.append(time.perf_counter())
+        trainer.ema_step()
+        t.append(time.perf_counter())
+        for phase, a, b in zip(PHASES, t, t[1:]):
+            split[phase] += b - a
+    seconds = sum(split.values())
+    cfg, bs = trainer.cfg, trainer.tc.batch_size
     flops = train_flops_per_image(cfg)
     ips = bs * steps / seconds
     params = sum(p.numel() for p in trainer.model.parameters())
-    return {"model": f"{kind}/{name}", "params_M": round(params / 1e6, 3), "batch": bs,
+    return {"model": f"{kind}/{name}", "variant": variant, "params_M": round(params / 1e6, 3), "batch": bs,
             "train_images_per_s": round(ips, 1), "train_gflop_per_image": round(flops / 1e9, 4),
-            "achieved_gflop_per_s": round(ips * flops / 1e9, 1)}
+            "achieved_gflop_per_s": round(ips * flops / 1e9, 1),
+            "step_ms": {k: round(1000 * v / steps, 2) for k, v in split.items()}}
+
+
+def ema_update_ms(kind: str, name: str, reps: int = 200) -> dict:
+    """Milliseconds per EMA update: torch's AveragedModel (EMA multi-avg fn) against mnistgen's EMA."""
+    model = build_model(preset(kind, name))
+    out = {}
+    for label, ema in [("AveragedModel", AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999),
+                                                       use_buffers=True)),
+                       ("EMA", EMA(model, 0.999))]:
+        ema.update_parameters(model)
+        start = time.perf_counter()
+        for _ in range(reps):
+            ema.update_parameters(model)
+        out[label] = round(1000 * (time.perf_counter() - start) / reps, 3)
+    return out
 
 
 @torch.no_grad()
@@ -95,6 +139,8 @@ def sampling_seconds(kind: str, name: str, n: int, **kwargs) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--variants", default="channels_last,compile",
+                        help="extra ddpm/cpu training variants to time (channels_last, compile); empty for none")
     args = parser.parse_args()
     steps = 3 if args.quick else 10
     torch.manual_seed(0)
@@ -104,15 +150,27 @@ def main() -> None:
     print(f"# mnistgen bench  {results['date']}  {results['machine']}")
     print(f"fp32 matmul: {results['matmul_gflop_per_s']} GFLOP/s\n")
 
-    print(f"{'network':22s} {'params':>8s} {'batch':>6s} {'img/s':>8s} {'GFLOP/img':>10s} {'GFLOP/s':>8s}")
+    print(f"{'network':22s} {'params':>8s} {'batch':>6s} {'img/s':>8s} {'GFLOP/img':>10s} {'GFLOP/s':>8s}  "
+          + " ".join(f"{p + ' ms':>12s}" for p in PHASES))
     rows = []
-    for kind, name, n in [("vae", "reference", steps * 10), ("classifier", "cpu", steps), ("ddpm", "cpu", steps),
-                          ("cfg", "cpu", steps), ("ddpm", "reference", max(2, steps // 3))]:
-        row = train_throughput(kind, name, n)
+    networks = [("vae", "reference", steps * 10), ("classifier", "cpu", steps), ("ddpm", "cpu", steps),
+                ("cfg", "cpu", steps), ("ddpm", "reference", max(2, steps // 3))]
+    variants = [("ddpm", "cpu", steps, v) for v in args.variants.split(",") if v]
+    for kind, name, n, *variant in networks + variants:
+        try:
+            row = train_throughput(kind, name, n, *variant)
+        except Exception as error:  # e.g. torch.compile without a working C++ toolchain
+            print(f"{kind}/{name} {variant}: failed: {type(error).__name__}: {str(error)[:200]}")
+            rows.append({"model": f"{kind}/{name}", "variant": variant[0], "error": str(error)[:500]})
+            continue
         rows.append(row)
-        print(f"{row['model']:22s} {row['params_M']:7.2f}M {row['batch']:6d} {row['train_images_per_s']:8.1f} "
-              f"{row['train_gflop_per_image']:10.4f} {row['achieved_gflop_per_s']:8.1f}", flush=True)
+        print(f"{row['model'] + ('' if row['variant'] == 'default' else ' ' + row['variant']):22s} "
+              f"{row['params_M']:7.2f}M {row['batch']:6d} {row['train_images_per_s']:8.1f} "
+              f"{row['train_gflop_per_image']:10.4f} {row['achieved_gflop_per_s']:8.1f}  "
+              + " ".join(f"{row['step_ms'][p]:12.2f}" for p in PHASES), flush=True)
     results["training"] = rows
+    results["ema_update_ms_ddpm_cpu"] = ema_update_ms("ddpm", "cpu")
+    print(f"\nEMA update, ddpm/cpu network (ms): {results['ema_update_ms_ddpm_cpu']}")
 
     print(f"\n{'sampler (cpu presets, 64 images)':40s} {'seconds':>8s} {'s / 100':>8s}")
     sampling = []

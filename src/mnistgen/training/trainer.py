@@ -21,11 +21,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from mnistgen.config import RunConfig, TrainConfig
 from mnistgen.data.mnist import TensorData
+from mnistgen.training.ema import EMA
 from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint, write_json
 from mnistgen.training.rundir import RunDir
 
@@ -112,8 +112,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.tc, self.steps_per_epoch))
         self.amp_dtype = _amp_dtype(self.device, self.tc.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.tc.ema_decay), use_buffers=True)
-                    if self.tc.ema_decay > 0 else None)
+        self.ema = EMA(model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
         self.generator = torch.Generator(self.device).manual_seed(self.tc.seed * 1000 + self.rank)
         self.step = 0
         self.epoch = 0  # completed epochs
@@ -179,12 +178,20 @@ class Trainer:
         shard = perm[: len(perm) // self.world * self.world][self.rank:: self.world].to(self.device)
         return list(shard.split(self.tc.batch_size))
 
-    def _train_step(self, idx: torch.Tensor) -> None:
-        x, y = self.train_data.x[idx], self.train_data.y[idx]  # (B, 1, H, W), (B,)
+    # One optimizer step in its phases (bench/run.py times them one by one).
+    def batch_at(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train_data.x[idx], self.train_data.y[idx]  # (B, 1, H, W), (B,)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.objective.loss(self.net, x, y, self.generator)
+            return self.objective.loss(self.net, x, y, self.generator)
+
+    def backward(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+
+    def optimizer_step(self) -> None:
+        """Gradient clipping, Adam, LR schedule."""
         if self.tc.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
@@ -192,8 +199,17 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+
+    def ema_step(self) -> None:
         if self.ema is not None and self.step >= self.tc.ema_start:
             self.ema.update_parameters(self.model)
+
+    def _train_step(self, idx: torch.Tensor) -> None:
+        x, y = self.batch_at(idx)
+        loss = self.forward(x, y)
+        self.backward(loss)
+        self.optimizer_step()
+        self.ema_step()
         self.epoch_loss += loss.detach().double() * len(idx)
         self.epoch_count += len(idx)
 

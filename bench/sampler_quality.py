@@ -1,0 +1,69 @@
+"""Fast sampling against the full chain: MNIST-FD and seconds of DDPM samplers on one trained run.
+
+    python bench/sampler_quality.py RUN --n 1000 --samplers ancestral,ddim-50,ddim-20
+
+RUN is a trained DDPM run (e.g. ``study/ddpm`` after ``mnistgen reproduce``). Every sampler
+draws ``n`` samples from the same seed with the run's sampling weights; each is judged by
+MNIST-FD against the 10,000 test images. Prints a table with each sampler's FD relative to
+ancestral-1000 and its speed-up, and writes bench/results/samplers-<date>-<host>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import socket
+from pathlib import Path
+
+from mnistgen.evaluation.fd import load_classifier
+from mnistgen.evaluation.run_metrics import SamplerSettings, reference_stats, sample_quality
+from mnistgen.recipes import load_run
+
+
+def settings(name: str) -> SamplerSettings:
+    """'ancestral' or 'ddim-K'."""
+    if name == "ancestral":
+        return SamplerSettings(sampler="ancestral")
+    kind, _, steps = name.partition("-")
+    if kind != "ddim" or not steps.isdigit():
+        raise SystemExit(f"unknown sampler {name!r}; use ancestral or ddim-K (e.g. ddim-50)")
+    return SamplerSettings(sampler="ddim", steps=int(steps), eta=0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--samplers", default="ancestral,ddim-50,ddim-20")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    loaded = load_run(args.run, kind="ddpm")
+    classifier = load_classifier()
+    reference = reference_stats(classifier, None, "cpu")
+    rows = []
+    print(f"{'sampler':12s} {'steps':>6s} {'MNIST-FD':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
+    for name in args.samplers.split(","):
+        q = sample_quality(loaded.cfg, loaded.model, classifier, reference, args.n, args.seed, settings(name))
+        rows.append({"sampler": name, "steps": q["steps"], "mnist_fd": round(q["mnist_fd"], 2),
+                     "seconds": q["sample_seconds"], "seconds_per_100": q["seconds_per_100_samples"]})
+        print(f"{name:12s} {q['steps']:6d} {q['mnist_fd']:9.2f} {q['sample_seconds']:9.1f} "
+              f"{q['seconds_per_100_samples']:7.2f}", flush=True)
+    base = next((r for r in rows if r["sampler"] == "ancestral"), None)
+    if base is not None:
+        for r in rows:
+            r["fd_vs_ancestral"] = round(r["mnist_fd"] / base["mnist_fd"], 3)
+            r["speedup_vs_ancestral"] = round(base["seconds"] / r["seconds"], 1)
+            print(f"{r['sampler']:12s} FD x{r['fd_vs_ancestral']:.3f} of ancestral-1000, "
+                  f"{r['speedup_vs_ancestral']:.1f}x faster")
+    results = {"date": datetime.date.today().isoformat(), "host": socket.gethostname(), "run": str(args.run),
+               "preset": loaded.cfg.preset, "step": loaded.history[-1]["step"] if loaded.history else 0,
+               "n_samples": args.n, "seed": args.seed, "samplers": rows}
+    out = Path(__file__).with_name("results") / f"samplers-{results['date']}-{results['host']}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
