@@ -8,8 +8,10 @@ Prints a table and writes bench/results/<date>-<host>.json. Measures:
   - training images/s, FLOPs per image and achieved GFLOP/s of every preset's network, with the
     optimizer step (Adam, grad clipping, EMA) included, as the trainer runs it, and the split of
     the step time into data, forward, backward, optimizer and EMA;
-  - the `cpu` DDPM network again in channels_last memory format and under torch.compile;
-  - one EMA update: torch's AveragedModel against mnistgen's fused EMA;
+  - the `cpu` DDPM network in NCHW (contiguous), in channels_last (NHWC, its preset) and under torch.compile,
+    timed in interleaved rounds so the ratios hold on a noisy machine;
+  - one EMA update (torch's AveragedModel against mnistgen's EMA) and one clipping + Adam step
+    (torch's per-tensor loop, foreach and fused kernels);
   - seconds to draw 64 samples: DDPM ancestral-1000, DDIM-50, DDIM-20 (cpu network) and the CFG
     sampler at its default steps (reported per 100 samples too).
 Timings use untrained weights: the cost of a forward pass does not depend on the weights.
@@ -62,14 +64,18 @@ def train_flops_per_image(cfg) -> float:
 PHASES = ("data", "forward", "backward", "optimizer", "ema")
 
 
-def _trainer(kind: str, name: str, steps: int, variant: str = "default") -> tuple[Trainer, list[torch.Tensor]]:
+VARIANTS = {  # name -> overrides; "compile" also wraps the network in torch.compile
+    "preset": {}, "contiguous": {"train.channels_last": False}, "channels_last": {"train.channels_last": True},
+    "compile": {},
+}
+
+
+def _trainer(kind: str, name: str, steps: int, variant: str = "preset") -> tuple[Trainer, list[torch.Tensor]]:
     """A trainer on random data with EMA from step 0, in one of the memory-format / compile variants."""
-    cfg = apply_overrides(preset(kind, name), {"train.ema_start": 0})
+    cfg = apply_overrides(preset(kind, name), {"train.ema_start": 0, **VARIANTS[variant]})
     bs = cfg.train.batch_size
     x, y = _batch(cfg, bs * (steps + 3))
     model = build_model(cfg)
-    if variant == "channels_last":
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     data = TensorData(x, y)
     trainer = Trainer(model, build_objective(cfg), data, TensorData(x[:0], y[:0]), cfg,
                       run=None, show_progress=False)  # type: ignore[arg-type]
@@ -78,7 +84,7 @@ def _trainer(kind: str, name: str, steps: int, variant: str = "default") -> tupl
     return trainer, trainer._batches()
 
 
-def train_throughput(kind: str, name: str, steps: int, variant: str = "default") -> dict:
+def train_throughput(kind: str, name: str, steps: int, variant: str = "preset") -> dict:
     """Images/s of full optimizer steps (forward, backward, Adam, clipping, EMA) through the real trainer,
     and the mean seconds per step spent in each phase."""
     trainer, batches = _trainer(kind, name, steps, variant)
@@ -108,6 +114,48 @@ def train_throughput(kind: str, name: str, steps: int, variant: str = "default")
             "train_images_per_s": round(ips, 1), "train_gflop_per_image": round(flops / 1e9, 4),
             "achieved_gflop_per_s": round(ips * flops / 1e9, 1),
             "step_ms": {k: round(1000 * v / steps, 2) for k, v in split.items()}}
+
+
+def compare_variants(kind: str, name: str, variants: list[str], steps: int, rounds: int = 3) -> list[dict]:
+    """Training images/s of one network in several variants, measured in interleaved rounds
+    (A B C A B C ...) so that a noisy machine affects every variant alike."""
+    trainers = {}
+    for variant in variants:
+        try:
+            trainers[variant] = _trainer(kind, name, steps * rounds, variant)
+            for idx in trainers[variant][1][:3]:  # warm-up (and compilation)
+                trainers[variant][0]._train_step(idx)
+        except Exception as error:  # e.g. torch.compile without a working C++ toolchain
+            print(f"{kind}/{name} {variant}: failed: {type(error).__name__}: {str(error)[:200]}")
+            trainers.pop(variant, None)
+    seconds = dict.fromkeys(trainers, 0.0)
+    for r in range(rounds):
+        for variant, (trainer, batches) in trainers.items():
+            start = time.perf_counter()
+            for idx in batches[3 + r * steps: 3 + (r + 1) * steps]:
+                trainer._train_step(idx)
+            seconds[variant] += time.perf_counter() - start
+    bs = preset(kind, name).train.batch_size
+    base = seconds.get(variants[0])
+    return [{"model": f"{kind}/{name}", "variant": v, "train_images_per_s": round(bs * steps * rounds / sec, 1),
+             "speedup": round(base / sec, 3) if base else None} for v, sec in seconds.items()]
+
+
+def optimizer_step_ms(kind: str, name: str, reps: int = 50) -> dict:
+    """Milliseconds per gradient clipping + Adam step: torch's default CPU loop, foreach, fused (what the trainer uses)."""
+    model = build_model(preset(kind, name))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    out = {}
+    for label, kw in [("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})]:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, **kw)
+        opt.step()
+        start = time.perf_counter()
+        for _ in range(reps):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        out[label] = round(1000 * (time.perf_counter() - start) / reps, 3)
+    return out
 
 
 def ema_update_ms(kind: str, name: str, reps: int = 200) -> dict:
@@ -155,22 +203,25 @@ def main() -> None:
     rows = []
     networks = [("vae", "reference", steps * 10), ("classifier", "cpu", steps), ("ddpm", "cpu", steps),
                 ("cfg", "cpu", steps), ("ddpm", "reference", max(2, steps // 3))]
-    variants = [("ddpm", "cpu", steps, v) for v in args.variants.split(",") if v]
-    for kind, name, n, *variant in networks + variants:
-        try:
-            row = train_throughput(kind, name, n, *variant)
-        except Exception as error:  # e.g. torch.compile without a working C++ toolchain
-            print(f"{kind}/{name} {variant}: failed: {type(error).__name__}: {str(error)[:200]}")
-            rows.append({"model": f"{kind}/{name}", "variant": variant[0], "error": str(error)[:500]})
-            continue
+    for kind, name, n in networks:
+        row = train_throughput(kind, name, n)
         rows.append(row)
-        print(f"{row['model'] + ('' if row['variant'] == 'default' else ' ' + row['variant']):22s} "
+        print(f"{row['model']:22s} "
               f"{row['params_M']:7.2f}M {row['batch']:6d} {row['train_images_per_s']:8.1f} "
               f"{row['train_gflop_per_image']:10.4f} {row['achieved_gflop_per_s']:8.1f}  "
               + " ".join(f"{row['step_ms'][p]:12.2f}" for p in PHASES), flush=True)
     results["training"] = rows
+
+    variants = ["contiguous"] + [v for v in args.variants.split(",") if v]
+    print(f"\n{'ddpm/cpu variant (interleaved rounds)':40s} {'img/s':>8s} {'speed-up':>9s}")
+    results["variants"] = compare_variants("ddpm", "cpu", variants, steps)
+    for row in results["variants"]:
+        print(f"{row['variant']:40s} {row['train_images_per_s']:8.1f} {row['speedup']:9.3f}", flush=True)
+    print("(contiguous: NCHW; channels_last: NHWC, the cpu preset's setting; compile: the preset + torch.compile)")
     results["ema_update_ms_ddpm_cpu"] = ema_update_ms("ddpm", "cpu")
     print(f"\nEMA update, ddpm/cpu network (ms): {results['ema_update_ms_ddpm_cpu']}")
+    results["optimizer_step_ms_ddpm_cpu"] = optimizer_step_ms("ddpm", "cpu")
+    print(f"clip + Adam step, ddpm/cpu network (ms): {results['optimizer_step_ms_ddpm_cpu']}")
 
     print(f"\n{'sampler (cpu presets, 64 images)':40s} {'seconds':>8s} {'s / 100':>8s}")
     sampling = []

@@ -105,9 +105,11 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.show_progress = show_progress and self.rank == 0
-        self.model = model
+        self.memory_format = torch.channels_last if self.tc.channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format)
         self.net = DistributedDataParallel(model) if self.world > 1 else model  # what the objective calls
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay,
+                                          fused=self.device.type in ("cpu", "cuda"))  # one kernel for all tensors
         self.steps_per_epoch = math.ceil(len(train_data) // self.world / self.tc.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.tc, self.steps_per_epoch))
         self.amp_dtype = _amp_dtype(self.device, self.tc.amp)
@@ -180,7 +182,8 @@ class Trainer:
 
     # One optimizer step in its phases (bench/run.py times them one by one).
     def batch_at(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.train_data.x[idx], self.train_data.y[idx]  # (B, 1, H, W), (B,)
+        x = self.train_data.x[idx].contiguous(memory_format=self.memory_format)  # (B, 1, H, W)
+        return x, self.train_data.y[idx]  # (B,)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
