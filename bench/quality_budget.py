@@ -13,10 +13,7 @@ against CPU-minutes.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +30,7 @@ from mnistgen.evaluation.run_metrics import SamplerSettings, reference_stats, sa
 from mnistgen.recipes import build_model, build_objective, load_data, load_run  # noqa: E402
 from mnistgen.training.rundir import RunDir  # noqa: E402
 from mnistgen.training.trainer import Trainer  # noqa: E402
+from results_io import result_path, stamp, write_results  # noqa: E402
 
 CANDIDATES = {
     "cpu": ("cpu", {}),
@@ -76,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     classifier = load_classifier()
     reference = reference_stats(classifier, None, "cpu")
-    results = {"date": datetime.date.today().isoformat(), "host": socket.gethostname(), "minutes": args.minutes,
+    results = {**stamp(), "minutes": args.minutes,
                "n_samples": args.n, "candidates": []}
     for name in args.candidates.split(","):
         cfg, ips = plan(name, args.minutes)
@@ -104,9 +102,8 @@ def main() -> None:
     best = min(results["candidates"], key=lambda r: r["final_mnist_fd"])
     for row in results["candidates"]:
         row["fd_ratio_to_best"] = round(row["final_mnist_fd"] / best["final_mnist_fd"], 2)
-    out = Path(__file__).with_name("results") / f"quality-{results['date']}-{results['host']}"
-    out.parent.mkdir(exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    prefix = f"quality-{args.minutes:g}min-"
+    out = write_results(results, prefix)
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in results["candidates"]:
         ax.plot([p["cpu_minutes"] for p in row["points"]], [p["mnist_fd"] for p in row["points"]], "o-",
@@ -116,8 +113,9 @@ def main() -> None:
     ax.set_yscale("log")
     ax.set_title(f"DDPM quality per CPU-minute ({args.minutes:g}-minute budget each)")
     ax.legend()
-    fig.savefig(out.with_suffix(".png"), dpi=120, bbox_inches="tight")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    plot = result_path(results, prefix, ".png")
+    fig.savefig(plot, dpi=120, bbox_inches="tight")
+    print(f"wrote {out} and {plot}")
 
 
 if __name__ == "__main__":

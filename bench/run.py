@@ -20,12 +20,8 @@ Timings use untrained weights: the cost of a forward pass does not depend on the
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import platform
-import socket
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -36,6 +32,7 @@ from mnistgen.data.mnist import TensorData
 from mnistgen.recipes import build_model, build_objective, generate
 from mnistgen.training.ema import EMA
 from mnistgen.training.trainer import Trainer
+from results_io import stamp, write_results
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -192,8 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     steps = 3 if args.quick else 10
     torch.manual_seed(0)
-    results: dict = {"date": datetime.date.today().isoformat(), "host": socket.gethostname(),
-                     "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    results: dict = {**stamp(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
                      "matmul_gflop_per_s": round(matmul_gflops(), 1)}
     print(f"# mnistgen bench  {results['date']}  {results['machine']}")
     print(f"fp32 matmul: {results['matmul_gflop_per_s']} GFLOP/s\n")
@@ -234,10 +230,7 @@ def main() -> None:
         print(f"{label:40s} {seconds:8.2f} {seconds / 0.64:8.2f}", flush=True)
     results["sampling"] = sampling
 
-    out = Path(__file__).with_name("results") / f"{results['date']}-{results['host']}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {write_results(results)}")
 
 
 if __name__ == "__main__":

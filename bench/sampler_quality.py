@@ -11,14 +11,11 @@ ancestral-1000 and its speed-up, and writes bench/results/samplers-<date>-<host>
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import socket
-from pathlib import Path
 
 from mnistgen.evaluation.fd import load_classifier
 from mnistgen.evaluation.run_metrics import SamplerSettings, reference_stats, sample_quality
 from mnistgen.recipes import load_run
+from results_io import stamp, write_results
 
 
 def settings(name: str) -> SamplerSettings:
@@ -56,13 +53,10 @@ def main() -> None:
             r["speedup_vs_ancestral"] = round(base["seconds"] / r["seconds"], 1)
             print(f"{r['sampler']:12s} FD x{r['fd_vs_ancestral']:.3f} of ancestral-1000, "
                   f"{r['speedup_vs_ancestral']:.1f}x faster")
-    results = {"date": datetime.date.today().isoformat(), "host": socket.gethostname(), "run": str(args.run),
+    results = {**stamp(), "run": str(args.run),
                "preset": loaded.cfg.preset, "step": loaded.history[-1]["step"] if loaded.history else 0,
                "n_samples": args.n, "seed": args.seed, "samplers": rows}
-    out = Path(__file__).with_name("results") / f"samplers-{results['date']}-{results['host']}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_results(results, 'samplers-')}")
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ _UNET_CPU = UNetConfig(channels=(32, 64, 128), bottleneck=128, blocks=1, time_di
 _UNET_SMOKE = UNetConfig(channels=(8, 16), bottleneck=16, blocks=1, time_dim=16, unshuffle=2, groups=4)
 _CPU_DATA = DataConfig(resolution=32, val_limit=2000)
 _CPU_TRAIN = TrainConfig(
-    epochs=7, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
+    epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
     ema_decay=0.999, ema_start=1000, amp=False, channels_last=True,
 )
 _SMOKE_DATA = DataConfig(train_limit=2048, val_limit=512)

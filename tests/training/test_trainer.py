@@ -131,3 +131,17 @@ def test_short_training_on_real_mnist_lowers_the_loss(kind, tmp_path, mnist_dir)
     trainer.fit()
     after = fixed_loss()
     assert after < 0.6 * before, (before, after)
+
+
+def test_channels_last_training_follows_the_contiguous_run(tmp_path, mnist_dir):
+    trained = {}
+    for flag in (False, True):
+        cfg = _small("ddpm", **{"train.epochs": 1, "train.channels_last": flag})
+        trained[flag] = _trainer(cfg, tmp_path / str(flag), mnist_dir)
+        trained[flag].fit()
+    conv = next(p for p in trained[True].model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    a, b = trained[False].history[0], trained[True].history[0]
+    assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3) and a.val_loss == pytest.approx(b.val_loss, rel=1e-3)
+    for (name, p), q in zip(trained[False].model.state_dict().items(), trained[True].model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)
