@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 
 class EMA(AveragedModel):
@@ -23,7 +23,7 @@ class EMA(AveragedModel):
     """
 
     def __init__(self, model: nn.Module, decay: float):
-        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        super().__init__(model, use_buffers=True)  # the update below replaces AveragedModel's averaging
         self.decay = decay
         self._started: bool | None = None  # None: not yet read from n_averaged
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
