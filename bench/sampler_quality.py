@@ -11,6 +11,7 @@ ancestral-1000 and its speed-up, and writes bench/results/samplers-<date>-<host>
 from __future__ import annotations
 
 import argparse
+import re
 
 from mnistgen.evaluation.fd import load_classifier
 from mnistgen.evaluation.run_metrics import SamplerSettings, reference_stats, sample_quality
@@ -19,13 +20,13 @@ from results_io import stamp, write_results
 
 
 def settings(name: str) -> SamplerSettings:
-    """'ancestral' or 'ddim-K'."""
+    """'ancestral', 'ddim-K' (eta = 0) or 'ddim-K-etaE' (e.g. ddim-50-eta0.5)."""
     if name == "ancestral":
         return SamplerSettings(sampler="ancestral")
-    kind, _, steps = name.partition("-")
-    if kind != "ddim" or not steps.isdigit():
-        raise SystemExit(f"unknown sampler {name!r}; use ancestral or ddim-K (e.g. ddim-50)")
-    return SamplerSettings(sampler="ddim", steps=int(steps), eta=0.0)
+    match = re.fullmatch(r"ddim-(\d+)(?:-eta(\d+(?:\.\d+)?))?", name)
+    if match is None:
+        raise SystemExit(f"unknown sampler {name!r}; use ancestral, ddim-K or ddim-K-etaE (e.g. ddim-50-eta0.5)")
+    return SamplerSettings(sampler="ddim", steps=int(match[1]), eta=float(match[2] or 0.0))
 
 
 def main() -> None:
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--samplers", default="ancestral,ddim-50,ddim-20")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="samplers", help="results file: bench/results/<name>-<date>-<host>.json")
     args = parser.parse_args()
     loaded = load_run(args.run, kind="ddpm")
     classifier = load_classifier()
@@ -56,7 +58,7 @@ def main() -> None:
     results = {**stamp(), "run": str(args.run),
                "preset": loaded.cfg.preset, "step": loaded.history[-1]["step"] if loaded.history else 0,
                "n_samples": args.n, "seed": args.seed, "samplers": rows}
-    print(f"wrote {write_results(results, 'samplers-')}")
+    print(f"wrote {write_results(results, f'{args.name}-')}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def test_overrides_are_typed():
     ({"process.sampler": "euler"}, "valid: ancestral, ddim"),
     ({"data.dataset": "cifar"}, "valid: mnist, fashion-mnist"),
     ({"data.resolution": 30}, "valid: 28, 32"),
+    ({"train.ema_warmup_power": -1}, "ema_warmup_power must be >= 0"),
 ])
 def test_bad_overrides_are_rejected_with_choices(overrides, message):
     with pytest.raises(UserError, match=message):

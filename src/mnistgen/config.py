@@ -45,11 +45,13 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm, 0 = off
     ema_decay: float = 0.0  # 0 = no EMA
     ema_start: int = 0  # EMA copies the weights until this many optimizer steps
+    ema_warmup_power: float = 0.0  # > 0: n-th EMA update uses min(ema_decay, 1 - (1 + n)^-power)
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
     seed: int = 0
     log_every: int = 50  # steps between progress-bar refreshes (each one syncs the device)
     checkpoint_minutes: float = 10.0  # mid-epoch checkpoint interval, 0 = only at epoch ends
     channels_last: bool = False  # train in NHWC memory format (faster convolutions on x86 CPUs)
+    compile: bool = False  # torch.compile the training forward/backward (the sampling model stays eager)
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ def validate(cfg: RunConfig) -> None:
     _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     _choice(t.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
     _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    _check(t.ema_warmup_power >= 0.0, f"train.ema_warmup_power must be >= 0, got {t.ema_warmup_power}")
     _check(min(t.warmup_steps, t.ema_start, t.lr_step_epochs) >= 0, "train step counts must be >= 0")
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     if isinstance(cfg.model, UNetConfig):
@@ -271,7 +274,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
         "reference": RunConfig("ddpm", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                _UNET_REFERENCE, DDPMConfig()),
         "cpu": RunConfig("ddpm", "cpu", _CPU_DATA, _CPU_TRAIN, _UNET_CPU,
-                         DDPMConfig(loss_weighting="min-snr", sampler="ddim", sample_steps=50)),
+                         DDPMConfig(loss_weighting="min-snr", sampler="ddim", sample_steps=50, eta=1.0)),
         "smoke": RunConfig("ddpm", "smoke", _SMOKE_DATA, _SMOKE_TRAIN, _UNET_SMOKE,
                            DDPMConfig(sampler="ddim", sample_steps=5)),
     },

@@ -113,6 +113,12 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
     return report
 
 
+def _sampler_name(m: dict) -> str:
+    """e.g. 'ddim-50, eta = 1', 'ancestral-1000', 'cfg-64'."""
+    name = m["sampler"] + (f"-{m['steps']}" if m.get("steps") else "")
+    return name + (f", eta = {m['eta']:g}" if m["sampler"] == "ddim" else "")
+
+
 def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for kind in MODELS:
@@ -123,8 +129,7 @@ def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
             rows.append(("VAE", "validation negative ELBO (nats)", f"{m['val_neg_elbo']:.2f}"))
             rows.append(("VAE", f"IWAE bound on -log p(x), k={m['iwae_k']} (nats)", f"{m['iwae_nll']:.2f}"))
         if "mnist_fd" in m:
-            rows.append((kind.upper(), f"MNIST-FD, {m['n_samples']} samples, {m['sampler']}"
-                         + (f"-{m['steps']}" if m.get("steps") else ""), f"{m['mnist_fd']:.2f}"))
+            rows.append((kind.upper(), f"MNIST-FD, {m['n_samples']} samples, {_sampler_name(m)}", f"{m['mnist_fd']:.2f}"))
             rows.append((kind.upper(), "classifier histogram of samples (digits 0-9)",
                          " ".join(str(c) for c in m["class_histogram"])))
             rows.append((kind.upper(), "sampling seconds per 100 samples", f"{m['seconds_per_100_samples']:.2f}"))

@@ -105,6 +105,14 @@ def test_ddim_with_oracle_recovers_the_image(process, target, steps, eta):
     torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
 
 
+def test_ddim_sigma_at_eta_one_is_the_ddpm_posterior_std_on_consecutive_steps(process):
+    ab = process.schedule.alpha_bars.double()
+    t = torch.arange(1, 1000)
+    sigma = samplers.ddim_sigma(ab[t], ab[t - 1], 1.0)
+    torch.testing.assert_close(sigma**2, process.schedule.posterior_variance[t].double(), rtol=1e-3, atol=0)
+    torch.testing.assert_close(samplers.ddim_sigma(ab[t], ab[t - 1], 0.5), 0.5 * sigma)
+
+
 def test_ddim_grid_covers_both_ends():
     grid = samplers.ddim_timesteps(1000, 50)
     assert grid[0] == 999 and grid[-1] == 0 and len(grid) == 50 and grid == sorted(grid, reverse=True)

@@ -62,3 +62,36 @@ def test_resumed_average_continues_instead_of_copying_again():
     for a, b in zip(resumed.module.parameters(), first.module.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(next(resumed.module.parameters()), next(model.parameters()))
+
+
+def test_warmup_decay_follows_its_closed_form_and_is_capped():
+    model, decay, power = _model(), 0.99, 2 / 3
+    ema = EMA(model, decay, warmup_power=power)
+    assert ema.decay_at(1) == 1 - 2 ** -power  # ~0.37: an early average forgets its start fast
+    assert ema.decay_at(10**6) == decay
+    assert EMA(model, decay).decay_at(1) == decay
+    _perturb(model)
+    ema.update_parameters(model)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in range(1, 6):
+        _perturb(model)
+        ema.update_parameters(model)
+        d = min(decay, 1 - (1 + n) ** -power)
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+    for a, e in zip(ema.module.parameters(), expected):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
+
+
+def test_warmup_resumes_at_its_update_count():
+    model = _model()
+    first = EMA(model, 0.999, warmup_power=0.75)
+    for _ in range(4):
+        _perturb(model)
+        first.update_parameters(model)
+    resumed = EMA(_model(), 0.999, warmup_power=0.75)
+    resumed.load_state_dict(first.state_dict())
+    _perturb(model)
+    first.update_parameters(model)
+    resumed.update_parameters(model)  # the 5th update, decay_at(4), not a restart of the warm-up
+    for a, b in zip(resumed.module.parameters(), first.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -145,3 +145,19 @@ def test_channels_last_training_follows_the_contiguous_run(tmp_path, mnist_dir):
     assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3) and a.val_loss == pytest.approx(b.val_loss, rel=1e-3)
     for (name, p), q in zip(trained[False].model.state_dict().items(), trained[True].model.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)
+
+
+def test_compiled_training_follows_the_eager_run(tmp_path, mnist_dir):
+    """train.compile wraps only what the objective calls; the weights, EMA and checkpoint stay the eager module."""
+    trained = {}
+    for flag in (False, True):
+        cfg = _small("ddpm", **{"data.train_limit": 256, "train.epochs": 1, "train.compile": flag})
+        trained[flag] = _trainer(cfg, tmp_path / str(flag), mnist_dir)
+        trained[flag].fit()
+    assert isinstance(trained[True].net, torch._dynamo.eval_frame.OptimizedModule)
+    assert trained[True].net._orig_mod is trained[True].model
+    assert "_orig_mod" not in "".join(trained[True].model.state_dict())
+    a, b = trained[False].history[0], trained[True].history[0]
+    assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3) and a.val_loss == pytest.approx(b.val_loss, rel=1e-3)
+    for (name, p), q in zip(trained[False].model.state_dict().items(), trained[True].model.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)

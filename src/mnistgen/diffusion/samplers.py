@@ -39,6 +39,12 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return list(dict.fromkeys(grid))
 
 
+def ddim_sigma(ab: torch.Tensor, ab_next: torch.Tensor, eta: float) -> torch.Tensor:
+    """DDIM eq. 16: sigma = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab'). On consecutive steps
+    with eta = 1 this is the DDPM posterior std sqrt(beta~_t) (DDPM eq. 7)."""
+    return eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
+
+
 @torch.no_grad()
 def ddim(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: int = 50, eta: float = 0.0,
          generator: torch.Generator | None = None, clip_x0: bool = True, on_step: OnStep | None = None) -> torch.Tensor:
@@ -56,7 +62,7 @@ def ddim(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: i
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # the noise consistent with the clipped x0
-        sigma = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
+        sigma = ddim_sigma(ab, ab_next, eta)
         x = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < len(grid):
             x = x + sigma * _randn_like(x, generator)

@@ -15,17 +15,20 @@ from torch.optim.swa_utils import AveragedModel
 
 
 class EMA(AveragedModel):
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta, over parameters and buffers.
+    """theta_ema <- d_n theta_ema + (1 - d_n) theta, over parameters and buffers.
 
-    The first update copies the weights (as AveragedModel does). Whether an update is the
-    first is known on the host, so an update never synchronises with the device; the
-    counter is read once, after a checkpoint is loaded.
+    The first update copies the weights (as AveragedModel does). With ``warmup_power`` p > 0
+    the n-th later update uses d_n = min(decay, 1 - (1 + n)^-p), so an average started late
+    in a short run forgets its starting weights quickly and reaches ``decay`` only after
+    about (1 - decay)^(-1/p) updates (the warm-up of diffusers' EMAModel with inv_gamma = 1);
+    p = 0 keeps d_n = decay. The update count is kept on the host, so an update never
+    synchronises with the device; the counter is read once, after a checkpoint is loaded.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, warmup_power: float = 0.0):
         super().__init__(model, use_buffers=True)  # the update below replaces AveragedModel's averaging
-        self.decay = decay
-        self._started: bool | None = None  # None: not yet read from n_averaged
+        self.decay, self.warmup_power = decay, warmup_power
+        self._count: int | None = None  # updates so far; None: not yet read from n_averaged
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
         self._source: int | None = None
 
@@ -43,20 +46,26 @@ class EMA(AveragedModel):
             self._source = id(model)
         return self._pairs
 
+    def decay_at(self, n: int) -> float:
+        """d_n, the decay of the update that follows n earlier ones (n >= 1)."""
+        if self.warmup_power <= 0:
+            return self.decay
+        return min(self.decay, 1.0 - (1.0 + n) ** -self.warmup_power)
+
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
         ema_f, cur_f, ema_o, cur_o = self._tensor_pairs(model)
-        if self._started is None:
-            self._started = bool(self.n_averaged > 0)
-        if self._started:
-            torch._foreach_lerp_(ema_f, cur_f, 1.0 - self.decay)
+        if self._count is None:
+            self._count = int(self.n_averaged)
+        if self._count > 0:
+            torch._foreach_lerp_(ema_f, cur_f, 1.0 - self.decay_at(self._count))
         else:
             torch._foreach_copy_(ema_f, cur_f)
-            self._started = True
+        self._count += 1
         if ema_o:
             torch._foreach_copy_(ema_o, cur_o)
         self.n_averaged.add_(1)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self._started, self._pairs = None, None
+        self._count, self._pairs = None, None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -107,14 +107,15 @@ class Trainer:
         self.show_progress = show_progress and self.rank == 0
         self.memory_format = torch.channels_last if self.tc.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
-        self.net = DistributedDataParallel(model) if self.world > 1 else model  # what the objective calls
+        net = DistributedDataParallel(model) if self.world > 1 else model
+        self.net = torch.compile(net) if self.tc.compile else net  # what the objective calls
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay,
                                           fused=self.device.type in ("cpu", "cuda"))  # one kernel for all tensors
         self.steps_per_epoch = math.ceil(len(train_data) // self.world / self.tc.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.tc, self.steps_per_epoch))
         self.amp_dtype = _amp_dtype(self.device, self.tc.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.ema = EMA(model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
+        self.ema = EMA(model, self.tc.ema_decay, self.tc.ema_warmup_power) if self.tc.ema_decay > 0 else None
         self.generator = torch.Generator(self.device).manual_seed(self.tc.seed * 1000 + self.rank)
         self.step = 0
         self.epoch = 0  # completed epochs
