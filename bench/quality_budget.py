@@ -99,7 +99,7 @@ def main() -> None:
                                    SamplerSettings(sampler="ddim", steps=50))
                 minutes = sum(r.seconds for r in history[: record.epoch]) / 60
                 points.append({"epoch": record.epoch, "cpu_minutes": round(minutes, 2), "step": record.step,
-                               "mnist_fd": round(q["mnist_fd"], 2)})
+                               "mnist_fd": round(q.mnist_fd, 2)})
         params = sum(p.numel() for p in build_model(cfg).parameters())
         row = {"candidate": name, "params_M": round(params / 1e6, 2), "planned_images_per_s": round(ips, 1),
                "train_seconds": round(seconds, 1), "steps": history[-1].step, "points": points,

@@ -44,10 +44,11 @@ def main() -> None:
     print(f"{'sampler':12s} {'steps':>6s} {'MNIST-FD':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
     for name in args.samplers.split(","):
         q = sample_quality(loaded.cfg, loaded.model, classifier, reference, args.n, args.seed, settings(name))
-        rows.append({"sampler": name, "steps": q["steps"], "mnist_fd": round(q["mnist_fd"], 2),
-                     "seconds": q["sample_seconds"], "seconds_per_100": q["seconds_per_100_samples"]})
-        print(f"{name:12s} {q['steps']:6d} {q['mnist_fd']:9.2f} {q['sample_seconds']:9.1f} "
-              f"{q['seconds_per_100_samples']:7.2f}", flush=True)
+        rows.append({"sampler": name, "steps": q.settings.steps, "eta": q.settings.eta,
+                     "mnist_fd": round(q.mnist_fd, 2), "seconds": q.sample_seconds,
+                     "seconds_per_100": q.seconds_per_100_samples})
+        print(f"{name:12s} {q.settings.steps:6d} {q.mnist_fd:9.2f} {q.sample_seconds:9.1f} "
+              f"{q.seconds_per_100_samples:7.2f}", flush=True)
     base = next((r for r in rows if r["sampler"] == "ancestral"), None)
     if base is not None:
         for r in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,17 +26,42 @@ class SamplerSettings:
     guidance: float | None = None  # CFG
 
 
-def describe(cfg: RunConfig, s: SamplerSettings) -> dict:
-    """The sampler settings actually used, defaults filled in from the run's config."""
+def resolve(cfg: RunConfig, s: SamplerSettings) -> SamplerSettings:
+    """The sampler settings actually used, defaults filled in from the run's config
+    (fields that do not apply to the model stay None)."""
     p = cfg.process
     if cfg.kind == "ddpm":
         sampler = s.sampler or p.sampler
         steps = p.timesteps if sampler == "ancestral" else (s.steps or p.sample_steps)
-        return {"sampler": sampler, "steps": steps, "eta": p.eta if s.eta is None else s.eta}
+        return SamplerSettings(sampler, steps, p.eta if s.eta is None else s.eta)
     if cfg.kind == "cfg":
-        return {"sampler": "cfg", "steps": s.steps or p.sample_steps,
-                "guidance": p.guidance if s.guidance is None else s.guidance}
-    return {"sampler": "prior"}
+        return SamplerSettings("cfg", s.steps or p.sample_steps, guidance=p.guidance if s.guidance is None else s.guidance)
+    return SamplerSettings("prior")
+
+
+@dataclass(frozen=True)
+class SampleQuality:
+    """What ``n_samples`` fresh samples scored; ``record()`` is its metrics.json form."""
+
+    settings: SamplerSettings  # resolved
+    n_samples: int
+    mnist_fd: float
+    class_histogram: list[int]
+    sample_seconds: float
+    class_accuracy: float | None = None  # CFG: the judge agrees with the requested label
+    class_accuracy_per_class: list[float] | None = None
+
+    @property
+    def seconds_per_100_samples(self) -> float:
+        return round(100 * self.sample_seconds / self.n_samples, 3)
+
+    def record(self) -> dict:
+        values = {k: v for k, v in asdict(self.settings).items() if v is not None}
+        values.update(n_samples=self.n_samples, mnist_fd=self.mnist_fd, class_histogram=self.class_histogram,
+                      sample_seconds=self.sample_seconds, seconds_per_100_samples=self.seconds_per_100_samples)
+        if self.class_accuracy is not None:
+            values.update(class_accuracy=self.class_accuracy, class_accuracy_per_class=self.class_accuracy_per_class)
+        return values
 
 
 @torch.no_grad()
@@ -58,19 +83,17 @@ def draw(cfg: RunConfig, model: nn.Module, n: int, seed: int, settings: SamplerS
 
 
 def sample_quality(cfg: RunConfig, model: nn.Module, classifier, reference: FeatureStats, n: int, seed: int,
-                   settings: SamplerSettings) -> dict:
+                   settings: SamplerSettings) -> SampleQuality:
     """MNIST-FD, class histogram and (CFG) class accuracy of ``n`` fresh samples."""
     images, labels, seconds = draw(cfg, model, n, seed, settings)
     verdict = judge(classifier, images)
-    values = {**describe(cfg, settings), "n_samples": len(images),
-              "mnist_fd": frechet_distance(feature_stats(verdict.features), reference),
-              "class_histogram": class_histogram(verdict.predictions),
-              "sample_seconds": round(seconds, 3), "seconds_per_100_samples": round(100 * seconds / len(images), 3)}
+    accuracy = per_class = None
     if labels is not None:
         correct = verdict.predictions == labels
-        values["class_accuracy"] = correct.float().mean().item()
-        values["class_accuracy_per_class"] = [correct[labels == d].float().mean().item() for d in range(10)]
-    return values
+        accuracy = correct.float().mean().item()
+        per_class = [correct[labels == d].float().mean().item() for d in range(10)]
+    return SampleQuality(resolve(cfg, settings), len(images), frechet_distance(feature_stats(verdict.features), reference),
+                         class_histogram(verdict.predictions), round(seconds, 3), accuracy, per_class)
 
 
 def export_classifier(cfg: RunConfig, model: nn.Module, path: Path) -> None:
@@ -85,6 +108,11 @@ def reference_stats(classifier, data_dir: str | os.PathLike | None, device) -> F
     """Classifier feature statistics of the 10,000 MNIST test images."""
     test = load("test", "unit", 28, "mnist", data_dir, device)
     return feature_stats(judge(classifier, test.x).features)
+
+
+def _sweep_point(q: SampleQuality) -> dict:
+    return {"guidance": q.settings.guidance, "steps": q.settings.steps, "n_samples": q.n_samples,
+            "mnist_fd": q.mnist_fd, "class_accuracy": q.class_accuracy}
 
 
 def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None,
@@ -110,11 +138,9 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
     if cfg.data.dataset == "mnist":
         classifier = load_classifier(classifier_path, device)
         reference = reference_stats(classifier, data_dir, device)
-        values.update(sample_quality(cfg, model, classifier, reference, n_samples, seed, settings))
+        values.update(sample_quality(cfg, model, classifier, reference, n_samples, seed, settings).record())
         if guidance_sweep and cfg.kind == "cfg":
-            values["guidance_sweep"] = [
-                {k: v for k, v in sample_quality(cfg, model, classifier, reference, sweep_samples or n_samples, seed,
-                                                 SamplerSettings(steps=settings.steps, guidance=w)).items()
-                 if k in ("guidance", "mnist_fd", "class_accuracy", "steps", "n_samples")}
-                for w in guidance_sweep]
+            values["guidance_sweep"] = [_sweep_point(sample_quality(
+                cfg, model, classifier, reference, sweep_samples or n_samples, seed,
+                SamplerSettings(steps=settings.steps, guidance=w))) for w in guidance_sweep]
     return loaded.run.update_metrics(**values)

@@ -1,0 +1,21 @@
+from mnistgen.config import preset
+from mnistgen.evaluation.run_metrics import SampleQuality, SamplerSettings, resolve
+
+
+def test_resolve_fills_the_runs_defaults_and_keeps_what_was_asked():
+    ddpm, cfg = preset("ddpm", "cpu"), preset("cfg", "cpu")
+    assert resolve(ddpm, SamplerSettings()) == SamplerSettings("ddim", 50, 1.0)
+    assert resolve(ddpm, SamplerSettings(steps=20, eta=0.0)) == SamplerSettings("ddim", 20, 0.0)
+    assert resolve(ddpm, SamplerSettings(sampler="ancestral", steps=20)).steps == 1000  # the full chain
+    assert resolve(cfg, SamplerSettings()) == SamplerSettings("cfg", 64, guidance=0.3)
+    assert resolve(cfg, SamplerSettings(guidance=2.0)).guidance == 2.0
+    assert resolve(preset("vae", "cpu"), SamplerSettings(steps=5)) == SamplerSettings("prior")
+
+
+def test_record_is_the_metrics_json_form():
+    q = SampleQuality(SamplerSettings("cfg", 64, guidance=0.3), 200, 12.5, [20] * 10, 8.0, 0.9, [0.9] * 10)
+    record = q.record()
+    assert record["sampler"] == "cfg" and record["guidance"] == 0.3 and "eta" not in record
+    assert record["seconds_per_100_samples"] == 4.0 and record["class_accuracy"] == 0.9
+    plain = SampleQuality(SamplerSettings("prior"), 100, 3.0, [10] * 10, 1.0).record()
+    assert "steps" not in plain and "class_accuracy" not in plain and plain["n_samples"] == 100
