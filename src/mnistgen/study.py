@@ -129,7 +129,8 @@ def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
             rows.append(("VAE", "validation negative ELBO (nats)", f"{m['val_neg_elbo']:.2f}"))
             rows.append(("VAE", f"IWAE bound on -log p(x), k={m['iwae_k']} (nats)", f"{m['iwae_nll']:.2f}"))
         if "mnist_fd" in m:
-            rows.append((kind.upper(), f"MNIST-FD, {m['n_samples']} samples, {_sampler_name(m)}", f"{m['mnist_fd']:.2f}"))
+            rows.append((kind.upper(), f"MNIST-FD, {m['n_samples']} samples, {_sampler_name(m)}",
+                         f"{m['mnist_fd']:.2f}"))
             rows.append((kind.upper(), "classifier histogram of samples (digits 0-9)",
                          " ".join(str(c) for c in m["class_histogram"])))
             rows.append((kind.upper(), "sampling seconds per 100 samples", f"{m['seconds_per_100_samples']:.2f}"))

@@ -35,7 +35,8 @@ def resolve(cfg: RunConfig, s: SamplerSettings) -> SamplerSettings:
         steps = p.timesteps if sampler == "ancestral" else (s.steps or p.sample_steps)
         return SamplerSettings(sampler, steps, p.eta if s.eta is None else s.eta)
     if cfg.kind == "cfg":
-        return SamplerSettings("cfg", s.steps or p.sample_steps, guidance=p.guidance if s.guidance is None else s.guidance)
+        guidance = p.guidance if s.guidance is None else s.guidance
+        return SamplerSettings("cfg", s.steps or p.sample_steps, guidance=guidance)
     return SamplerSettings("prior")
 
 
@@ -92,8 +93,9 @@ def sample_quality(cfg: RunConfig, model: nn.Module, classifier, reference: Feat
         correct = verdict.predictions == labels
         accuracy = correct.float().mean().item()
         per_class = [correct[labels == d].float().mean().item() for d in range(10)]
-    return SampleQuality(resolve(cfg, settings), len(images), frechet_distance(feature_stats(verdict.features), reference),
-                         class_histogram(verdict.predictions), round(seconds, 3), accuracy, per_class)
+    fd = frechet_distance(feature_stats(verdict.features), reference)
+    return SampleQuality(resolve(cfg, settings), len(images), fd, class_histogram(verdict.predictions),
+                         round(seconds, 3), accuracy, per_class)
 
 
 def export_classifier(cfg: RunConfig, model: nn.Module, path: Path) -> None:
