@@ -41,6 +41,8 @@ CANDIDATES = {
                       "model.attention": False}),
     # the study's network and recipe
     "reference": ("reference", {}),
+    # the cpu network with its preset's EMA (0.999 from step 1000) instead of BUDGET_RECIPE's: an ablation
+    "cpu-preset-ema": ("cpu", {"train.ema_start": 1000, "train.ema_warmup_power": 0.0}),
 }
 
 
@@ -71,7 +73,7 @@ def images_per_second(cfg, steps: int = 6) -> float:
 
 def plan(name: str, minutes: float):
     preset_name, overrides = CANDIDATES[name]
-    cfg = apply_overrides(preset("ddpm", preset_name), {**overrides, **BUDGET_RECIPE, "data.val_limit": 256,
+    cfg = apply_overrides(preset("ddpm", preset_name), {**BUDGET_RECIPE, **overrides, "data.val_limit": 256,
                                                         "train.checkpoint_minutes": 0})
     ips = images_per_second(cfg)
     total = ips * 60 * minutes
