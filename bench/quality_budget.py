@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--candidates", default="cpu,small,reference")
     parser.add_argument("--n", type=int, default=1000, help="DDIM-50 samples per MNIST-FD")
+    parser.add_argument("--name", default="quality", help="results: bench/results/<name>-<minutes>min-<date>-<host>")
     args = parser.parse_args()
     classifier = load_classifier()
     reference = reference_stats(classifier, None, "cpu")
@@ -117,7 +118,7 @@ def main() -> None:
     best = min(results["candidates"], key=lambda r: r["final_mnist_fd"])
     for row in results["candidates"]:
         row["fd_ratio_to_best"] = round(row["final_mnist_fd"] / best["final_mnist_fd"], 2)
-    prefix = f"quality-{args.minutes:g}min-"
+    prefix = f"{args.name}-{args.minutes:g}min-"
     out = write_results(results, prefix)
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in results["candidates"]:
