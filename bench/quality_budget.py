@@ -42,7 +42,8 @@ CANDIDATES = {
     # the study's network and recipe
     "reference": ("reference", {}),
     # the cpu network with its preset's EMA (0.999 from step 1000) instead of BUDGET_RECIPE's: an ablation
-    "cpu-preset-ema": ("cpu", {"train.ema_start": 1000, "train.ema_warmup_power": 0.0}),
+    "cpu-preset-ema": ("cpu", {"train.ema_start": preset("ddpm", "cpu").train.ema_start,
+                               "train.ema_warmup_power": preset("ddpm", "cpu").train.ema_warmup_power}),
 }
 
 
