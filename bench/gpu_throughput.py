@@ -67,10 +67,10 @@ class Baseline:
     def __init__(self, cfg: RunConfig, device: torch.device, workers: int):
         self.cfg, self.device = cfg, device
         self.model = build_model(cfg).to(device)
-        self.objective = build_objective(cfg)
+        self.objective = build_objective(cfg, device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
-        self.fp16 = device.type == "cuda" and cfg.train.amp
+        self.fp16 = device.type == "cuda" and cfg.train.amp != "off"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.fp16)
         loader = DataLoader(PerItemMNIST(cfg), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
                             num_workers=workers, pin_memory=device.type == "cuda",
@@ -113,7 +113,7 @@ class Ours:
 
     def __init__(self, cfg: RunConfig, device: torch.device):
         train = load_data(cfg, "train", None, device)
-        self.trainer = Trainer(build_model(cfg).to(device), build_objective(cfg), train, train, cfg,
+        self.trainer = Trainer(build_model(cfg).to(device), build_objective(cfg, device), train, train, cfg,
                                RunDir(Path(".")), show_progress=False)
         self.batches: list[torch.Tensor] = []
 

@@ -29,9 +29,18 @@ def test_reference_presets_match_the_study():
 
 def test_overrides_are_typed():
     cfg = apply_overrides(preset("ddpm", "smoke"), {"train.lr": "3e-4", "model.channels": "16,32",
-                                                    "train.amp": "false", "process.eta": 0.5})
-    assert cfg.train.lr == 3e-4 and cfg.model.channels == (16, 32) and cfg.train.amp is False
-    assert cfg.process.eta == 0.5
+                                                    "train.tf32": "false", "process.eta": 0.5,
+                                                    "train.amp": "fp16"})
+    assert cfg.train.lr == 3e-4 and cfg.model.channels == (16, 32) and cfg.train.tf32 is False
+    assert cfg.process.eta == 0.5 and cfg.train.amp == "fp16"
+
+
+def test_config_written_with_a_boolean_amp_still_loads():
+    """mnistgen 0.1 wrote train.amp as true / false (mixed precision on CUDA or not)."""
+    for old, new in ((True, "auto"), (False, "off")):
+        d = preset("ddpm", "cpu").to_dict()
+        d["train"]["amp"] = old
+        assert RunConfig.from_dict(d).train.amp == new
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -40,6 +49,7 @@ def test_overrides_are_typed():
     ({"train.epochs": "many"}, "expected int"),
     ({"train.epochs": 0}, "epochs must be >= 1"),
     ({"process.sampler": "euler"}, "valid: ancestral, ddim"),
+    ({"train.amp": "fp8"}, "valid: auto, bf16, fp16, off"),
     ({"data.dataset": "cifar"}, "valid: mnist, fashion-mnist"),
     ({"data.resolution": 30}, "valid: 28, 32"),
     ({"train.ema_warmup_power": -1}, "ema_warmup_power must be >= 0"),

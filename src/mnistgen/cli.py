@@ -61,7 +61,7 @@ def _train_parser(sub) -> None:
     p.add_argument("kind", choices=KINDS, help="which model")
     p.add_argument("--preset", default=None,
                    help="named settings: reference (the study's), cpu (fits a 2-core CPU), smoke (seconds); "
-                        "default: cpu")
+                        "default: reference on a CUDA GPU, cpu elsewhere")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=float)
@@ -125,18 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="the whole study: train, evaluate, draw, report",
                        description="Train (or resume) the VAE, DDPM and CFG runs under OUT, evaluate them, render "
                                    "every figure and write OUT/report.html. Re-running resumes and skips what is done.")
-    p.add_argument("--preset", default="cpu", help="reference (the study's settings, for a GPU) | cpu | smoke")
+    p.add_argument("--preset", default=None, help="reference (the study's settings, for a GPU) | cpu | smoke; "
+                                                     "default: reference on a CUDA GPU, cpu elsewhere")
     p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-PRESET)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
     return parser
 
 
-def _train(args) -> int:
-    from mnistgen.recipes import pick_device, train
-    from mnistgen.training import distributed
+def _preset_name(requested: str | None, device, log: bool) -> str:
+    """The named preset, or the device's default (with a line saying which and why when ``log``)."""
+    from mnistgen.training.device import default_preset
 
-    cfg = preset(args.kind, args.preset or "cpu")
+    if requested is not None:
+        return requested
+    choice = default_preset(device)
+    if log:
+        print(f"mnistgen: no --preset given: using {choice.name!r} because {choice.reason}")
+    return choice.name
+
+
+def _overrides(args) -> dict[str, str]:
     overrides = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
                  "train.seed": args.seed, "data.dataset": args.dataset}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -145,14 +154,26 @@ def _train(args) -> int:
         if not eq:
             raise UserError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()
-    cfg = apply_overrides(cfg, overrides)
+    return overrides
+
+
+def _train(args) -> int:
+    from mnistgen.recipes import train
+    from mnistgen.training import distributed
+    from mnistgen.training.device import pick_device
+
+    device = pick_device(args.device)
+    main_process = distributed.rank() == 0
+    name = _preset_name(args.preset, device, log=main_process)
+    cfg = apply_overrides(preset(args.kind, name), _overrides(args))  # every check before any work
     out = args.out or Path("runs") / f"{cfg.kind}-{cfg.preset}"
-    device = distributed.setup(pick_device(args.device))
-    main_process = distributed.is_main_process()
+    device = distributed.setup(device)
     try:
         history = train(cfg, out, args.data_dir, device, args.resume, not args.no_progress)
-    finally:
-        distributed.teardown()
+    except BaseException:
+        distributed.abort()  # no barrier: the other ranks may wait inside a collective
+        raise
+    distributed.teardown()
     last = history[-1]
     if main_process:
         print(f"{cfg.kind} trained: {last.epoch} epochs, train loss {last.train_loss:.4f}, "
@@ -165,7 +186,8 @@ def _sample(args) -> int:
     import torch
 
     from mnistgen.figures.grids import save_grid
-    from mnistgen.recipes import generate, load_run, pick_device
+    from mnistgen.recipes import generate, load_run
+    from mnistgen.training.device import pick_device
 
     device = pick_device(args.device)
     loaded = load_run(args.run, device, generative=True)
@@ -183,7 +205,7 @@ def _sample(args) -> int:
     n = len(labels) if labels is not None else args.n
     with torch.no_grad():
         images = generate(cfg, loaded.model, n, g, labels=labels, sampler=args.sampler, steps=args.steps,
-                          eta=args.eta, guidance=args.guidance).cpu()
+                          eta=args.eta, guidance=args.guidance, process=loaded.process).cpu()
     stem = args.out.with_suffix("") if args.out.suffix in (".png", ".npz") else args.out
     stem.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"images": images.numpy().astype(np.float32)}
@@ -208,10 +230,8 @@ def _parse_labels(text: str | None, n: int):
 
 
 def _evaluate(args) -> int:
-    from mnistgen.evaluation.run_metrics import evaluate_run
-    from mnistgen.recipes import pick_device
-
-    from mnistgen.evaluation.run_metrics import SamplerSettings
+    from mnistgen.evaluation.run_metrics import SamplerSettings, evaluate_run
+    from mnistgen.training.device import pick_device
 
     if args.eta is not None and args.eta > 1:
         raise UserError(f"--eta must be in [0, 1], got {args.eta}")
@@ -241,7 +261,7 @@ def _parse_weights(text: str) -> list[float]:
 
 def _figures(args) -> int:
     from mnistgen.figures.render import render_figures
-    from mnistgen.recipes import pick_device
+    from mnistgen.training.device import pick_device
 
     paths = render_figures(args.run, pick_device(args.device), args.data_dir)
     for p in paths:
@@ -250,14 +270,16 @@ def _figures(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from mnistgen.recipes import pick_device
     from mnistgen.study import SETTINGS, run_study
+    from mnistgen.training.device import pick_device
 
-    if args.preset not in SETTINGS:
+    if args.preset is not None and args.preset not in SETTINGS:
         raise UserError(f"bad preset {args.preset!r}; valid: {', '.join(SETTINGS)}")
-    out = args.out or Path("runs") / f"study-{args.preset}"
+    device = pick_device(args.device)
+    name = _preset_name(args.preset, device, log=True)
+    out = args.out or Path("runs") / f"study-{name}"
     start = time.perf_counter()
-    report = run_study(args.preset, out, args.data_dir, pick_device(args.device), not args.no_progress)
+    report = run_study(name, out, args.data_dir, device, not args.no_progress)
     print(f"study done in {time.perf_counter() - start:.0f} s; open {report}")
     return 0
 
@@ -269,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except UserError as e:
-        print(f"mnistgen: error: {e}", file=sys.stderr)
+        from mnistgen.training import distributed
+
+        if distributed.rank() == 0:  # every rank sees the same bad input: one line is enough
+            print(f"mnistgen: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mnistgen: interrupted; continue with --resume", file=sys.stderr)
@@ -277,8 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from mnistgen.training.trainer import NonFiniteLossError
 
+        from mnistgen.training import distributed
+
         if isinstance(e, NonFiniteLossError):
             print(f"mnistgen: error: {e}", file=sys.stderr)
+            return 1
+        if distributed.launched_by_torchrun():  # torchrun stops the other ranks when this one exits
+            print(f"mnistgen: error: process {distributed.rank()} of {distributed.world_size()} failed: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
             return 1
         raise
 

@@ -22,6 +22,7 @@ DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr")
 SAMPLERS = ("ancestral", "ddim")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 = no EMA
     ema_start: int = 0  # EMA copies the weights until this many optimizer steps
     ema_warmup_power: float = 0.0  # > 0: n-th EMA update uses min(ema_decay, 1 - (1 + n)^-power)
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
+    amp: str = "auto"  # auto (CUDA: bf16 on capability >= 8.0, else fp16 + GradScaler; none elsewhere) | bf16 | fp16 | off
+    tf32: bool = True  # CUDA: TF32 tensor cores for float32 matmuls and convolutions (Ampere and newer)
     seed: int = 0
     log_every: int = 50  # steps between progress-bar refreshes (each one syncs the device)
     checkpoint_minutes: float = 10.0  # mid-epoch checkpoint interval, 0 = only at epoch ends
@@ -126,11 +128,14 @@ class RunConfig:
         if kind not in KINDS:
             raise UserError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
         model_cls, process_cls = _COMPONENTS[kind]
+        train = dict(d.get("train", {}))
+        if isinstance(train.get("amp"), bool):  # written by mnistgen 0.1: amp on CUDA or not
+            train["amp"] = "auto" if train["amp"] else "off"
         return RunConfig(
             kind=kind,
             preset=str(d.get("preset", "custom")),
             data=_build(DataConfig, d.get("data", {})),
-            train=_build(TrainConfig, d.get("train", {})),
+            train=_build(TrainConfig, train),
             model=_build(model_cls, d.get("model", {})),
             process=_build(process_cls, d["process"]) if process_cls else None,
         )
@@ -214,6 +219,7 @@ def validate(cfg: RunConfig) -> None:
     _check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     _choice(t.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    _choice(t.amp, AMP_MODES, "train.amp")
     _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     _check(t.ema_warmup_power >= 0.0, f"train.ema_warmup_power must be >= 0, got {t.ema_warmup_power}")
     _check(min(t.warmup_steps, t.ema_start, t.lr_step_epochs) >= 0, "train step counts must be >= 0")
@@ -249,7 +255,7 @@ def validate(cfg: RunConfig) -> None:
 
 _DIFFUSION_REFERENCE_TRAIN = TrainConfig(
     epochs=20, batch_size=256, lr=2e-4, lr_schedule="step", lr_step_epochs=10, lr_gamma=0.1,
-    ema_decay=0.995, ema_start=2000, amp=True,
+    ema_decay=0.995, ema_start=2000, amp="auto",
 )
 _UNET_REFERENCE = UNetConfig()
 _UNET_CPU = UNetConfig(channels=(32, 64, 128), bottleneck=128, blocks=1, time_dim=64, unshuffle=2,
@@ -258,7 +264,7 @@ _UNET_SMOKE = UNetConfig(channels=(8, 16), bottleneck=16, blocks=1, time_dim=16,
 _CPU_DATA = DataConfig(resolution=32, val_limit=2000)
 _CPU_TRAIN = TrainConfig(
     epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
-    ema_decay=0.999, ema_start=1000, amp=False, channels_last=True,
+    ema_decay=0.999, ema_start=1000, channels_last=True,
 )
 _SMOKE_DATA = DataConfig(train_limit=2048, val_limit=512)
 _SMOKE_TRAIN = TrainConfig(epochs=2, batch_size=64, lr=2e-3, log_every=5, ema_decay=0.9, ema_start=2)

@@ -16,27 +16,13 @@ from torch import nn
 from mnistgen.config import CFGConfig, ClassifierConfig, DDPMConfig, RunConfig, UNetConfig, VAEConfig
 from mnistgen.data.mnist import TensorData, load
 from mnistgen.errors import UserError
+from mnistgen.training import device as policy
 from mnistgen.training.checkpoint import load_checkpoint
+from mnistgen.training.device import pick_device
 from mnistgen.training.rundir import RunDir
 from mnistgen.training.trainer import EpochRecord, Objective, Preview, Trainer
 
 PREVIEW_SEED = 1234  # fixed noise for the per-epoch grids (F9, F12)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an unavailable device is a user error."""
-    valid = ("auto", "cpu", "cuda", "mps")
-    if name not in valid and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}; valid: {', '.join(valid)}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available here")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps requested but MPS is not available here")
-    return torch.device(name)
 
 
 def data_scale(cfg: RunConfig) -> str:
@@ -66,12 +52,13 @@ def build_model(cfg: RunConfig) -> nn.Module:
     return ConditionalUNet(cfg.model) if cfg.kind == "cfg" else UNet(cfg.model)
 
 
-def build_process(cfg: RunConfig):
-    """The noise process of a diffusion run (None for the VAE); it never owns the network."""
+def build_process(cfg: RunConfig, device: torch.device | str = "cpu"):
+    """The noise process of a diffusion run (None for the VAE), its tables on ``device``; it never owns
+    the network."""
     if isinstance(cfg.process, DDPMConfig):
         from mnistgen.diffusion.ddpm import GaussianDiffusion
 
-        return GaussianDiffusion(cfg.process)
+        return GaussianDiffusion(cfg.process, device)
     if isinstance(cfg.process, CFGConfig):
         from mnistgen.diffusion.cfg import LogSNRDiffusion
 
@@ -79,7 +66,7 @@ def build_process(cfg: RunConfig):
     return None
 
 
-def build_objective(cfg: RunConfig) -> Objective:
+def build_objective(cfg: RunConfig, device: torch.device | str = "cpu") -> Objective:
     if cfg.kind == "vae":
         from mnistgen.models.vae import VAEObjective
 
@@ -88,7 +75,7 @@ def build_objective(cfg: RunConfig) -> Objective:
         from mnistgen.models.classifier import ClassifierObjective
 
         return ClassifierObjective()
-    return build_process(cfg)
+    return build_process(cfg, device)
 
 
 def image_shape(cfg: RunConfig) -> tuple[int, int, int]:
@@ -97,15 +84,16 @@ def image_shape(cfg: RunConfig) -> tuple[int, int, int]:
 
 def generate(cfg: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
              labels: torch.Tensor | None = None, sampler: str | None = None, steps: int | None = None,
-             eta: float | None = None, guidance: float | None = None) -> torch.Tensor:
-    """``n`` samples in [0, 1], shape (n, 1, H, W), with the run's default sampler unless overridden."""
+             eta: float | None = None, guidance: float | None = None, process=None) -> torch.Tensor:
+    """``n`` samples in [0, 1], shape (n, 1, H, W), with the run's default sampler unless overridden;
+    ``process``: the run's noise process on the model's device (built here when not given)."""
     device = next(model.parameters()).device
     if cfg.kind == "vae":
         z = torch.randn(n, cfg.model.latent, generator=generator, device=device)
         return model.decode(z)
     from mnistgen.diffusion import samplers
 
-    process = build_process(cfg)
+    process = process or build_process(cfg, device)
     noise = torch.randn(n, *image_shape(cfg), generator=generator, device=device)
     if cfg.kind == "ddpm":
         p = cfg.process
@@ -128,7 +116,7 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def build_preview(cfg: RunConfig) -> Preview | None:
+def build_preview(cfg: RunConfig, process=None) -> Preview | None:
     """Per-epoch grid from fixed noise: 64 VAE samples (8x8), 16 DDPM samples (4x4), or CFG: 2 per class,
     one row per digit."""
     if cfg.kind == "classifier":
@@ -139,8 +127,8 @@ def build_preview(cfg: RunConfig) -> Preview | None:
         g = torch.Generator(device).manual_seed(PREVIEW_SEED)
         if cfg.kind == "cfg":
             labels = torch.arange(10, device=device).repeat_interleave(2)  # (20,) 0,0,1,1,...
-            return generate(cfg, model, len(labels), g, labels=labels)
-        return generate(cfg, model, 64 if cfg.kind == "vae" else 16, g)
+            return generate(cfg, model, len(labels), g, labels=labels, process=process)
+        return generate(cfg, model, 64 if cfg.kind == "vae" else 16, g, process=process)
 
     return Preview(preview, {"vae": 8, "ddpm": 4, "cfg": 2}[cfg.kind])
 
@@ -149,6 +137,7 @@ def train(cfg: RunConfig, out: Path, data_dir: str | os.PathLike | None = None, 
           resume: bool = False, show_progress: bool = True) -> list[EpochRecord]:
     """Train a run of ``cfg`` in ``out`` (resuming from its last checkpoint when ``resume``)."""
     device = device or pick_device("auto")
+    policy.configure_backends(device, cfg.train.tf32)
     run = RunDir(Path(out))
     if run.last_checkpoint.is_file() and not resume:
         raise UserError(f"{run.root} already holds a run; pass --resume to continue it or choose another --out")
@@ -159,10 +148,14 @@ def train(cfg: RunConfig, out: Path, data_dir: str | os.PathLike | None = None, 
         cfg = saved
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg).to(device)
-    trainer = Trainer(model, build_objective(cfg), load_data(cfg, "train", data_dir, device),
-                      load_data(cfg, "test", data_dir, device), cfg, run, build_preview(cfg), show_progress)
+    objective = build_objective(cfg, device)
+    trainer = Trainer(model, objective, load_data(cfg, "train", data_dir, device),
+                      load_data(cfg, "test", data_dir, device), cfg, run,
+                      build_preview(cfg, objective if cfg.process is not None else None), show_progress)
     if resume:
         trainer.resume()
+    if trainer.rank == 0 and show_progress:
+        print(f"{cfg.kind}: training on {policy.describe(device, trainer.amp_dtype)}")
     if trainer.rank == 0:
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_config(cfg)
@@ -174,6 +167,7 @@ class LoadedRun(NamedTuple):
     run: RunDir
     model: nn.Module  # sampling weights (EMA when the run has them), eval mode
     history: list[dict]
+    process: object  # the noise process on the model's device (None for the VAE and the classifier)
 
 
 GENERATIVE = ("vae", "ddpm", "cfg")
@@ -192,7 +186,7 @@ def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: 
     if kind is not None and cfg.kind != kind:
         raise UserError(f"{run.root} holds a {cfg.kind!r} run, not a {kind!r} run")
     device = device or torch.device("cpu")
-    state = load_checkpoint(checkpoint or run.last_checkpoint, cfg.kind, device)
+    state = load_checkpoint(checkpoint or run.last_checkpoint, cfg.kind, mmap=True)  # reads only what is used
     model = build_model(cfg).to(device)
     ema_started = state["ema"] is not None and state["step"] > cfg.train.ema_start
     if ema_started:
@@ -201,4 +195,4 @@ def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: 
     else:
         model.load_state_dict(state["model"])
     model.eval()
-    return LoadedRun(cfg, run, model, state["history"])
+    return LoadedRun(cfg, run, model, state["history"], build_process(cfg, device))

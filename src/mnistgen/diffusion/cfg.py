@@ -33,11 +33,18 @@ class LogSNRDiffusion:
         self.cfg = cfg
         self.b = math.atan(math.exp(-cfg.lambda_max / 2))
         self.a = math.atan(math.exp(-cfg.lambda_min / 2)) - self.b
+        self.c = math.atan(math.exp(cfg.lambda_min / 2))  # pi/2 - a - b, computed without cancellation
 
     # -- schedule -----------------------------------------------------------------------
     def log_snr(self, u: torch.Tensor) -> torch.Tensor:
-        """lambda(u) = -2 log tan(a u + b): lambda(0) = lambda_max, lambda(1) = lambda_min, decreasing in u."""
-        return (-2.0 * torch.log(torch.tan(self.a * u.double() + self.b))).to(u.dtype)  # float64 inside
+        """lambda(u) = -2 log tan(a u + b): lambda(0) = lambda_max, lambda(1) = lambda_min, decreasing in u.
+
+        Accurate in float32 (MPS has no float64): near u = 1 the angle a u + b approaches pi/2 and
+        its rounding error would dominate, so for u > 1/2 the same value is computed as
+        2 log tan(a (1 - u) + c), c = pi/2 - a - b, using tan(pi/2 - x) = 1 / tan(x)."""
+        near_zero = -2.0 * torch.log(torch.tan(self.a * u + self.b))
+        near_one = 2.0 * torch.log(torch.tan(self.a * (1.0 - u) + self.c))
+        return torch.where(u <= 0.5, near_zero, near_one)
 
     @staticmethod
     def alpha_sigma(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +52,10 @@ class LogSNRDiffusion:
         return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
     def lambda_grid(self, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``steps + 1`` log-SNRs from lambda_min to lambda_max, uniform in u (the sampler's path)."""
-        u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)
-        return self.log_snr(u)
+        """``steps + 1`` log-SNRs from lambda_min to lambda_max, uniform in u (the sampler's path),
+        float32 on ``device``: computed on the host, moved once."""
+        u = torch.tensor([1.0 - i / steps for i in range(steps + 1)])
+        return self.log_snr(u).to(device)
 
     def model_time(self, lam: torch.Tensor) -> torch.Tensor:
         """The network's time input: lambda mapped linearly onto [0, 1000] (0 = clean, 1000 = noise)."""

@@ -1,8 +1,9 @@
 """The discrete-time DDPM noise process (Ho et al. 2020). It does not own the network.
 
-Schedules are computed once in float64 and stored as read-only float32 tensors; nothing
-here changes after construction, so one process object serves training and any number
-of samplers.
+The schedule is computed once in float64 on the CPU, cast to float32 and moved once to the
+device the process is built for (MPS has no float64; a lookup never copies between
+devices). Nothing here changes after construction, so one process object serves training
+and any number of samplers on that device.
 """
 
 from __future__ import annotations
@@ -45,21 +46,26 @@ def linear_schedule(cfg: DDPMConfig) -> Schedule:
         posterior_coef_xt=alphas.sqrt() * (1.0 - alpha_bars_prev) / one_minus,
         eps_coef=betas / one_minus.sqrt(), snr=alpha_bars / one_minus,
     )
-    return Schedule(*(v.float() for v in values))
+    return Schedule(*(v.float() for v in values))  # float64 only on the CPU, here
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[t] shaped (B, 1, 1, 1) to broadcast against ``like`` (B, C, H, W)."""
-    return values.to(like.device)[t].view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+    """values[t] shaped (B, 1, 1, 1) to broadcast against ``like`` (B, C, H, W); a gather on the
+    device, never a copy between devices."""
+    if values.device != like.device:
+        raise ValueError(f"the process's schedule is on {values.device} but the data on {like.device}; "
+                         f"build the process with device={like.device}")
+    return values[t].view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
 class GaussianDiffusion:
     """q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0), the reverse step of eq. 11 and the epsilon loss."""
 
-    def __init__(self, cfg: DDPMConfig = DDPMConfig()):
+    def __init__(self, cfg: DDPMConfig = DDPMConfig(), device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.T = cfg.timesteps
-        self.schedule = linear_schedule(cfg)
+        self.device = torch.device(device)
+        self.schedule = Schedule(*(v.to(self.device) for v in linear_schedule(cfg)))
 
     # -- forward process ----------------------------------------------------------------
     def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +106,7 @@ class GaussianDiffusion:
         """Per-example weights of ||eps - eps_theta||^2: 1 (DDPM eq. 14), or min(SNR, gamma) / SNR (min-SNR)."""
         if self.cfg.loss_weighting == "uniform":
             return torch.ones(t.shape, device=t.device)
-        snr = self.schedule.snr.to(t.device)[t]
+        snr = self.schedule.snr[t]
         return snr.clamp(max=self.cfg.min_snr_gamma) / snr
 
     def loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None = None,

@@ -51,7 +51,7 @@ def ddim(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: i
     """DDIM (Song et al. 2021, eq. 12) on a subsequence of the DDPM steps; eta = 0 is deterministic,
     eta = 1 has the DDPM posterior variance. x_{t'} = sqrt(ab') x0 + sqrt(1 - ab' - s^2) eps + s z,
     s = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab')."""
-    alpha_bars = process.schedule.alpha_bars.to(x.device)
+    alpha_bars = process.schedule.alpha_bars  # (T,) on the process's device
     grid = ddim_timesteps(process.T, steps)
     for i, t in enumerate(grid):
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)

@@ -26,7 +26,7 @@ class FeatureStats(NamedTuple):
 
 
 class Judgement(NamedTuple):
-    features: torch.Tensor  # (N, D)
+    features: torch.Tensor  # (N, D) float32, on the CPU
     predictions: torch.Tensor  # (N,) int64
 
 
@@ -49,8 +49,8 @@ def judge(classifier: Classifier, images: torch.Tensor, batch_size: int = 1000) 
     device = next(classifier.parameters()).device
     features, predictions = [], []
     for chunk in images.split(batch_size):
-        f = classifier.features(chunk.to(device).float())
-        features.append(f.double().cpu())
+        f = classifier.features(chunk.to(device).float())  # (b, D)
+        features.append(f.float().cpu())  # float64 only on the CPU (feature_stats)
         predictions.append(classifier.out(f).argmax(1).cpu())
     return Judgement(torch.cat(features), torch.cat(predictions))
 

@@ -26,8 +26,9 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int, generator: torch.Ge
 
 @torch.no_grad()
 def mean_over_batches(fn, x: torch.Tensor, batch_size: int) -> float:
-    """Mean of a per-example function ``fn(x_batch) -> (b,)`` over ``x`` in batches."""
-    total = sum(fn(chunk).double().sum().item() for chunk in x.split(batch_size))
+    """Mean of a per-example function ``fn(x_batch) -> (b,)`` over ``x`` in batches: each batch summed in
+    float32 on the device (MPS has no float64), the batch sums added up on the host in double."""
+    total = sum(fn(chunk).float().sum().item() for chunk in x.split(batch_size))
     return total / x.shape[0]
 
 

@@ -67,7 +67,7 @@ class SampleQuality:
 
 @torch.no_grad()
 def draw(cfg: RunConfig, model: nn.Module, n: int, seed: int, settings: SamplerSettings,
-         batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+         batch_size: int = 500, process=None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """``n`` samples (for CFG: n // 10 per digit, labels returned), and the seconds it took."""
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
@@ -79,14 +79,15 @@ def draw(cfg: RunConfig, model: nn.Module, n: int, seed: int, settings: SamplerS
         count = min(batch_size, total - first)
         chunk_labels = labels[first: first + count] if labels is not None else None
         chunks.append(generate(cfg, model, count, g, labels=chunk_labels, sampler=settings.sampler,
-                               steps=settings.steps, eta=settings.eta, guidance=settings.guidance).cpu())
+                               steps=settings.steps, eta=settings.eta, guidance=settings.guidance,
+                               process=process).cpu())
     return torch.cat(chunks), (labels.cpu() if labels is not None else None), time.perf_counter() - start
 
 
 def sample_quality(cfg: RunConfig, model: nn.Module, classifier, reference: FeatureStats, n: int, seed: int,
-                   settings: SamplerSettings) -> SampleQuality:
+                   settings: SamplerSettings, process=None) -> SampleQuality:
     """MNIST-FD, class histogram and (CFG) class accuracy of ``n`` fresh samples."""
-    images, labels, seconds = draw(cfg, model, n, seed, settings)
+    images, labels, seconds = draw(cfg, model, n, seed, settings, process=process)
     verdict = judge(classifier, images)
     accuracy = per_class = None
     if labels is not None:
@@ -140,9 +141,10 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
     if cfg.data.dataset == "mnist":
         classifier = load_classifier(classifier_path, device)
         reference = reference_stats(classifier, data_dir, device)
-        values.update(sample_quality(cfg, model, classifier, reference, n_samples, seed, settings).record())
+        values.update(sample_quality(cfg, model, classifier, reference, n_samples, seed, settings,
+                                     loaded.process).record())
         if guidance_sweep and cfg.kind == "cfg":
             values["guidance_sweep"] = [_sweep_point(sample_quality(
                 cfg, model, classifier, reference, sweep_samples or n_samples, seed,
-                SamplerSettings(steps=settings.steps, guidance=w))) for w in guidance_sweep]
+                SamplerSettings(steps=settings.steps, guidance=w), loaded.process)) for w in guidance_sweep]
     return loaded.run.update_metrics(**values)

@@ -49,7 +49,7 @@ def reverse_chain(cfg: RunConfig, model: nn.Module, path: Path, seed: int = 0, c
     """F11: ancestral sampling, the state after steps t = 999, 500, 200, 100, 25, 0 for ``chains`` chains."""
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
-    process = build_process(cfg)
+    process = build_process(cfg, device)
     kept: dict[int, torch.Tensor] = {}
 
     def keep(t: int, x: torch.Tensor) -> None:

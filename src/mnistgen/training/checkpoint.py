@@ -12,7 +12,7 @@ import torch
 
 from mnistgen.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-rank generator and RNG states
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -48,12 +48,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, checking its format and model kind."""
+def load_checkpoint(path: Path, kind: str | None = None, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` to the CPU, checking its format and model kind.
+
+    Everything lands on the CPU whatever device wrote it: RNG states must be CPU tensors, and the
+    model, EMA and optimizer copy their tensors to their own device when they load them.
+    ``mmap=True`` maps the file instead of reading it, so tensors never touched (Adam's moments
+    when only weights are wanted) are never read."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict) or "format_version" not in state:

@@ -32,10 +32,30 @@ def setup(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
+    """After a successful run: wait for every rank, then leave the group."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
+def abort() -> None:
+    """After an error on this rank: leave at once. A barrier here would hang, since the other ranks
+    wait for this one inside a collective; torchrun stops them when this process exits non-zero."""
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - already failing; the original error is what matters
+            pass
+
+
+def rank() -> int:
+    """This process's rank (0 outside torchrun), known before the process group is joined."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return rank() == 0

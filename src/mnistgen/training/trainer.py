@@ -4,8 +4,10 @@ The trainer is handed what it needs (a model, an objective, device-resident data
 preview function) and builds none of it. Everything random in a step comes from one
 ``torch.Generator`` whose state is checkpointed, and each epoch's shuffle is derived
 from (seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
-Under ``torchrun`` each rank trains on its shard with DistributedDataParallel and only
-rank 0 writes.
+Under ``torchrun`` each rank trains on its shard with DistributedDataParallel, draws from
+its own generator, and rank 0 writes every rank's generator and RNG state into the
+checkpoint, so a resumed data-parallel run also ends with the uninterrupted run's weights.
+Checkpoints load to the CPU; load_state_dict then moves each tensor to where its owner lives.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from tqdm.auto import tqdm
 
 from mnistgen.config import RunConfig, TrainConfig
 from mnistgen.data.mnist import TensorData
+from mnistgen.errors import UserError
+from mnistgen.training import device as policy
 from mnistgen.training.ema import EMA
 from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint, write_json
 from mnistgen.training.rundir import RunDir
@@ -74,12 +78,6 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
-def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -88,11 +86,26 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
+    """Restore the global RNGs; the torch states are CPU ByteTensors, as the setters require."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both machines have
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load Adam's moments, keeping this device's kernel choice (fused or not): a checkpoint from
+    another device may carry flags this device has no kernel for."""
+    flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, flags):
+        group.update(own)
+        if not (group.get("fused") or group.get("capturable")):  # the unfused step keeps its count on the CPU
+            for p in group["params"]:
+                if torch.is_tensor(optimizer.state.get(p, {}).get("step")):
+                    optimizer.state[p]["step"] = optimizer.state[p]["step"].cpu()
 
 
 class Trainer:
@@ -109,18 +122,17 @@ class Trainer:
         self.model = model.to(memory_format=self.memory_format)
         net = DistributedDataParallel(model) if self.world > 1 else model
         self.net = torch.compile(net) if self.tc.compile else net  # what the objective calls
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay,
-                                          fused=self.device.type in ("cpu", "cuda"))  # one kernel for all tensors
+        self.optimizer = policy.adam(model.parameters(), self.device, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
         self.steps_per_epoch = math.ceil(len(train_data) // self.world / self.tc.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.tc, self.steps_per_epoch))
-        self.amp_dtype = _amp_dtype(self.device, self.tc.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.amp_dtype = policy.amp_dtype(self.device, self.tc.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=policy.needs_grad_scaler(self.amp_dtype))
         self.ema = EMA(model, self.tc.ema_decay, self.tc.ema_warmup_power) if self.tc.ema_decay > 0 else None
         self.generator = torch.Generator(self.device).manual_seed(self.tc.seed * 1000 + self.rank)
         self.step = 0
         self.epoch = 0  # completed epochs
         self.batch = 0  # batches done in the current epoch
-        self.epoch_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.epoch_loss = torch.zeros((), device=self.device)  # float32: MPS has no float64
         self.epoch_count = 0
         self.epoch_seconds = 0.0
         self.history: list[EpochRecord] = []
@@ -133,42 +145,75 @@ class Trainer:
             return self.ema.module
         return self.model
 
+    def _rank_states(self) -> list[dict]:
+        """Every rank's generator and global RNG states, in rank order (a collective under DDP)."""
+        mine = {"generator": self.generator.get_state(), "rng": _rng_state()}
+        if self.world == 1:
+            return [mine]
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        return gathered
+
     def state_dict(self) -> dict:
+        ranks = self._rank_states()
         return {
             "config": self.cfg.to_dict(), "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(), "rng": _rng_state(),
+            "scaler": self.scaler.state_dict(), "world_size": self.world,
+            "generator": [r["generator"] for r in ranks], "rng": [r["rng"] for r in ranks],
             "step": self.step, "epoch": self.epoch, "batch": self.batch,
             "epoch_loss": self.epoch_loss.item(), "epoch_count": self.epoch_count,
             "epoch_seconds": self.epoch_seconds, "history": [asdict(r) for r in self.history],
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a checkpoint loaded to the CPU: weights and optimizer state are copied to the
+        training device by their owners; this rank's generator and RNG states stay CPU tensors."""
+        generators, rngs = state["generator"], state["rng"]
+        if not isinstance(generators, list):  # format 1: one process
+            generators, rngs = [generators], [rngs]
+        if len(generators) != self.world:
+            raise UserError(f"the checkpoint was written by a run of {len(generators)} process(es) and this run has "
+                            f"{self.world}; resume with the same number (torchrun --nproc_per_node={len(generators)})")
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
-        _set_rng_state(state["rng"])
+        if self.scaler.is_enabled() and state["scaler"]:  # empty when saved without fp16 (another device)
+            self.scaler.load_state_dict(state["scaler"])
+        self._restore_generator(generators[self.rank], state["step"])
+        _set_rng_state(rngs[self.rank])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
         self.epoch_loss.fill_(state["epoch_loss"])
         self.epoch_count, self.epoch_seconds = state["epoch_count"], state["epoch_seconds"]
         self.history = [EpochRecord(**r) for r in state["history"]]
 
+    def _restore_generator(self, saved: torch.Tensor, step: int) -> None:
+        """This rank's stream continues where it stopped. A state saved by another kind of device
+        (a CUDA Philox state on a CPU, say) does not fit this generator: the stream is then
+        reseeded from (seed, rank, step), and the run goes on without being bit-identical."""
+        try:
+            self.generator.set_state(saved)
+        except RuntimeError:
+            self.generator.manual_seed(self.tc.seed * 1000 + self.rank + 7919 * step)
+            if self.show_progress:
+                tqdm.write(f"{self.cfg.kind}: the checkpoint's random stream comes from another kind of device; "
+                           f"weights and optimizer resume exactly, the noise stream is reseeded")
+
     def resume(self) -> bool:
         """Load ``last.pt`` if the run has one; True when something was loaded."""
         if not self.run.last_checkpoint.is_file():
             return False
-        self.load_state_dict(load_checkpoint(self.run.last_checkpoint, self.cfg.kind, self.device))
+        self.load_state_dict(load_checkpoint(self.run.last_checkpoint, self.cfg.kind))
         return True
 
     def save(self, epoch_file: bool) -> None:
+        """Write ``last.pt`` (and ``epoch_NNN.pt``); every rank calls it, rank 0 writes."""
+        state = self.state_dict()
         if self.rank != 0:
             return
-        state = self.state_dict()
         if epoch_file:
             save_checkpoint(self.run.epoch_checkpoint(self.epoch), state)
         save_checkpoint(self.run.last_checkpoint, state)
@@ -214,7 +259,7 @@ class Trainer:
         self.backward(loss)
         self.optimizer_step()
         self.ema_step()
-        self.epoch_loss += loss.detach().double() * len(idx)
+        self.epoch_loss += loss.detach().float() * len(idx)
         self.epoch_count += len(idx)
 
     def _check_finite(self) -> float:
@@ -263,6 +308,14 @@ class Trainer:
         self.save(epoch_file=True)
         return record
 
+    def _checkpoint_due(self, last_save: float) -> bool:
+        """Time for a mid-epoch checkpoint? Rank 0's clock decides for every rank (saving is a collective)."""
+        minutes = self.tc.checkpoint_minutes
+        due = [minutes > 0 and time.monotonic() - last_save > 60 * minutes]
+        if self.world > 1:
+            dist.broadcast_object_list(due, src=0)
+        return bool(due[0])
+
     def fit(self) -> list[EpochRecord]:
         """Train until ``cfg.train.epochs`` epochs are complete; returns the per-epoch history."""
         self.model.train()
@@ -282,8 +335,7 @@ class Trainer:
                     loss = self._check_finite()
                     bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{tick_images / max(now - tick, 1e-9):.0f}")
                     bar.update(self.batch - bar.n)
-                    minutes = self.tc.checkpoint_minutes
-                    if minutes > 0 and time.monotonic() - last_save > 60 * minutes and self.batch < len(batches):
+                    if self._checkpoint_due(last_save) and self.batch < len(batches):
                         self.save(epoch_file=False)
                         last_save = time.monotonic()
                     tick, tick_images = time.perf_counter(), 0
