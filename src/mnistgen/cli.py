@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mnistgen: error: {e}", file=sys.stderr)
             return 1
         if distributed.launched_by_torchrun():  # torchrun stops the other ranks when this one exits
-            print(f"mnistgen: error: process {distributed.rank()} of {distributed.world_size()} failed: "
-                  f"{type(e).__name__}: {e}", file=sys.stderr)
+            if not distributed.lost_a_peer(e):  # the rank that failed first says why, the others stay quiet
+                print(f"mnistgen: error: process {distributed.rank()} of {distributed.world_size()} failed: "
+                      f"{type(e).__name__}: {e}", file=sys.stderr)
             return 1
         raise
 

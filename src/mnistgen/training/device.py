@@ -81,7 +81,7 @@ def configure_backends(device: torch.device, tf32: bool) -> None:
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
     torch.backends.cudnn.allow_tf32 = tf32
 
 

@@ -48,6 +48,13 @@ def abort() -> None:
             pass
 
 
+def lost_a_peer(error: BaseException) -> bool:
+    """True for the error a collective raises when another process of the job has gone away."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "remote worker"))
+
+
 def rank() -> int:
     """This process's rank (0 outside torchrun), known before the process group is joined."""
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))

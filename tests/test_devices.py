@@ -1,0 +1,278 @@
+"""The device policy, checked on the CPU by simulating each device's constraint.
+
+- MPS has no float64: training steps, sampling loops and evaluation run under a guard that fails
+  on any float64 operator.
+- CUDA: the autocast dtype per compute capability (monkeypatched), the fp16 + GradScaler path
+  executed for real (CPU autocast runs float16), schedule lookups that never copy between
+  devices (checked on the ``meta`` device), checkpoints that load to the CPU whatever wrote them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from guards import DeviceTransfers, NoFloat64
+from mnistgen.config import apply_overrides, preset
+from mnistgen.diffusion import samplers
+from mnistgen.diffusion.cfg import LogSNRDiffusion
+from mnistgen.errors import UserError
+from mnistgen.evaluation.fd import judge, load_classifier
+from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
+from mnistgen.recipes import build_model, build_objective, build_preview, build_process, generate, load_data
+from mnistgen.training import device as policy
+from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint
+from mnistgen.training.rundir import RunDir
+from mnistgen.training.trainer import Trainer
+
+CPU = torch.device("cpu")
+KINDS = ["vae", "ddpm", "cfg", "classifier"]
+
+
+def _cfg(kind, **overrides):
+    base = {"data.train_limit": 256, "data.val_limit": 64, "train.epochs": 1, "train.log_every": 2,
+            "train.checkpoint_minutes": 0}
+    return apply_overrides(preset(kind, "smoke"), {**base, **overrides})
+
+
+def _trainer(cfg, out, mnist_dir, objective=None) -> Trainer:
+    torch.manual_seed(cfg.train.seed)
+    return Trainer(build_model(cfg), objective or build_objective(cfg, CPU), load_data(cfg, "train", mnist_dir, CPU),
+                   load_data(cfg, "test", mnist_dir, CPU), cfg, RunDir(out),
+                   build_preview(cfg, build_process(cfg, CPU)), show_progress=False)
+
+
+# -- MPS: no float64 on the device --------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_has_no_float64_op(kind, tmp_path, mnist_dir):
+    """A whole epoch: steps, validation, the preview samples, the checkpoint."""
+    trainer = _trainer(_cfg(kind, **{"train.ema_start": 0}), tmp_path, mnist_dir)
+    with NoFloat64() as guard:
+        trainer.fit()
+    assert trainer.step > 0 and guard.ops == []
+
+
+@pytest.mark.parametrize("kind, options", [("vae", {}), ("ddpm", {"sampler": "ancestral"}),
+                                           ("ddpm", {"sampler": "ddim", "steps": 10, "eta": 1.0}),
+                                           ("cfg", {"guidance": 1.0, "steps": 10})])
+def test_sampling_loops_have_no_float64_op(kind, options):
+    cfg = _cfg(kind, **({"process.timesteps": 100} if kind == "ddpm" else {}))
+    model = build_model(cfg).eval()
+    process = build_process(cfg, CPU)
+    labels = torch.arange(4) if kind == "cfg" else None
+    with NoFloat64() as guard:
+        images = generate(cfg, model, 4, torch.Generator().manual_seed(0), labels=labels, process=process, **options)
+    assert images.shape == (4, 1, 28, 28) and guard.ops == []
+
+
+def test_evaluation_has_no_float64_op_on_the_device(mnist_test_unit):
+    cfg = _cfg("vae")
+    model = build_model(cfg).eval()
+    x = mnist_test_unit.x[:64]
+    classifier = load_classifier()
+    with NoFloat64() as guard:
+        verdict = judge(classifier, x)
+        neg_elbo_mean(model, x)
+        iwae_nll_mean(model, x, 4)
+    assert verdict.features.dtype == torch.float32 and verdict.features.device.type == "cpu"
+    assert guard.ops == []
+
+
+def test_log_snr_is_accurate_in_float32():
+    """lambda(u) = -2 log tan(a u + b) evaluated in float32 agrees with float64 to 1e-5 everywhere,
+    including u -> 1 where the angle approaches pi/2."""
+    process = LogSNRDiffusion()
+    u = torch.cat([torch.linspace(0, 1, 10_001), 1 - torch.logspace(-7, -1, 200), torch.logspace(-7, -1, 200)])
+    exact = [-2 * math.log(math.tan(process.a * v + process.b)) for v in u.double().tolist()]
+    got = process.log_snr(u)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), torch.tensor(exact, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+# -- CUDA and MPS: the mixed-precision choice -----------------------------------------------
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                                  ((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16),
+                                                  ((9, 0), torch.bfloat16)])
+def test_autocast_follows_the_cuda_capability(capability, expected, monkeypatch):
+    """V100 / T4 (7.x) have no native bf16 (is_bf16_supported() says True there through emulation)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    cuda = torch.device("cuda")
+    assert policy.amp_dtype(cuda, "auto") == expected
+    assert policy.needs_grad_scaler(policy.amp_dtype(cuda, "auto")) == (expected == torch.float16)
+    assert policy.amp_dtype(cuda, "fp16") == torch.float16 and policy.amp_dtype(cuda, "off") is None
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_no_autocast_by_default_off_cuda(device):
+    assert policy.amp_dtype(torch.device(device), "auto") is None
+    assert policy.amp_dtype(torch.device(device), "bf16") == torch.bfloat16
+
+
+def test_backends_are_configured_on_cuda_only():
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = False, True
+        torch.set_float32_matmul_precision("medium")
+        policy.configure_backends(CPU, tf32=False)
+        assert torch.backends.cudnn.benchmark is False and torch.get_float32_matmul_precision() == "medium"
+        policy.configure_backends(torch.device("cuda"), tf32=False)
+        assert torch.backends.cudnn.benchmark is True and torch.backends.cudnn.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "highest"
+        policy.configure_backends(torch.device("cuda"), tf32=True)
+        assert torch.backends.cudnn.allow_tf32 is True and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def test_default_preset_follows_the_device():
+    assert policy.default_preset(torch.device("cuda")).name == "reference"
+    assert policy.default_preset(torch.device("mps")).name == "cpu"
+    assert policy.default_preset(CPU).name == "cpu"
+
+
+def test_unknown_or_absent_device_is_a_user_error():
+    with pytest.raises(UserError, match="valid: auto, cpu, cuda, mps"):
+        policy.pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            policy.pick_device("cuda:1")
+
+
+class AutocastSpy:
+    """The real objective, noting which autocast dtype was active for each loss."""
+
+    def __init__(self, objective):
+        self.objective, self.seen = objective, set()
+
+    def loss(self, model, x, y, generator=None):
+        if torch.is_autocast_enabled("cpu"):
+            self.seen.add(torch.get_autocast_dtype("cpu"))
+        return self.objective.loss(model, x, y, generator)
+
+
+def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir):
+    """The T4 path, executed: float16 autocast, a GradScaler that scales, unscales before clipping,
+    is checkpointed, and a resumed run ends bit-identical to an uninterrupted one."""
+    cfg = _cfg("ddpm", **{"train.amp": "fp16", "train.epochs": 2, "train.grad_clip": 1.0})
+    spy = AutocastSpy(build_objective(cfg, CPU))
+    full = _trainer(cfg, tmp_path / "full", mnist_dir, spy)
+    initial = [p.detach().clone() for p in full.model.parameters()]
+    assert full.amp_dtype == torch.float16 and full.scaler.is_enabled()
+    full.fit()
+    assert spy.seen == {torch.float16}
+    assert full.scaler.get_scale() > 1  # a real loss scale, not the disabled scaler's 1.0
+    moved = [not torch.equal(a, b) for a, b in zip(initial, full.model.parameters())]
+    assert all(moved) and all(torch.isfinite(p).all() for p in full.model.parameters())
+    assert load_checkpoint(RunDir(tmp_path / "full").last_checkpoint, "ddpm")["scaler"]["scale"] > 1
+
+    half = _trainer(apply_overrides(cfg, {"train.epochs": 1}), tmp_path / "half", mnist_dir)
+    half.fit()
+    resumed = _trainer(cfg, tmp_path / "half", mnist_dir)
+    assert resumed.resume() and resumed.epoch == 1
+    resumed.fit()
+    assert resumed.scaler.get_scale() == full.scaler.get_scale()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+# -- checkpoints across devices ----------------------------------------------------------
+
+def test_resume_hands_only_cpu_tensors_to_the_rng_setters(tmp_path, mnist_dir, monkeypatch):
+    """A trainer on another device (here: claimed to be ``meta``) must still load the checkpoint to the
+    CPU: Generator.set_state and torch.set_rng_state accept CPU ByteTensors only."""
+    cfg = _cfg("ddpm", **{"train.epochs": 2})
+    first = _trainer(apply_overrides(cfg, {"train.epochs": 1}), tmp_path, mnist_dir)
+    first.fit()
+    seen = []
+    real_set_rng_state = torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda s: (seen.append(s.device.type), real_set_rng_state(s))[1])
+    resumed = _trainer(cfg, tmp_path, mnist_dir)
+    resumed.device = torch.device("meta")
+    real_generator = resumed.generator
+
+    class GeneratorSpy:
+        def set_state(self, state):
+            seen.append(state.device.type)
+            real_generator.set_state(state)
+
+    resumed.generator = GeneratorSpy()
+    assert resumed.resume()
+    assert seen == ["cpu", "cpu"]
+    assert torch.equal(real_generator.get_state(), first.generator.get_state())
+
+
+def test_checkpoint_from_another_kind_of_device_resumes(tmp_path, mnist_dir, monkeypatch):
+    """A run saved on a GPU (a 16-byte Philox generator state, fused Adam flags) continues on a device
+    without that generator or that kernel: weights and optimizer moments load, the stream is reseeded."""
+    cfg = _cfg("cfg", **{"train.epochs": 2})
+    first = _trainer(apply_overrides(cfg, {"train.epochs": 1}), tmp_path, mnist_dir)
+    first.fit()
+    path = RunDir(tmp_path).last_checkpoint
+    state = load_checkpoint(path, "cfg")
+    state["generator"] = [torch.zeros(16, dtype=torch.uint8)]  # what a CUDA generator's get_state() gives
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "format_version"})
+
+    real_adam = torch.optim.Adam
+
+    def adam_without_fused_kernel(params, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+        return real_adam(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", adam_without_fused_kernel)
+    resumed = _trainer(cfg, tmp_path, mnist_dir)
+    assert not resumed.optimizer.param_groups[0].get("fused")
+    assert resumed.resume()
+    assert not resumed.optimizer.param_groups[0].get("fused")
+    for a, b in zip(first.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    exp_avg = [resumed.optimizer.state[p]["exp_avg"] for p in resumed.model.parameters()]
+    assert all(torch.equal(a, first.optimizer.state[p]["exp_avg"])
+               for a, p in zip(exp_avg, first.model.parameters()))
+    resumed.fit()
+    assert resumed.epoch == 2 and all(torch.isfinite(p).all() for p in resumed.model.parameters())
+
+
+# -- CUDA: no device transfer inside a step ------------------------------------------------
+
+def _meta(kind, **overrides):
+    cfg = _cfg(kind, **overrides)
+    return cfg, build_model(cfg).to("meta"), build_process(cfg, "meta")
+
+
+def test_ddpm_schedule_lookups_never_copy_between_devices():
+    cfg, model, process = _meta("ddpm", **{"process.loss_weighting": "min-snr", "process.timesteps": 50})
+    assert all(v.device.type == "meta" for v in process.schedule)
+    x = torch.empty(4, 1, 28, 28, device="meta")
+    with DeviceTransfers() as guard:
+        process.loss(model, x)
+        samplers.ancestral(model, process, x)
+        samplers.ddim(model, process, x, steps=10, eta=1.0)
+    assert guard.ops == []
+
+
+def test_cfg_sampler_moves_its_grid_once():
+    cfg, model, process = _meta("cfg")
+    z, labels = torch.empty(4, 1, 28, 28, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    with DeviceTransfers() as guard:
+        process.loss(model, z, labels)
+    assert guard.ops == []
+    counts = []
+    for steps in (4, 16):
+        with DeviceTransfers() as guard:
+            samplers.guided(model, process, z, labels, 1.0, steps)
+        counts.append(len(guard.ops))
+    assert counts[0] == counts[1] <= 1
+
+
+def test_a_process_on_another_device_is_refused():
+    process = build_process(_cfg("ddpm"), "meta")
+    x = torch.zeros(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="schedule is on meta"):
+        process.q_sample(x, torch.zeros(2, dtype=torch.long), x)
