@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -276,3 +277,14 @@ def test_a_process_on_another_device_is_refused():
     x = torch.zeros(2, 1, 28, 28)
     with pytest.raises(ValueError, match="schedule is on meta"):
         process.q_sample(x, torch.zeros(2, dtype=torch.long), x)
+
+
+def test_train_without_preset_says_which_it_uses(tmp_path, capsys):
+    from mnistgen.cli import main
+
+    assert main(["train", "vae", "--out", str(tmp_path / "vae"), "--epochs", "1", "--no-progress",
+                 "--set", "data.train_limit=256", "--set", "data.val_limit=64"]) == 0
+    out = capsys.readouterr().out
+    assert "no --preset given: using 'cpu' because the device is cpu" in out
+    assert json.loads((tmp_path / "vae" / "config.json").read_text())["preset"] == "cpu"
+
