@@ -161,3 +161,27 @@ def test_compiled_training_follows_the_eager_run(tmp_path, mnist_dir):
     assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3) and a.val_loss == pytest.approx(b.val_loss, rel=1e-3)
     for (name, p), q in zip(trained[False].model.state_dict().items(), trained[True].model.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "vae"])
+def test_non_finite_weights_never_reach_a_checkpoint(kind, tmp_path, mnist_dir):
+    """lr = inf (past validation, which refuses it) with one optimizer step per epoch: the first step
+    makes the weights non-finite while its loss is still finite; whatever was saved loads finite, and
+    the message names a checkpoint that exists, or says none does."""
+    cfg = _small(kind, **{"train.epochs": 3, "train.batch_size": 640, "train.warmup_steps": 0,
+                          "train.ema_start": 0})
+    cfg = replace(cfg, train=replace(cfg.train, lr=float("inf")))
+    trainer = _trainer(cfg, tmp_path, mnist_dir)
+    with pytest.raises(NonFiniteLossError) as stopped:
+        trainer.fit()
+    message = str(stopped.value)
+    saved = sorted(RunDir(tmp_path).checkpoints.glob("*.pt")) if RunDir(tmp_path).checkpoints.is_dir() else []
+    for path in saved:
+        state = load_checkpoint(path, kind)
+        for section in ("model", "ema"):
+            for value in (state[section] or {}).values():
+                assert not value.is_floating_point() or torch.isfinite(value).all(), (path, section)
+    if RunDir(tmp_path).last_checkpoint.is_file():
+        assert str(RunDir(tmp_path).last_checkpoint) in message
+    else:
+        assert "no checkpoint had been written" in message and "last.pt" not in message

@@ -263,12 +263,22 @@ class Trainer:
         self.epoch_count += len(idx)
 
     def _check_finite(self) -> float:
+        """The epoch's mean training loss so far, after checking that it and every weight are finite."""
         value = self.epoch_loss.item() / max(1, self.epoch_count)
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"training loss became non-finite ({value}) in epoch {self.epoch + 1} near step {self.step}; "
-                f"stopped without saving, the last good checkpoint is {self.run.last_checkpoint}")
+        self._stop_unless_finite("training loss", value)
+        weights = [*self.model.parameters(), *(self.ema.parameters() if self.ema is not None else ())]
+        if not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):  # one host sync
+            self._stop_unless_finite("a weight", math.nan)
         return value
+
+    def _stop_unless_finite(self, what: str, value: float) -> None:
+        """Raise before anything non-finite can reach a checkpoint, naming what is kept on disk."""
+        if math.isfinite(value):
+            return
+        kept = self.run.last_checkpoint
+        kept_text = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint had been written"
+        raise NonFiniteLossError(f"{what} became non-finite ({value}) in epoch {self.epoch + 1} near step "
+                                 f"{self.step}; stopped without saving; {kept_text}")
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -287,11 +297,13 @@ class Trainer:
 
     def _end_epoch(self) -> EpochRecord:
         train_loss = self._check_finite()
+        val_loss = self.validate() if len(self.val_data) else float("nan")
+        if len(self.val_data):
+            self._stop_unless_finite("the validation loss", val_loss)
         self.epoch += 1
         self.batch = 0
         record = EpochRecord(
-            epoch=self.epoch, step=self.step, train_loss=train_loss,
-            val_loss=self.validate() if len(self.val_data) else float("nan"),
+            epoch=self.epoch, step=self.step, train_loss=train_loss, val_loss=val_loss,
             lr=self.optimizer.param_groups[0]["lr"], seconds=round(self.epoch_seconds, 3),
             images_per_s=round(self.epoch_count * self.world / max(self.epoch_seconds, 1e-9), 2))
         self.history.append(record)
