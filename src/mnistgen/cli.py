@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from mnistgen.config import DATASETS, KINDS, apply_overrides, preset
-from mnistgen.errors import UserError
+from mnistgen.errors import Interrupted, RunStopped, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,6 +157,15 @@ def _overrides(args) -> dict[str, str]:
     return overrides
 
 
+def _saved_config(out: Path | None):
+    """The config.json of the run at ``out`` (None when there is none to read)."""
+    from mnistgen.training.rundir import RunDir
+
+    if out is None or not (Path(out) / "config.json").is_file():
+        return None
+    return RunDir(Path(out)).read_config()
+
+
 def _train(args) -> int:
     from mnistgen.recipes import train
     from mnistgen.training import distributed
@@ -164,8 +173,13 @@ def _train(args) -> int:
 
     device = pick_device(args.device)
     main_process = distributed.rank() == 0
-    name = _preset_name(args.preset, device, log=main_process)
-    cfg = apply_overrides(preset(args.kind, name), _overrides(args))  # every check before any work
+    overrides = _overrides(args)
+    saved = _saved_config(args.out) if args.resume and args.preset is None else None
+    if saved is not None:  # --resume: the run's own settings, with the overrides given (check_resume judges them)
+        cfg = apply_overrides(saved, overrides)
+    else:
+        name = _preset_name(args.preset, device, log=main_process)
+        cfg = apply_overrides(preset(args.kind, name), overrides)  # every check before any work
     out = args.out or Path("runs") / f"{cfg.kind}-{cfg.preset}"
     device = distributed.setup(device)
     try:
@@ -296,24 +310,30 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.rank() == 0:  # every rank sees the same bad input: one line is enough
             print(f"mnistgen: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mnistgen: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    except Exception as e:
-        from mnistgen.training.trainer import NonFiniteLossError
-
+    except Interrupted as e:
         from mnistgen.training import distributed
 
-        if isinstance(e, NonFiniteLossError):
-            print(f"mnistgen: error: {e}", file=sys.stderr)
-            return 1
+        if distributed.rank() == 0:  # torchrun signals every rank; one line is enough
+            print(f"mnistgen: {e}", file=sys.stderr)
+        return e.exit_status
+    except RunStopped as e:
+        print(f"mnistgen: error: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("mnistgen: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # outside training: a sample file, a figure, metrics.json
+        print(f"mnistgen: error: could not write {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        from mnistgen.training import distributed
+
         if distributed.launched_by_torchrun():  # torchrun stops the other ranks when this one exits
             if not distributed.lost_a_peer(e):  # the rank that failed first says why, the others stay quiet
                 print(f"mnistgen: error: process {distributed.rank()} of {distributed.world_size()} failed: "
                       f"{type(e).__name__}: {e}", file=sys.stderr)
             return 1
         raise
-
 
 if __name__ == "__main__":
     sys.exit(main())

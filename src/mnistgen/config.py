@@ -180,6 +180,20 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         raise UserError(f"bad value {value!r} for {name}: expected {hint.__name__}") from None
 
 
+def _flat(cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    flat = {k: d[k] for k in ("kind", "preset")}
+    for section in ("data", "train", "model", "process"):
+        flat.update({f"{section}.{k}": v for k, v in (d[section] or {}).items()})
+    return flat
+
+
+def differences(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """{"section.field": (value in a, value in b)} for every setting that differs (``preset`` included)."""
+    fa, fb = _flat(a), _flat(b)
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return ``cfg`` with ``{"section.field": value}`` overrides applied (sections: data, train, model, process)."""
     sections = {"data": cfg.data, "train": cfg.train, "model": cfg.model, "process": cfg.process}

@@ -6,6 +6,7 @@ shared and calls these functions with a :class:`RunConfig`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -13,11 +14,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from mnistgen.config import CFGConfig, ClassifierConfig, DDPMConfig, RunConfig, UNetConfig, VAEConfig
+from mnistgen.config import CFGConfig, ClassifierConfig, DDPMConfig, RunConfig, UNetConfig, VAEConfig, differences
 from mnistgen.data.mnist import TensorData, load
 from mnistgen.errors import UserError
 from mnistgen.training import device as policy
-from mnistgen.training.checkpoint import load_checkpoint
+from mnistgen.training import distributed
+from mnistgen.training.checkpoint import check_writable_dir, load_checkpoint
 from mnistgen.training.device import pick_device
 from mnistgen.training.rundir import RunDir
 from mnistgen.training.trainer import EpochRecord, Objective, Preview, Trainer
@@ -133,33 +135,56 @@ def build_preview(cfg: RunConfig, process=None) -> Preview | None:
     return Preview(preview, {"vae": 8, "ddpm": 4, "cfg": 2}[cfg.kind])
 
 
+def check_resume(run: RunDir, cfg: RunConfig) -> None:
+    """``--resume`` continues the run in ``run`` with its own settings: it needs a checkpoint, and any
+    setting that differs from its config.json is refused, listed, except ``train.epochs`` raised above
+    the run's (the run is extended; a cosine schedule then decays over the new length)."""
+    if not run.has_checkpoint():
+        raise UserError(f"{run.root} has no checkpoint to resume; leave out --resume to start a new run there")
+    saved = run.read_config()
+    if saved.kind != cfg.kind:
+        raise UserError(f"{run.root} holds a {saved.kind!r} run, not {cfg.kind!r}")
+    changed = differences(saved, cfg)
+    extension = changed.pop("train.epochs", None)
+    if extension is not None and extension[1] < extension[0]:
+        changed["train.epochs"] = extension
+    if changed:
+        listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in sorted(changed.items())))
+        raise UserError(f"--resume keeps the run's own settings, but these differ from {run.config}: {listed}; "
+                        f"drop them (only a larger --epochs extends a run) or train into another --out")
+
+
+def _check_new_run(run: RunDir) -> None:
+    if run.has_checkpoint():
+        raise UserError(f"{run.root} already holds a run; pass --resume to continue it or choose another --out")
+
+
 def train(cfg: RunConfig, out: Path, data_dir: str | os.PathLike | None = None, device: torch.device | None = None,
           resume: bool = False, show_progress: bool = True) -> list[EpochRecord]:
-    """Train a run of ``cfg`` in ``out`` (resuming from its last checkpoint when ``resume``)."""
+    """Train a run of ``cfg`` in ``out``, or continue it there with ``resume`` (see :func:`check_resume`).
+    Everything is checked before any work starts; rank 0 holds the run directory's lock meanwhile."""
     device = device or pick_device("auto")
-    policy.configure_backends(device, cfg.train.tf32)
     run = RunDir(Path(out))
-    if run.last_checkpoint.is_file() and not resume:
-        raise UserError(f"{run.root} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and run.config.is_file():
-        saved = run.read_config()
-        if saved.kind != cfg.kind:
-            raise UserError(f"{run.root} holds a {saved.kind!r} run, not {cfg.kind!r}")
-        cfg = saved
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg).to(device)
-    objective = build_objective(cfg, device)
-    trainer = Trainer(model, objective, load_data(cfg, "train", data_dir, device),
-                      load_data(cfg, "test", data_dir, device), cfg, run,
-                      build_preview(cfg, objective if cfg.process is not None else None), show_progress)
-    if resume:
-        trainer.resume()
-    if trainer.rank == 0 and show_progress:
-        print(f"{cfg.kind}: training on {policy.describe(device, trainer.amp_dtype)}")
-    if trainer.rank == 0:
-        run.root.mkdir(parents=True, exist_ok=True)
-        run.write_config(cfg)
-    return trainer.fit()
+    check_writable_dir(run.root, "run directory")
+    check_resume(run, cfg) if resume else _check_new_run(run)
+    main = distributed.is_main_process()
+    with run.locked() if main else contextlib.nullcontext():
+        if main:
+            run.remove_stale_temp_files()
+        policy.configure_backends(device, cfg.train.tf32)
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg).to(device)
+        objective = build_objective(cfg, device)
+        trainer = Trainer(model, objective, load_data(cfg, "train", data_dir, device),
+                          load_data(cfg, "test", data_dir, device), cfg, run,
+                          build_preview(cfg, objective if cfg.process is not None else None), show_progress)
+        if resume:
+            trainer.resume()
+        if main:
+            if show_progress:
+                print(f"{cfg.kind}: training on {policy.describe(device, trainer.amp_dtype)}")
+            run.write_config(cfg)
+        return trainer.fit()
 
 
 class LoadedRun(NamedTuple):
@@ -186,7 +211,10 @@ def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: 
     if kind is not None and cfg.kind != kind:
         raise UserError(f"{run.root} holds a {cfg.kind!r} run, not a {kind!r} run")
     device = device or torch.device("cpu")
-    state = load_checkpoint(checkpoint or run.last_checkpoint, cfg.kind, mmap=True)  # reads only what is used
+    checkpoint = checkpoint or run.newest_checkpoint()
+    if checkpoint is None:
+        raise UserError(f"{run.root} has no checkpoint yet; train it first")
+    state = load_checkpoint(checkpoint, cfg.kind, mmap=True)  # reads only what is used
     model = build_model(cfg).to(device)
     ema_started = state["ema"] is not None and state["step"] > cfg.train.ema_start
     if ema_started:

@@ -24,6 +24,7 @@ from mnistgen.config import preset
 from mnistgen.evaluation.run_metrics import evaluate_run
 from mnistgen.figures.render import render_figures
 from mnistgen.recipes import load_run, train
+from mnistgen.training.checkpoint import completed_epochs
 from mnistgen.training.rundir import RunDir
 
 MODELS = ("vae", "ddpm", "cfg")
@@ -64,9 +65,9 @@ CAPTIONS = {
 
 
 def _finished(run: RunDir, epochs: int) -> bool:
-    if not run.history.is_file():
-        return False
-    return len(json.loads(run.history.read_text())) >= epochs
+    """Trained to the end, by the checkpoint (history.json may run ahead of it after a kill)."""
+    newest = run.newest_checkpoint()
+    return newest is not None and completed_epochs(newest)[0] >= epochs
 
 
 @torch.no_grad()
@@ -91,13 +92,15 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
     for kind in MODELS:
         cfg = preset(kind, preset_name)
         run = RunDir(out / kind)
-        if _finished(run, cfg.train.epochs):
-            log(f"[{kind}] trained already, skipping")
-        else:
+        trained = not _finished(run, cfg.train.epochs)
+        if trained:
             log(f"[{kind}] training ({preset_name} preset)")
-            train(cfg, run.root, data_dir, device, resume=run.last_checkpoint.is_file(), show_progress=show_progress)
+            resume = run.newest_checkpoint() is not None
+            train(cfg, run.root, data_dir, device, resume=resume, show_progress=show_progress)
+        else:
+            log(f"[{kind}] trained already, skipping")
         metrics = run.read_metrics()
-        if "mnist_fd" not in metrics:
+        if trained or "mnist_fd" not in metrics:
             log(f"[{kind}] evaluating")
             start = time.perf_counter()
             evaluate_run(run.root, device, data_dir, iwae_k=settings.iwae_k, n_samples=settings.n_samples,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -13,7 +18,7 @@ import torch
 from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
 from mnistgen.figures.grids import save_grid
-from mnistgen.training.checkpoint import write_atomic, write_json
+from mnistgen.training.checkpoint import completed_epochs, remove_stale_temp_files, write_atomic, write_json
 
 
 @dataclass(frozen=True)
@@ -27,9 +32,49 @@ class RunDir:
     samples = property(lambda self: self.root / "samples")
     figures = property(lambda self: self.root / "figures")
     last_checkpoint = property(lambda self: self.checkpoints / "last.pt")
+    lock_file = property(lambda self: self.root / "train.lock")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``train.lock`` (host and PID of its owner) while training; a second trainer is refused.
+        A lock left by a process that is gone (killed) is taken over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        while True:
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                owner = self.lock_file.read_text().strip() if self.lock_file.is_file() else ""
+                being_written = not owner and time.time() - self.lock_file.stat().st_mtime < 5
+                if being_written or not _stale(owner):
+                    raise UserError(f"{self.root} is being trained by process {owner or '?'} "
+                                    f"(lock {self.lock_file}); wait for it to end, or delete the lock if it is dead")
+                self.lock_file.unlink(missing_ok=True)
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        try:
+            yield
+        finally:
+            if self.lock_file.is_file() and self.lock_file.read_text().strip() == me:
+                self.lock_file.unlink()
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Temporary files of writes a kill interrupted (holding the lock, nothing else is writing)."""
+        return [p for folder in (self.root, self.checkpoints, self.samples) for p in remove_stale_temp_files(folder)]
 
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:03d}.pt"
+
+    def newest_checkpoint(self) -> Path | None:
+        """The most advanced checkpoint: ``last.pt``, or the newest ``epoch_NNN.pt`` when a kill fell
+        between writing it and writing ``last.pt`` (it is then ahead). None when there is none."""
+        epochs = sorted(self.checkpoints.glob("epoch_[0-9][0-9][0-9].pt"))
+        if not self.last_checkpoint.is_file():
+            return epochs[-1] if epochs else None
+        if epochs and int(epochs[-1].stem.split("_")[1]) > completed_epochs(self.last_checkpoint)[0]:
+            return epochs[-1]
+        return self.last_checkpoint
 
     def epoch_samples(self, epoch: int) -> Path:
         return self.samples / f"epoch_{epoch:03d}.npz"
@@ -60,6 +105,9 @@ class RunDir:
         except (json.JSONDecodeError, TypeError, KeyError) as e:
             raise UserError(f"{self.config} is unreadable: {e}") from None
 
+    def has_checkpoint(self) -> bool:
+        return self.last_checkpoint.is_file() or any(self.checkpoints.glob("epoch_[0-9][0-9][0-9].pt"))
+
     def read_metrics(self) -> dict:
         return json.loads(self.metrics.read_text()) if self.metrics.is_file() else {}
 
@@ -68,3 +116,17 @@ class RunDir:
         metrics = {**self.read_metrics(), **values}
         write_json(self.metrics, metrics)
         return metrics
+
+
+def _stale(owner: str) -> bool:
+    """A lock is stale when its owner is a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return host == "" and not pid.isdigit()  # unreadable lock: stale; another host's: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple, Protocol
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 
 from mnistgen.config import RunConfig, TrainConfig
 from mnistgen.data.mnist import TensorData
-from mnistgen.errors import UserError
+from mnistgen.errors import Interrupted, RunStopped, UserError
 from mnistgen.training import device as policy
 from mnistgen.training.ema import EMA
 from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint, write_json
@@ -47,8 +49,31 @@ class Preview(NamedTuple):
     nrow: int
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(RunStopped):
+    """The loss, a weight or the validation loss became NaN or infinite; nothing was saved."""
+
+
+class StopRequest:
+    """Notes SIGINT / SIGTERM during training so that the loop can stop between two steps; a second
+    signal interrupts at once. Handlers are installed only in the main thread, and restored on exit."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def _note(self, signal_number: int, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal_number
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass(frozen=True)
@@ -203,10 +228,11 @@ class Trainer:
                            f"weights and optimizer resume exactly, the noise stream is reseeded")
 
     def resume(self) -> bool:
-        """Load ``last.pt`` if the run has one; True when something was loaded."""
-        if not self.run.last_checkpoint.is_file():
+        """Load the run's newest checkpoint (``RunDir.newest_checkpoint``); True when there was one."""
+        path = self.run.newest_checkpoint()
+        if path is None:
             return False
-        self.load_state_dict(load_checkpoint(self.run.last_checkpoint, self.cfg.kind))
+        self.load_state_dict(load_checkpoint(path, self.cfg.kind))
         return True
 
     def save(self, epoch_file: bool) -> None:
@@ -275,10 +301,12 @@ class Trainer:
         """Raise before anything non-finite can reach a checkpoint, naming what is kept on disk."""
         if math.isfinite(value):
             return
-        kept = self.run.last_checkpoint
-        kept_text = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint had been written"
         raise NonFiniteLossError(f"{what} became non-finite ({value}) in epoch {self.epoch + 1} near step "
-                                 f"{self.step}; stopped without saving; {kept_text}")
+                                 f"{self.step}; stopped without saving; {self._kept()}")
+
+    def _kept(self) -> str:
+        newest = self.run.newest_checkpoint()
+        return f"the last good checkpoint is {newest}" if newest is not None else "no checkpoint had been written"
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -320,41 +348,66 @@ class Trainer:
         self.save(epoch_file=True)
         return record
 
-    def _checkpoint_due(self, last_save: float) -> bool:
-        """Time for a mid-epoch checkpoint? Rank 0's clock decides for every rank (saving is a collective)."""
+    def _decide(self, last_save: float, stop: StopRequest) -> tuple[bool, int | None]:
+        """(a mid-epoch checkpoint is due, the signal to stop on), agreed by every rank: rank 0's clock
+        decides the checkpoint, a signal seen by any rank stops all (saving is a collective)."""
         minutes = self.tc.checkpoint_minutes
-        due = [minutes > 0 and time.monotonic() - last_save > 60 * minutes]
-        if self.world > 1:
-            dist.broadcast_object_list(due, src=0)
-        return bool(due[0])
+        mine = (minutes > 0 and time.monotonic() - last_save > 60 * minutes, stop.signal)
+        if self.world == 1:
+            return mine
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        return gathered[0][0], next((g[1] for g in gathered if g[1] is not None), None)
+
+    def _interrupt(self, signal_number: int) -> None:
+        """Save between two steps (unless something is non-finite) and stop."""
+        self._check_finite()
+        self.save(epoch_file=False)
+        name = signal.Signals(signal_number).name
+        raise Interrupted(f"interrupted by {name} in epoch {self.epoch + 1} after step {self.step}; saved "
+                          f"{self.run.last_checkpoint}; continue with --resume", signal_number)
 
     def fit(self) -> list[EpochRecord]:
-        """Train until ``cfg.train.epochs`` epochs are complete; returns the per-epoch history."""
+        """Train until ``cfg.train.epochs`` epochs are complete; returns the per-epoch history.
+        SIGINT / SIGTERM save a checkpoint between two steps and raise :class:`Interrupted`; a failed
+        write (a full disk) raises :class:`RunStopped` naming the checkpoint that is kept."""
         self.model.train()
-        last_save = time.monotonic()
-        while self.epoch < self.tc.epochs:
-            batches = self._batches()
-            bar = tqdm(total=len(batches), initial=self.batch, disable=not self.show_progress, leave=False,
-                       desc=f"{self.cfg.kind} epoch {self.epoch + 1}/{self.tc.epochs}", dynamic_ncols=True)
-            tick, tick_images = time.perf_counter(), 0
-            for idx in batches[self.batch:]:
-                self._train_step(idx)
-                self.batch += 1
-                tick_images += len(idx) * self.world
-                if self.batch % self.tc.log_every == 0 or self.batch == len(batches):
-                    now = time.perf_counter()
-                    self.epoch_seconds += now - tick
-                    loss = self._check_finite()
-                    bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{tick_images / max(now - tick, 1e-9):.0f}")
-                    bar.update(self.batch - bar.n)
-                    if self._checkpoint_due(last_save) and self.batch < len(batches):
-                        self.save(epoch_file=False)
-                        last_save = time.monotonic()
-                    tick, tick_images = time.perf_counter(), 0
-            bar.close()
-            record = self._end_epoch()
-            last_save = time.monotonic()
-            if self.show_progress:
-                tqdm.write(f"{self.cfg.kind} epoch {record.epoch}: train {record.train_loss:.4f}  "
-                           f"val {record.val_loss:.4f}  {record.images_per_s:.0f} img/s  {record.seconds:.1f}s")
+        with StopRequest() as stop:
+            try:
+                while self.epoch < self.tc.epochs:
+                    record = self._fit_epoch(stop)
+                    if self.show_progress:
+                        tqdm.write(f"{self.cfg.kind} epoch {record.epoch}: train {record.train_loss:.4f}  "
+                                   f"val {record.val_loss:.4f}  {record.images_per_s:.0f} img/s  {record.seconds:.1f}s")
+            except OSError as e:
+                raise RunStopped(f"could not write into {self.run.root} ({e.strerror or e}); stopped; "
+                                 f"{self._kept()}") from None
         return self.history
+
+    def _fit_epoch(self, stop: StopRequest) -> EpochRecord:
+        batches = self._batches()
+        bar = tqdm(total=len(batches), initial=self.batch, disable=not self.show_progress, leave=False,
+                   desc=f"{self.cfg.kind} epoch {self.epoch + 1}/{self.tc.epochs}", dynamic_ncols=True)
+        last_save, tick, tick_images = time.monotonic(), time.perf_counter(), 0
+        for idx in batches[self.batch:]:
+            self._train_step(idx)
+            self.batch += 1
+            tick_images += len(idx) * self.world
+            log_step = self.batch % self.tc.log_every == 0 or self.batch == len(batches)
+            if not log_step and not (self.world == 1 and stop.signal is not None):
+                continue
+            now = time.perf_counter()
+            self.epoch_seconds += now - tick
+            loss = self._check_finite()
+            bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{tick_images / max(now - tick, 1e-9):.0f}")
+            bar.update(self.batch - bar.n)
+            due, signal_number = self._decide(last_save, stop)
+            if signal_number is not None:
+                bar.close()
+                self._interrupt(signal_number)
+            if due and self.batch < len(batches):
+                self.save(epoch_file=False)
+                last_save = time.monotonic()
+            tick, tick_images = time.perf_counter(), 0
+        bar.close()
+        return self._end_epoch()
