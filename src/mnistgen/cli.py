@@ -299,7 +299,10 @@ def _reproduce(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
+        return int(e.code or 0)
     handlers = {"train": _train, "sample": _sample, "evaluate": _evaluate, "figures": _figures,
                 "reproduce": _reproduce}
     try:
