@@ -1,11 +1,14 @@
 """`mnistgen reproduce --preset smoke` end to end: every figure, a metrics table, and a resumable study."""
 
+import json
 import re
+import shutil
 
 from PIL import Image
 
 from mnistgen.cli import main
 from mnistgen.study import CAPTIONS
+from mnistgen.training.checkpoint import load_checkpoint
 
 
 def test_reproduce_smoke_end_to_end(tmp_path, capsys):
@@ -27,3 +30,14 @@ def test_reproduce_smoke_end_to_end(tmp_path, capsys):
     assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
     log = capsys.readouterr().out
     assert log.count("trained already") == 3 and "evaluating" not in log
+
+    # a kill while the VAE's final last.pt was being written: history.json lists epoch 2, the checkpoint
+    # holds epoch 1 and epoch_002.pt never landed. The next reproduce must train it, not skip it.
+    checkpoints = out / "vae" / "checkpoints"
+    shutil.copy(checkpoints / "epoch_001.pt", checkpoints / "last.pt")
+    (checkpoints / "epoch_002.pt").unlink()
+    assert len(json.loads((out / "vae" / "history.json").read_text())) == 2
+    assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    log = capsys.readouterr().out
+    assert "[vae] training" in log and "[vae] evaluating" in log and log.count("trained already") == 2
+    assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 2
