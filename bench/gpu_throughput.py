@@ -33,6 +33,7 @@ from torchvision import transforms
 from mnistgen.config import RunConfig, apply_overrides, preset
 from mnistgen.data.mnist import load_split
 from mnistgen.recipes import build_model, build_objective, load_data
+from mnistgen.training.device import configure_backends
 from mnistgen.training.rundir import RunDir
 from mnistgen.training.trainer import Trainer
 from results_io import stamp, write_results
@@ -163,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    torch.backends.cudnn.benchmark = True  # both ways: the usual setting for fixed-size inputs
+    configure_backends(device, tf32=True)  # both ways, as `mnistgen train` runs: cuDNN autotuning, TF32
     rows = []
     print(f"device: {name}")
     print(f"{'model':16s} {'variant':24s} {'images/s':>9s} {'vs baseline':>11s}")

@@ -37,9 +37,15 @@ class DeviceTransfers(TorchDispatchMode):
         super().__init__()
         self.ops: list[str] = []
 
+    COPIES = (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        devices = {t.device.type for t in _tensors(args, kwargs, out) if not (t.device.type == "cpu" and t.dim() == 0)}
+        tensors = _tensors(args, kwargs, out)
+        if func in self.COPIES and len({t.device.type for t in tensors}) > 1:  # 0-dim tensors included
+            self.ops.append(f"{func} from {tensors[0].device} to {tensors[-1].device}")
+            return out
+        devices = {t.device.type for t in tensors if not (t.device.type == "cpu" and t.dim() == 0)}
         if len(devices) > 1:
             self.ops.append(f"{func} across {sorted(devices)}")
         elif func is torch.ops.aten._local_scalar_dense.default and devices != {"cpu"}:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -53,6 +54,7 @@ def test_training_has_no_float64_op(kind, tmp_path, mnist_dir):
     trainer = _trainer(_cfg(kind, **{"train.ema_start": 0}), tmp_path, mnist_dir)
     with NoFloat64() as guard:
         trainer.fit()
+    assert trainer.optimizer.param_groups[0]["fused"]  # the fused Adam kernel ran under the guard too
     assert trainer.step > 0 and guard.ops == []
 
 
@@ -157,16 +159,26 @@ class AutocastSpy:
         return self.objective.loss(model, x, y, generator)
 
 
-def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir):
+def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir, monkeypatch):
     """The T4 path, executed: float16 autocast, a GradScaler that scales, unscales before clipping,
     is checkpointed, and a resumed run ends bit-identical to an uninterrupted one."""
+    from torch.amp.grad_scaler import OptState
+
     cfg = _cfg("ddpm", **{"train.amp": "fp16", "train.epochs": 2, "train.grad_clip": 1.0})
     spy = AutocastSpy(build_objective(cfg, CPU))
     full = _trainer(cfg, tmp_path / "full", mnist_dir, spy)
+    stages, clip = [], torch.nn.utils.clip_grad_norm_
+
+    def clip_spy(parameters, max_norm, *args, **kwargs):  # clipping must see unscaled gradients
+        stages.append(full.scaler._per_optimizer_states[id(full.optimizer)]["stage"])
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_spy)
     initial = [p.detach().clone() for p in full.model.parameters()]
     assert full.amp_dtype == torch.float16 and full.scaler.is_enabled()
     full.fit()
     assert spy.seen == {torch.float16}
+    assert len(stages) == full.step and set(stages) == {OptState.UNSCALED}
     assert full.scaler.get_scale() > 1  # a real loss scale, not the disabled scaler's 1.0
     moved = [not torch.equal(a, b) for a, b in zip(initial, full.model.parameters())]
     assert all(moved) and all(torch.isfinite(p).all() for p in full.model.parameters())
@@ -177,7 +189,7 @@ def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir):
     resumed = _trainer(cfg, tmp_path / "half", mnist_dir)
     assert resumed.resume() and resumed.epoch == 1
     resumed.fit()
-    assert resumed.scaler.get_scale() == full.scaler.get_scale()
+    assert resumed.scaler.state_dict() == full.scaler.state_dict()  # scale and growth tracker
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -185,16 +197,22 @@ def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir):
 # -- checkpoints across devices ----------------------------------------------------------
 
 def test_resume_hands_only_cpu_tensors_to_the_rng_setters(tmp_path, mnist_dir, monkeypatch):
-    """A trainer on another device (here: claimed to be ``meta``) must still load the checkpoint to the
-    CPU: Generator.set_state and torch.set_rng_state accept CPU ByteTensors only."""
+    """A checkpoint is read onto the CPU whatever device trains (mapping it onto a GPU moved the RNG
+    ByteTensors there, and Generator.set_state / torch.set_rng_state raise TypeError for those)."""
+    from mnistgen.training import checkpoint
+
     cfg = _cfg("ddpm", **{"train.epochs": 2})
     first = _trainer(apply_overrides(cfg, {"train.epochs": 1}), tmp_path, mnist_dir)
     first.fit()
-    seen = []
-    real_set_rng_state = torch.set_rng_state
+    seen, real_load, real_set_rng_state = [], torch.load, torch.set_rng_state
+
+    def load_spy(*args, **kwargs):
+        seen.append(f"map_location={kwargs.get('map_location')}")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "load", load_spy)
     monkeypatch.setattr(torch, "set_rng_state", lambda s: (seen.append(s.device.type), real_set_rng_state(s))[1])
     resumed = _trainer(cfg, tmp_path, mnist_dir)
-    resumed.device = torch.device("meta")
     real_generator = resumed.generator
 
     class GeneratorSpy:
@@ -204,7 +222,7 @@ def test_resume_hands_only_cpu_tensors_to_the_rng_setters(tmp_path, mnist_dir, m
 
     resumed.generator = GeneratorSpy()
     assert resumed.resume()
-    assert seen == ["cpu", "cpu"]
+    assert seen[-3:] == ["map_location=cpu", "cpu", "cpu"] and set(seen[:-3]) <= {"map_location=cpu"}
     assert torch.equal(real_generator.get_state(), first.generator.get_state())
 
 
@@ -219,14 +237,7 @@ def test_checkpoint_from_another_kind_of_device_resumes(tmp_path, mnist_dir, mon
     state["generator"] = [torch.zeros(16, dtype=torch.uint8)]  # what a CUDA generator's get_state() gives
     save_checkpoint(path, {k: v for k, v in state.items() if k != "format_version"})
 
-    real_adam = torch.optim.Adam
-
-    def adam_without_fused_kernel(params, fused=None, **kwargs):
-        if fused:
-            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
-        return real_adam(params, **kwargs)
-
-    monkeypatch.setattr(torch.optim, "Adam", adam_without_fused_kernel)
+    monkeypatch.setattr(policy, "FUSED_ADAM_DEVICES", ())  # a device without a fused Adam kernel
     resumed = _trainer(cfg, tmp_path, mnist_dir)
     assert not resumed.optimizer.param_groups[0].get("fused")
     assert resumed.resume()
@@ -282,9 +293,48 @@ def test_a_process_on_another_device_is_refused():
 def test_train_without_preset_says_which_it_uses(tmp_path, capsys):
     from mnistgen.cli import main
 
-    assert main(["train", "vae", "--out", str(tmp_path / "vae"), "--epochs", "1", "--no-progress",
+    assert main(["train", "vae", "--out", str(tmp_path / "vae"), "--epochs", "1", "--no-progress", "--device", "cpu",
                  "--set", "data.train_limit=256", "--set", "data.val_limit=64"]) == 0
     out = capsys.readouterr().out
     assert "no --preset given: using 'cpu' because the device is cpu" in out
     assert json.loads((tmp_path / "vae" / "config.json").read_text())["preset"] == "cpu"
 
+
+
+def test_resume_without_preset_or_out_finds_the_run_started_under_another_default(tmp_path, monkeypatch, capsys):
+    """A run started with the CPU default (or any preset) is what a later bare `--resume` continues."""
+    from mnistgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--no-progress", "--device", "cpu", "--set", "data.train_limit=256", "--set", "data.val_limit=64"]
+    assert main(["train", "vae", "--preset", "smoke", "--epochs", "1", *small]) == 0
+    capsys.readouterr()
+    assert main(["train", "vae", "--resume", "--epochs", "2", "--no-progress", "--device", "cpu"]) == 0
+    assert "resuming runs/vae-smoke with its own settings (preset 'smoke')" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "runs" / "vae-smoke" / "checkpoints" / "last.pt")["epoch"] == 2
+
+    seen = []
+    monkeypatch.setattr("mnistgen.study.run_study", lambda name, out, *a, **k: seen.append((name, out)) or out)
+    (tmp_path / "runs" / "study-smoke" / "vae").mkdir(parents=True)
+    RunDir(tmp_path / "runs" / "study-smoke" / "vae").write_config(preset("vae", "smoke"))
+    assert main(["reproduce", "--device", "cpu", "--no-progress"]) == 0
+    assert seen == [("smoke", Path("runs") / "study-smoke")]
+
+
+def test_a_format_1_checkpoint_resumes_exactly(tmp_path, mnist_dir):
+    """mnistgen 0.1 wrote one generator / RNG state (not a list per rank) and a boolean train.amp."""
+    cfg = _cfg("cfg", **{"train.epochs": 2})
+    full = _trainer(cfg, tmp_path / "full", mnist_dir)
+    full.fit()
+    _trainer(apply_overrides(cfg, {"train.epochs": 1}), tmp_path / "old", mnist_dir).fit()
+    path = RunDir(tmp_path / "old").last_checkpoint
+    state = load_checkpoint(path, "cfg")
+    state.update(format_version=1, generator=state["generator"][0], rng=state["rng"][0])
+    del state["world_size"]
+    state["config"]["train"]["amp"] = False
+    torch.save(state, path)
+    resumed = _trainer(cfg, tmp_path / "old", mnist_dir)
+    assert resumed.resume() and resumed.epoch == 1
+    resumed.fit()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnistgen.config import DATASETS, KINDS, apply_overrides, preset
+from mnistgen.config import DATASETS, KINDS, PRESETS, apply_overrides, preset
 from mnistgen.errors import Interrupted, RunStopped, UserError
 
 
@@ -157,6 +157,16 @@ def _overrides(args) -> dict[str, str]:
     return overrides
 
 
+def _only_existing(candidates: list[Path], device, default_for) -> Path:
+    """The device's default run directory, unless it does not exist and exactly one other candidate
+    does (a run started under another default, e.g. on the CPU before a GPU was attached)."""
+    from mnistgen.training.device import default_preset
+
+    default = default_for(default_preset(device).name)
+    existing = [c for c in candidates if c.is_dir()]
+    return existing[0] if not default.is_dir() and len(existing) == 1 else default
+
+
 def _saved_config(out: Path | None):
     """The config.json of the run at ``out`` (None when there is none to read)."""
     from mnistgen.training.rundir import RunDir
@@ -174,8 +184,13 @@ def _train(args) -> int:
     device = pick_device(args.device)
     main_process = distributed.rank() == 0
     overrides = _overrides(args)
+    if args.resume and args.preset is None and args.out is None:
+        args.out = _only_existing([Path("runs") / f"{args.kind}-{p}" for p in PRESETS[args.kind]], device,
+                                  lambda p: Path("runs") / f"{args.kind}-{p}")
     saved = _saved_config(args.out) if args.resume and args.preset is None else None
     if saved is not None:  # --resume: the run's own settings, with the overrides given (check_resume judges them)
+        if main_process:
+            print(f"mnistgen: resuming {args.out} with its own settings (preset {saved.preset!r})")
         cfg = apply_overrides(saved, overrides)
     else:
         name = _preset_name(args.preset, device, log=main_process)
@@ -290,6 +305,13 @@ def _reproduce(args) -> int:
     if args.preset is not None and args.preset not in SETTINGS:
         raise UserError(f"bad preset {args.preset!r}; valid: {', '.join(SETTINGS)}")
     device = pick_device(args.device)
+    if args.preset is None:  # an existing study continues with its own preset
+        args.out = args.out or _only_existing([Path("runs") / f"study-{p}" for p in SETTINGS], device,
+                                              lambda p: Path("runs") / f"study-{p}")
+        saved = [c for c in (_saved_config(args.out / kind) for kind in ("vae", "ddpm", "cfg")) if c is not None]
+        args.preset = saved[0].preset if saved else None
+        if args.preset is not None:
+            print(f"mnistgen: continuing the study in {args.out} (preset {args.preset!r})")
     name = _preset_name(args.preset, device, log=True)
     out = args.out or Path("runs") / f"study-{name}"
     start = time.perf_counter()
@@ -332,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         from mnistgen.training import distributed
 
         if distributed.launched_by_torchrun():  # torchrun stops the other ranks when this one exits
+            distributed.record_for_torchrun(e)
             if not distributed.lost_a_peer(e):  # the rank that failed first says why, the others stay quiet
                 print(f"mnistgen: error: process {distributed.rank()} of {distributed.world_size()} failed: "
                       f"{type(e).__name__}: {e}", file=sys.stderr)

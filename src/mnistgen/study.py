@@ -90,8 +90,8 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
               show_progress: bool = True, log=print) -> Path:
     settings = SETTINGS[preset_name]
     for kind in MODELS:
-        cfg = preset(kind, preset_name)
         run = RunDir(out / kind)
+        cfg = run.read_config() if run.config.is_file() else preset(kind, preset_name)  # a run keeps its settings
         trained = not _finished(run, cfg.train.epochs)
         if trained:
             log(f"[{kind}] training ({preset_name} preset)")

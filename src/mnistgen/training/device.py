@@ -66,13 +66,12 @@ def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
     return dtype == torch.float16
 
 
+FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps")  # torch >= 2.5 has a fused Adam kernel for each
+
+
 def adam(params, device: torch.device, **kwargs) -> torch.optim.Adam:
-    """Adam with the fused (single-kernel) step where this torch has one for ``device``, else foreach."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, fused=True, **kwargs)
-    except RuntimeError:  # no fused kernel for this device in this torch
-        return torch.optim.Adam(params, **kwargs)
+    """Adam with the fused (single-kernel) step on devices that have one, else torch's default (foreach)."""
+    return torch.optim.Adam(params, fused=device.type in FUSED_ADAM_DEVICES or None, **kwargs)
 
 
 def configure_backends(device: torch.device, tf32: bool) -> None:

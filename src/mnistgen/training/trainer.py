@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -196,11 +197,15 @@ class Trainer:
         """Restore a checkpoint loaded to the CPU: weights and optimizer state are copied to the
         training device by their owners; this rank's generator and RNG states stay CPU tensors."""
         generators, rngs = state["generator"], state["rng"]
-        if not isinstance(generators, list):  # format 1: one process
+        if not isinstance(generators, list):  # format 1 (mnistgen 0.1): rank 0's streams only
+            if self.world > 1:
+                raise UserError("this checkpoint (format 1) holds the random streams of one process only; "
+                                "resume it without torchrun, in a single process")
             generators, rngs = [generators], [rngs]
-        if len(generators) != self.world:
-            raise UserError(f"the checkpoint was written by a run of {len(generators)} process(es) and this run has "
-                            f"{self.world}; resume with the same number (torchrun --nproc_per_node={len(generators)})")
+        saved_world = state.get("world_size", len(generators))
+        if saved_world != self.world:
+            raise UserError(f"the checkpoint was written by {saved_world} process(es) in all and this job has "
+                            f"{self.world}; resume it with {saved_world} process(es) in total")
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -223,9 +228,9 @@ class Trainer:
             self.generator.set_state(saved)
         except RuntimeError:
             self.generator.manual_seed(self.tc.seed * 1000 + self.rank + 7919 * step)
-            if self.show_progress:
-                tqdm.write(f"{self.cfg.kind}: the checkpoint's random stream comes from another kind of device; "
-                           f"weights and optimizer resume exactly, the noise stream is reseeded")
+            if self.rank == 0:
+                print(f"mnistgen: the checkpoint's random stream comes from another kind of device; weights and "
+                      f"optimizer resume exactly, the noise stream is reseeded (not bit-identical)", file=sys.stderr)
 
     def resume(self) -> bool:
         """Load the run's newest checkpoint (``RunDir.newest_checkpoint``); True when there was one."""
