@@ -1,4 +1,7 @@
 import json
+import math
+import typing
+from dataclasses import fields
 
 import pytest
 
@@ -47,12 +50,18 @@ def test_config_written_with_a_boolean_amp_still_loads():
     ({"train.nope": 1}, "valid: epochs"),
     ({"nope.lr": 1}, "valid: data, train, model, process"),
     ({"train.epochs": "many"}, "expected int"),
-    ({"train.epochs": 0}, "epochs must be >= 1"),
+    ({"train.epochs": 0}, r"train.epochs 0: must be in \[1, 100000\]"),
     ({"process.sampler": "euler"}, "valid: ancestral, ddim"),
     ({"train.amp": "fp8"}, "valid: auto, bf16, fp16, off"),
     ({"data.dataset": "cifar"}, "valid: mnist, fashion-mnist"),
     ({"data.resolution": 30}, "valid: 28, 32"),
-    ({"train.ema_warmup_power": -1}, "ema_warmup_power must be >= 0"),
+    ({"train.ema_warmup_power": -1}, "train.ema_warmup_power -1.0: must be in"),
+    ({"model.groups": 3}, "model.groups 3: must divide every width"),
+    ({"model.time_dim": 3}, "model.time_dim 3: must be even"),
+    ({"model.num_classes": 10}, "the ddpm model needs 0"),
+    ({"process.sample_steps": 5000}, "process.sample_steps 5000: must be in"),
+    ({"process.beta_start": 0.5}, "beta_start < process.beta_end"),
+    ({"model.channels": "8,0"}, "model.channels"),
 ])
 def test_bad_overrides_are_rejected_with_choices(overrides, message):
     with pytest.raises(UserError, match=message):
@@ -68,3 +77,37 @@ def test_configs_are_frozen():
     cfg = preset("vae", "smoke")
     with pytest.raises(Exception):
         cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+NUMERIC_PROBES = (float("nan"), float("inf"), float("-inf"), -1, 0, 10**12)
+
+
+def _numeric_fields():
+    """Every int / float field of every section of every kind: (kind, "section.field", range, whole numbers?)."""
+    for kind in ("vae", "ddpm", "cfg", "classifier"):
+        cfg = preset(kind, "smoke")
+        for section in ("data", "train", "model", "process"):
+            component = getattr(cfg, section)
+            for f in fields(component) if component is not None else ():
+                hint = typing.get_type_hints(type(component))[f.name]
+                if hint in (int, float, tuple[int, ...]):
+                    yield kind, f"{section}.{f.name}", f.metadata.get("range"), hint is not float
+
+
+CHOICES = {"data.resolution": (28, 32), "model.unshuffle": (1, 2)}
+
+
+@pytest.mark.parametrize("kind, key, declared, whole", list(_numeric_fields()), ids=str)
+def test_every_numeric_field_is_checked_for_nan_inf_negative_zero_and_huge(kind, key, declared, whole):
+    """Each probe is either accepted by the field's stated range or rejected with the field's name.
+    Non-finite values are always rejected; every numeric field states a range (or is a choice)."""
+    assert declared is not None or key in CHOICES, f"{key} has no declared range"
+    for probe in NUMERIC_PROBES:
+        legal = math.isfinite(probe) and (not whole or float(probe).is_integer()) and (
+            probe in CHOICES[key] if key in CHOICES else declared.holds(probe))
+        try:
+            apply_overrides(preset(kind, "smoke"), {key: f"8,{probe}" if key.endswith("channels") else probe})
+        except UserError as e:
+            assert key.split(".")[1] in str(e), (key, probe, str(e))
+        else:
+            assert legal, f"{key} = {probe} was accepted outside its stated range {declared}"

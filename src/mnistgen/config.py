@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -26,81 +27,115 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts (every bound inclusive unless ``*_open``); floats must be finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        above = self.low is None or (v > self.low if self.low_open else v >= self.low)
+        below = self.high is None or (v < self.high if self.high_open else v <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        low = "" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+        high = "" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None and self.high is not None:
+            return f"in {low}, {high}"
+        return f"{'>' if self.low_open else '>='} {self.low:g}" if self.low is not None else \
+            f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+def ranged(default, low=None, high=None, *, low_open: bool = False, high_open: bool = False):
+    """A dataclass field whose value (each item, for a tuple) must lie in the given range."""
+    return field(default=default, metadata={"range": Range(low, high, low_open, high_open)})
+
+
+BIG = 1_000_000_000  # step and image counts
+WIDTH = 4096  # network widths
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "mnist"
     resolution: int = 28  # 28 = native, 32 = zero-padded by 2 pixels on each side
-    train_limit: int = 0  # use only the first N training images (0 = all 60,000)
-    val_limit: int = 0  # use only the first N test images for validation (0 = all 10,000)
+    train_limit: int = ranged(0, 0, BIG)  # use only the first N training images (0 = all 60,000)
+    val_limit: int = ranged(0, 0, BIG)  # use only the first N test images for validation (0 = all 10,000)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = ranged(20, 1, 100_000)
+    batch_size: int = ranged(128, 1, 65_536)
+    lr: float = ranged(1e-3, 0, 1, low_open=True)
     lr_schedule: str = "constant"  # constant | step | cosine
-    lr_step_epochs: int = 10  # "step": multiply by lr_gamma every this many epochs
-    lr_gamma: float = 0.1
-    warmup_steps: int = 0  # linear warm-up from 0 to lr
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0  # max global grad norm, 0 = off
-    ema_decay: float = 0.0  # 0 = no EMA
-    ema_start: int = 0  # EMA copies the weights until this many optimizer steps
-    ema_warmup_power: float = 0.0  # > 0: n-th EMA update uses min(ema_decay, 1 - (1 + n)^-power)
+    lr_step_epochs: int = ranged(10, 1, 100_000)  # "step": multiply by lr_gamma every this many epochs
+    lr_gamma: float = ranged(0.1, 0, 1, low_open=True)
+    warmup_steps: int = ranged(0, 0, BIG)  # linear warm-up from 0 to lr
+    weight_decay: float = ranged(0.0, 0, 1)
+    grad_clip: float = ranged(0.0, 0)  # max global grad norm, 0 = off
+    ema_decay: float = ranged(0.0, 0, 1, high_open=True)  # 0 = no EMA
+    ema_start: int = ranged(0, 0, BIG)  # EMA copies the weights until this many optimizer steps
+    ema_warmup_power: float = ranged(0.0, 0, 10)  # > 0: n-th EMA update uses min(ema_decay, 1 - (1 + n)^-power)
     amp: str = "auto"  # auto (CUDA: bf16 on capability >= 8.0, else fp16 + GradScaler; none elsewhere) | bf16 | fp16 | off
     tf32: bool = True  # CUDA: TF32 tensor cores for float32 matmuls and convolutions (Ampere and newer)
-    seed: int = 0
-    log_every: int = 50  # steps between progress-bar refreshes (each one syncs the device)
-    checkpoint_minutes: float = 10.0  # mid-epoch checkpoint interval, 0 = only at epoch ends
+    seed: int = ranged(0, 0, 2**32 - 1)
+    log_every: int = ranged(50, 1, BIG)  # steps between progress-bar refreshes (each one syncs the device)
+    checkpoint_minutes: float = ranged(10.0, 0)  # mid-epoch checkpoint interval, 0 = only at epoch ends
     channels_last: bool = False  # train in NHWC memory format (faster convolutions on x86 CPUs)
     compile: bool = False  # torch.compile the training forward/backward (the sampling model stays eager)
 
 
 @dataclass(frozen=True)
 class VAEConfig:
-    hidden: int = 400
-    latent: int = 20
+    hidden: int = ranged(400, 1, WIDTH)
+    latent: int = ranged(20, 1, WIDTH)
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    channels: tuple[int, ...] = (32, 64, 128, 128)  # width per resolution level
-    bottleneck: int = 256
-    blocks: int = 2  # conv blocks per level on the way down (the way up has one fewer + 1)
-    time_dim: int = 128  # sinusoidal time / log-SNR embedding width
-    unshuffle: int = 1  # pixel-unshuffle factor before the first conv (space-to-depth)
-    attention: bool = False  # self-attention at the lowest resolution
-    groups: int = 8  # GroupNorm groups
-    num_classes: int = 0  # > 0: class-conditional with a learned null label
+    channels: tuple[int, ...] = ranged((32, 64, 128, 128), 1, WIDTH)  # width per resolution level
+    bottleneck: int = ranged(256, 1, WIDTH)
+    blocks: int = ranged(2, 1, 16)  # conv blocks per level on the way down (the way up has one fewer + 1)
+    time_dim: int = ranged(128, 2, WIDTH)  # sinusoidal time / log-SNR embedding width (even)
+    unshuffle: int = 1  # pixel-unshuffle factor before the first conv (space-to-depth): 1 or 2
+    attention: bool = False  # self-attention at the lowest resolution (4 heads)
+    groups: int = ranged(8, 1, WIDTH)  # GroupNorm groups: divide every width
+    num_classes: int = ranged(0, 0, 10)  # 10: class-conditional with a learned null label (cfg); 0: not (ddpm)
 
 
 @dataclass(frozen=True)
 class DDPMConfig:
-    timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    timesteps: int = ranged(1000, 2, 100_000)
+    beta_start: float = ranged(1e-4, 0, 1, low_open=True, high_open=True)
+    beta_end: float = ranged(0.02, 0, 1, low_open=True, high_open=True)
     loss_weighting: str = "uniform"  # uniform (DDPM eq. 14) | min-snr (Hang et al. 2023)
-    min_snr_gamma: float = 5.0
+    min_snr_gamma: float = ranged(5.0, 0, 1e6, low_open=True)
     sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
-    sample_steps: int = 1000
-    eta: float = 0.0  # DDIM stochasticity
+    sample_steps: int = ranged(1000, 1, 100_000)  # DDIM steps, at most timesteps
+    eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
 
 
 @dataclass(frozen=True)
 class CFGConfig:
-    lambda_min: float = -20.0
-    lambda_max: float = 20.0
-    p_uncond: float = 0.1
-    v: float = 0.3  # variance interpolation exponent
-    guidance: float = 0.3  # w
-    sample_steps: int = 256
+    lambda_min: float = ranged(-20.0, -30, 30)
+    lambda_max: float = ranged(20.0, -30, 30)
+    p_uncond: float = ranged(0.1, 0, 1, high_open=True)
+    v: float = ranged(0.3, 0, 1)  # variance interpolation exponent
+    guidance: float = ranged(0.3, 0, 100)  # w
+    sample_steps: int = ranged(256, 1, 100_000)
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    width: int = 32  # channels of the first stage (then 2x, 4x)
-    feature_dim: int = 128  # penultimate layer: the MNIST-FD feature space
-    dropout: float = 0.3
+    width: int = ranged(32, 8, 512)  # channels of the first stage (then 2x, 4x); a multiple of 8 (GroupNorm)
+    feature_dim: int = ranged(128, 1, WIDTH)  # penultimate layer: the MNIST-FD feature space
+    dropout: float = ranged(0.3, 0, 1, high_open=True)
 
 
 ModelConfig = VAEConfig | UNetConfig | ClassifierConfig
@@ -222,45 +257,59 @@ def _choice(value: str, valid: tuple[str, ...], name: str) -> None:
     _check(value in valid, f"bad {name} {value!r}; valid: {', '.join(valid)}")
 
 
+def _check_ranges(section: str, component) -> None:
+    """Every numeric field of ``component`` against its declared :class:`Range` (floats: finite)."""
+    for f in fields(component):
+        value = getattr(component, f.name)
+        rng = f.metadata.get("range")
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"bad {section}.{f.name} {v}: must be a finite number")
+            _check(rng is None or rng.holds(v), f"bad {section}.{f.name} {value!r}: must be {rng}")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Reject values that cannot work, with one message naming the field."""
+    """Reject values that cannot work, with one message naming the field: each field's declared range,
+    then the rules that join fields."""
     _choice(cfg.kind, KINDS, "model kind")
-    _choice(cfg.data.dataset, DATASETS, "dataset")
+    for section in ("data", "train", "model", "process"):
+        if getattr(cfg, section) is not None:
+            _check_ranges(section, getattr(cfg, section))
+    _choice(cfg.data.dataset, DATASETS, "data.dataset")
     _check(cfg.data.resolution in (28, 32), f"bad data.resolution {cfg.data.resolution}; valid: 28, 32")
-    _check(min(cfg.data.train_limit, cfg.data.val_limit) >= 0, "data.train_limit and data.val_limit must be >= 0")
-    t = cfg.train
-    _check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
-    _check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
-    _choice(t.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
-    _choice(t.amp, AMP_MODES, "train.amp")
-    _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    _check(t.ema_warmup_power >= 0.0, f"train.ema_warmup_power must be >= 0, got {t.ema_warmup_power}")
-    _check(min(t.warmup_steps, t.ema_start, t.lr_step_epochs) >= 0, "train step counts must be >= 0")
-    _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    _choice(cfg.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    _choice(cfg.train.amp, AMP_MODES, "train.amp")
     if isinstance(cfg.model, UNetConfig):
-        m = cfg.model
-        _check(len(m.channels) >= 1 and min(m.channels) > 0, f"bad model.channels {m.channels}")
-        _check(m.unshuffle in (1, 2), f"bad model.unshuffle {m.unshuffle}; valid: 1, 2")
-        size = cfg.data.resolution // m.unshuffle
-        _check(size % 2 ** (len(m.channels) - 1) == 0,
-               f"resolution {cfg.data.resolution} / unshuffle {m.unshuffle} is not divisible by "
-               f"2^{len(m.channels) - 1} (one halving per extra level); change data.resolution or model.channels")
-        _check(all(c % m.groups == 0 for c in (*m.channels, m.bottleneck)),
-               f"model.channels and model.bottleneck must be multiples of model.groups={m.groups}")
+        _validate_unet(cfg)
+    if isinstance(cfg.model, ClassifierConfig):
+        _check(cfg.model.width % 8 == 0, f"bad model.width {cfg.model.width}: must be a multiple of 8 "
+                                         f"(the classifier's GroupNorm has 8 groups)")
     if isinstance(cfg.process, DDPMConfig):
         p = cfg.process
-        _check(0 < p.beta_start < p.beta_end < 1, "need 0 < process.beta_start < process.beta_end < 1")
+        _check(p.beta_start < p.beta_end, "need process.beta_start < process.beta_end")
         _choice(p.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
         _choice(p.sampler, SAMPLERS, "process.sampler")
-        _check(1 <= p.sample_steps <= p.timesteps, f"process.sample_steps must be in [1, {p.timesteps}]")
-        _check(0.0 <= p.eta <= 1.0, f"process.eta must be in [0, 1], got {p.eta}")
+        _check(p.sample_steps <= p.timesteps, f"bad process.sample_steps {p.sample_steps}: must be in "
+                                              f"[1, {p.timesteps}] (process.timesteps)")
     if isinstance(cfg.process, CFGConfig):
-        p = cfg.process
-        _check(p.lambda_min < p.lambda_max, "need process.lambda_min < process.lambda_max")
-        _check(0.0 <= p.p_uncond < 1.0, f"process.p_uncond must be in [0, 1), got {p.p_uncond}")
-        _check(p.guidance >= 0, f"process.guidance must be >= 0, got {p.guidance}")
-        _check(p.sample_steps >= 1, f"process.sample_steps must be >= 1, got {p.sample_steps}")
+        _check(cfg.process.lambda_min < cfg.process.lambda_max, "need process.lambda_min < process.lambda_max")
+
+
+def _validate_unet(cfg: RunConfig) -> None:
+    m = cfg.model
+    _check(len(m.channels) >= 1, "model.channels needs at least one width")
+    _check(m.unshuffle in (1, 2), f"bad model.unshuffle {m.unshuffle}; valid: 1, 2")
+    _check(m.time_dim % 2 == 0, f"bad model.time_dim {m.time_dim}: must be even (sin and cos halves)")
+    size = cfg.data.resolution // m.unshuffle
+    _check(size % 2 ** (len(m.channels) - 1) == 0,
+           f"resolution {cfg.data.resolution} / unshuffle {m.unshuffle} is not divisible by "
+           f"2^{len(m.channels) - 1} (one halving per extra level); change data.resolution or model.channels")
+    _check(all(c % m.groups == 0 for c in (*m.channels, m.bottleneck)),
+           f"bad model.groups {m.groups}: must divide every width in model.channels and model.bottleneck")
+    _check(not m.attention or m.bottleneck % 4 == 0,
+           f"bad model.bottleneck {m.bottleneck}: self-attention (4 heads) needs a multiple of 4")
+    wanted = 10 if cfg.kind == "cfg" else 0
+    _check(m.num_classes == wanted, f"bad model.num_classes {m.num_classes}: the {cfg.kind} model needs {wanted}")
 
 
 # ---------------------------------------------------------------------------------------
