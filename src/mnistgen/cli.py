@@ -6,6 +6,7 @@ Bad input of any kind ends with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,8 +44,8 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -210,40 +211,79 @@ def _train(args) -> int:
     return 0
 
 
+GRID_PER_CLASS = 16  # --label all: the PNG shows this many per digit at most
+GRID_MAX = 400  # otherwise: the first 400 samples
+
+
 def _sample(args) -> int:
     import numpy as np
     import torch
 
+    from mnistgen.arrays import ArraySpec, npz_size, write_npz
+    from mnistgen.evaluation.run_metrics import SamplerSettings, check_settings
     from mnistgen.figures.grids import save_grid
-    from mnistgen.recipes import generate, load_run
+    from mnistgen.recipes import generate_batches, image_shape, load_run
+    from mnistgen.training.checkpoint import check_writable_dir
     from mnistgen.training.device import pick_device
 
+    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".npz") else args.out
+    if stem.is_dir() or args.out.is_dir():
+        raise UserError(f"--out {args.out} is a directory; give a file name such as {args.out / 'samples'}")
+    check_writable_dir(stem.parent, "--out's folder")
     device = pick_device(args.device)
     loaded = load_run(args.run, device, generative=True)
     cfg = loaded.cfg
-    labels = None
-    if cfg.kind == "cfg":
-        labels = _parse_labels(args.label, args.n)
-    elif args.label is not None or args.guidance is not None:
-        raise UserError(f"--label and --guidance apply to the cfg model; {args.run} holds a {cfg.kind!r} model")
-    if args.eta is not None and args.eta > 1:
-        raise UserError(f"--eta must be in [0, 1], got {args.eta}")
-    if cfg.kind != "ddpm" and (args.sampler or args.eta is not None):
-        raise UserError("--sampler and --eta apply to the ddpm model")
-    g = torch.Generator(device).manual_seed(args.seed)
+    settings = SamplerSettings(args.sampler, args.steps, args.eta, args.guidance)
+    check_settings(cfg, settings)
+    if cfg.kind != "cfg" and args.label is not None:
+        raise UserError(f"--label applies to the cfg model; {args.run} holds a {cfg.kind!r} model")
+    labels = _parse_labels(args.label, args.n) if cfg.kind == "cfg" else None
     n = len(labels) if labels is not None else args.n
-    with torch.no_grad():
-        images = generate(cfg, loaded.model, n, g, labels=labels, sampler=args.sampler, steps=args.steps,
-                          eta=args.eta, guidance=args.guidance, process=loaded.process).cpu()
-    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".npz") else args.out
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"images": images.numpy().astype(np.float32)}
+    specs = {"images": ArraySpec(np.float32, (n, *image_shape(cfg)), ())}
     if labels is not None:
-        arrays["labels"] = labels.numpy().astype(np.int64)
-    np.savez_compressed(stem.with_suffix(".npz"), **arrays)
-    save_grid(images, stem.with_suffix(".png"), nrow=args.n if args.label == "all" else None)
-    print(f"wrote {n} samples to {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}")
+        specs = {"labels": ArraySpec(np.int64, (n,), [labels.numpy()]), **specs}
+    _check_free_space(stem.with_suffix(".npz"), npz_size(specs))
+    shown = _grid_indices(n, args.n if args.label == "all" else None)
+    grid: list[torch.Tensor] = []
+
+    def batches():
+        first = 0
+        g = torch.Generator(device).manual_seed(args.seed)
+        with torch.no_grad():
+            for batch in generate_batches(cfg, loaded.model, n, g, labels, progress=True, process=loaded.process,
+                                          sampler=args.sampler, steps=args.steps, eta=args.eta,
+                                          guidance=args.guidance):
+                picked = shown[(shown >= first) & (shown < first + len(batch))] - first
+                grid.append(batch[picked])
+                first += len(batch)
+                yield batch.numpy()
+
+    specs["images"] = specs["images"]._replace(chunks=batches())
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_npz(stem.with_suffix(".npz"), specs)
+    per_row = min(args.n, GRID_PER_CLASS) if args.label == "all" else None
+    save_grid(torch.cat(grid), stem.with_suffix(".png"), nrow=per_row)
+    print(f"wrote {n} samples to {stem.with_suffix('.npz')} and a grid of {len(shown)} to {stem.with_suffix('.png')}")
     return 0
+
+
+def _grid_indices(n: int, per_class: int | None):
+    """Which samples the PNG shows: the first few of each digit (``per_class`` samples each), or the first."""
+    import torch
+
+    if per_class is None:
+        return torch.arange(min(n, GRID_MAX))
+    k = min(per_class, GRID_PER_CLASS)
+    return (torch.arange(10)[:, None] * per_class + torch.arange(k)[None, :]).flatten()
+
+
+def _check_free_space(path: Path, needed: int) -> None:
+    import shutil
+
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise UserError(f"{path} would need {needed / 2**30:.2f} GiB and its disk has {free / 2**30:.2f} GiB free; "
+                        f"lower --n or choose another --out")
 
 
 def _parse_labels(text: str | None, n: int):
@@ -253,7 +293,7 @@ def _parse_labels(text: str | None, n: int):
         raise UserError("the cfg model needs --label 0-9 or --label all")
     if text == "all":
         return torch.arange(10).repeat_interleave(n)
-    if not text.isdigit() or not 0 <= int(text) <= 9:
+    if len(text) != 1 or text not in "0123456789":
         raise UserError(f"--label must be a digit 0-9 or 'all', got {text!r}")
     return torch.full((n,), int(text), dtype=torch.long)
 
@@ -262,8 +302,6 @@ def _evaluate(args) -> int:
     from mnistgen.evaluation.run_metrics import SamplerSettings, evaluate_run
     from mnistgen.training.device import pick_device
 
-    if args.eta is not None and args.eta > 1:
-        raise UserError(f"--eta must be in [0, 1], got {args.eta}")
     sweep = _parse_weights(args.guidance_sweep) if args.guidance_sweep else None
     settings = SamplerSettings(args.sampler, args.steps, args.eta, args.guidance)
     metrics = evaluate_run(args.run, pick_device(args.device), args.data_dir, iwae_k=args.iwae_k,
@@ -283,8 +321,8 @@ def _parse_weights(text: str) -> list[float]:
         weights = [float(w) for w in text.split(",") if w.strip()]
     except ValueError:
         raise UserError(f"--guidance-sweep expects numbers separated by commas, got {text!r}") from None
-    if not weights or min(weights) < 0:
-        raise UserError(f"--guidance-sweep needs one or more weights >= 0, got {text!r}")
+    if not weights or not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise UserError(f"--guidance-sweep needs one or more finite weights >= 0, got {text!r}")
     return weights
 
 

@@ -163,17 +163,19 @@ class RunConfig:
         if kind not in KINDS:
             raise UserError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
         model_cls, process_cls = _COMPONENTS[kind]
-        train = dict(d.get("train", {}))
+        train = dict(_section(d, "train"))
         if isinstance(train.get("amp"), bool):  # written by mnistgen 0.1: amp on CUDA or not
             train["amp"] = "auto" if train["amp"] else "off"
-        return RunConfig(
+        cfg = RunConfig(
             kind=kind,
             preset=str(d.get("preset", "custom")),
-            data=_build(DataConfig, d.get("data", {})),
+            data=_build(DataConfig, _section(d, "data")),
             train=_build(TrainConfig, train),
-            model=_build(model_cls, d.get("model", {})),
-            process=_build(process_cls, d["process"]) if process_cls else None,
+            model=_build(model_cls, _section(d, "model")),
+            process=_build(process_cls, _section(d, "process")) if process_cls else None,
         )
+        validate(cfg)
+        return cfg
 
 
 _COMPONENTS: dict[str, tuple[type, type | None]] = {
@@ -182,6 +184,13 @@ _COMPONENTS: dict[str, tuple[type, type | None]] = {
     "cfg": (UNetConfig, CFGConfig),
     "classifier": (ClassifierConfig, None),
 }
+
+
+def _section(d: dict[str, Any], name: str) -> dict[str, Any]:
+    value = d.get(name, {})
+    if not isinstance(value, dict):
+        raise UserError(f"section {name!r} must be a JSON object, found {type(value).__name__}")
+    return value
 
 
 def _build(cls: type, values: dict[str, Any]):

@@ -9,17 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from mnistgen.config import CFGConfig, ClassifierConfig, DDPMConfig, RunConfig, UNetConfig, VAEConfig, differences
 from mnistgen.data.mnist import TensorData, load
 from mnistgen.errors import UserError
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
-from mnistgen.training.checkpoint import check_writable_dir, load_checkpoint
+from mnistgen.training.checkpoint import check_writable_dir, describe_error, load_checkpoint, load_weights
 from mnistgen.training.device import pick_device
 from mnistgen.training.rundir import RunDir
 from mnistgen.training.trainer import EpochRecord, Objective, Preview, Trainer
@@ -111,6 +112,23 @@ def generate(cfg: RunConfig, model: nn.Module, n: int, generator: torch.Generato
         x = samplers.guided(model, process, noise, labels.to(device), guidance if guidance is not None else p.guidance,
                             steps or p.sample_steps, generator)
     return to_unit(x)
+
+
+SAMPLE_BATCH = 500
+
+
+def generate_batches(cfg: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
+                     labels: torch.Tensor | None = None, batch_size: int = SAMPLE_BATCH, progress: bool = False,
+                     **options) -> Iterator[torch.Tensor]:
+    """``n`` samples (``len(labels)`` for the conditional model) as CPU batches of at most ``batch_size``,
+    so that memory stays bounded for any n; ``options`` as for :func:`generate`."""
+    bar = tqdm(total=n, disable=not progress or n <= batch_size, desc="sampling", unit="img", dynamic_ncols=True)
+    for first in range(0, n, batch_size):
+        count = min(batch_size, n - first)
+        chunk_labels = labels[first: first + count] if labels is not None else None
+        yield generate(cfg, model, count, generator, labels=chunk_labels, **options).cpu()
+        bar.update(count)
+    bar.close()
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -216,11 +234,12 @@ def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: 
         raise UserError(f"{run.root} has no checkpoint yet; train it first")
     state = load_checkpoint(checkpoint, cfg.kind, mmap=True)  # reads only what is used
     model = build_model(cfg).to(device)
-    ema_started = state["ema"] is not None and state["step"] > cfg.train.ema_start
-    if ema_started:
-        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-        model.load_state_dict(weights)
-    else:
-        model.load_state_dict(state["model"])
+    try:
+        ema_started = state["ema"] is not None and state["step"] > cfg.train.ema_start
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")} \
+            if ema_started else state["model"]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{checkpoint} is damaged ({describe_error(e)})") from None
+    load_weights(model, weights, checkpoint)
     model.eval()
     return LoadedRun(cfg, run, model, state["history"], build_process(cfg, device))

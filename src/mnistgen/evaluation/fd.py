@@ -16,6 +16,7 @@ import torch
 from mnistgen.config import ClassifierConfig
 from mnistgen.errors import UserError
 from mnistgen.models.classifier import Classifier
+from mnistgen.training.checkpoint import describe_error, load_checkpoint, load_weights
 
 BUNDLED_CLASSIFIER = Path(__file__).with_name("weights") / "classifier.pt"
 
@@ -35,11 +36,13 @@ def load_classifier(path: Path | None = None, device: torch.device | str = "cpu"
     path = Path(path) if path is not None else BUNDLED_CLASSIFIER
     if not path.is_file():
         raise UserError(f"classifier weights {path} not found; create them with `mnistgen train classifier`")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "model" not in state or state.get("config", {}).get("kind") != "classifier":
-        raise UserError(f"{path} does not hold mnistgen classifier weights")
-    model = Classifier(ClassifierConfig(**state["config"]["model"]))
-    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    state = load_checkpoint(path, "classifier")  # a foreign, damaged or other-model file: one line
+    try:
+        model = Classifier(ClassifierConfig(**state["config"]["model"]))
+        weights = {k: v.float() for k, v in state["model"].items()}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} does not hold mnistgen classifier weights ({describe_error(e)})") from None
+    load_weights(model, weights, path)
     return model.to(device).eval()
 
 

@@ -12,10 +12,12 @@ from torch import nn
 
 from mnistgen.config import RunConfig
 from mnistgen.data.mnist import load
-from mnistgen.evaluation.fd import (FeatureStats, class_histogram, feature_stats, frechet_distance, judge,
-                                   load_classifier)
+from mnistgen.errors import UserError
+from mnistgen.evaluation.fd import (FeatureStats, Judgement, class_histogram, feature_stats, frechet_distance,
+                                   judge, load_classifier)
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
-from mnistgen.recipes import generate, load_data, load_run
+from mnistgen.recipes import generate_batches, load_data, load_run
+from mnistgen.training.checkpoint import check_writable_dir
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,32 @@ def resolve(cfg: RunConfig, s: SamplerSettings) -> SamplerSettings:
         guidance = p.guidance if s.guidance is None else s.guidance
         return SamplerSettings("cfg", s.steps or p.sample_steps, guidance=guidance)
     return SamplerSettings("prior")
+
+
+_APPLIES = {"vae": (), "classifier": (), "ddpm": ("--sampler", "--steps", "--eta"), "cfg": ("--steps", "--guidance")}
+MAX_GUIDANCE = 100.0
+
+
+def check_settings(cfg: RunConfig, s: SamplerSettings) -> None:
+    """Refuse, in one line, sampler options that do not apply to the run's model or lie out of range."""
+    given = [name for name, v in (("--sampler", s.sampler), ("--steps", s.steps), ("--eta", s.eta),
+                                  ("--guidance", s.guidance)) if v is not None]
+    applies = _APPLIES[cfg.kind]
+    extra = [name for name in given if name not in applies]
+    if extra:
+        takes = ", ".join(applies) if applies else "none of the sampler options (it samples in one pass)"
+        raise UserError(f"{', '.join(extra)} does not apply to the {cfg.kind} model; it takes {takes}")
+    if cfg.kind == "ddpm":
+        T = cfg.process.timesteps
+        if (s.sampler or cfg.process.sampler) == "ancestral" and (s.steps is not None or s.eta is not None):
+            raise UserError(f"ancestral sampling runs all {T} steps with the DDPM's own variance; "
+                            f"--steps and --eta apply to --sampler ddim")
+        if s.steps is not None and not 1 <= s.steps <= T:
+            raise UserError(f"--steps must be in [1, {T}] for DDIM on this model, got {s.steps}")
+        if s.eta is not None and not 0 <= s.eta <= 1:
+            raise UserError(f"--eta must be in [0, 1], got {s.eta}")
+    if cfg.kind == "cfg" and s.guidance is not None and not 0 <= s.guidance <= MAX_GUIDANCE:
+        raise UserError(f"--guidance must be a finite number in [0, {MAX_GUIDANCE:g}], got {s.guidance}")
 
 
 @dataclass(frozen=True)
@@ -66,36 +94,40 @@ class SampleQuality:
 
 
 @torch.no_grad()
-def draw(cfg: RunConfig, model: nn.Module, n: int, seed: int, settings: SamplerSettings,
-         batch_size: int = 500, process=None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """``n`` samples (for CFG: n // 10 per digit, labels returned), and the seconds it took."""
+def draw_judged(cfg: RunConfig, model: nn.Module, classifier, n: int, seed: int, settings: SamplerSettings,
+                process=None) -> tuple[Judgement, torch.Tensor | None, float]:
+    """The judge's verdict on ``n`` fresh samples (for CFG: n // 10 per digit, labels returned) and the
+    seconds spent sampling. Images are judged batch by batch, so memory does not grow with n's images."""
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
     labels = torch.arange(10, device=device).repeat_interleave(max(1, n // 10)) if cfg.kind == "cfg" else None
     total = len(labels) if labels is not None else n
-    start = time.perf_counter()
-    chunks = []
-    for first in range(0, total, batch_size):
-        count = min(batch_size, total - first)
-        chunk_labels = labels[first: first + count] if labels is not None else None
-        chunks.append(generate(cfg, model, count, g, labels=chunk_labels, sampler=settings.sampler,
-                               steps=settings.steps, eta=settings.eta, guidance=settings.guidance,
-                               process=process).cpu())
-    return torch.cat(chunks), (labels.cpu() if labels is not None else None), time.perf_counter() - start
+    batches = generate_batches(cfg, model, total, g, labels, progress=True, process=process,
+                               sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
+                               guidance=settings.guidance)
+    verdicts, seconds = [], 0.0
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        seconds += time.perf_counter() - start
+        if batch is None:
+            break
+        verdicts.append(judge(classifier, batch))
+    verdict = Judgement(torch.cat([v.features for v in verdicts]), torch.cat([v.predictions for v in verdicts]))
+    return verdict, (labels.cpu() if labels is not None else None), seconds
 
 
 def sample_quality(cfg: RunConfig, model: nn.Module, classifier, reference: FeatureStats, n: int, seed: int,
                    settings: SamplerSettings, process=None) -> SampleQuality:
     """MNIST-FD, class histogram and (CFG) class accuracy of ``n`` fresh samples."""
-    images, labels, seconds = draw(cfg, model, n, seed, settings, process=process)
-    verdict = judge(classifier, images)
+    verdict, labels, seconds = draw_judged(cfg, model, classifier, n, seed, settings, process)
     accuracy = per_class = None
     if labels is not None:
         correct = verdict.predictions == labels
         accuracy = correct.float().mean().item()
         per_class = [correct[labels == d].float().mean().item() for d in range(10)]
     fd = frechet_distance(feature_stats(verdict.features), reference)
-    return SampleQuality(resolve(cfg, settings), len(images), fd, class_histogram(verdict.predictions),
+    return SampleQuality(resolve(cfg, settings), len(verdict.predictions), fd, class_histogram(verdict.predictions),
                          round(seconds, 3), accuracy, per_class)
 
 
@@ -125,6 +157,13 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
     """Evaluate the run at ``path`` and merge the results into its metrics.json; returns the whole record."""
     loaded = load_run(path, device)
     cfg, model = loaded.cfg, loaded.model
+    check_settings(cfg, settings)
+    if guidance_sweep is not None:
+        if cfg.kind != "cfg":
+            raise UserError(f"--guidance-sweep applies to the cfg model; {loaded.run.root} holds a {cfg.kind!r} model")
+        check_settings(cfg, SamplerSettings(guidance=max(guidance_sweep)))
+        check_settings(cfg, SamplerSettings(guidance=min(guidance_sweep)))
+    check_writable_dir(loaded.run.root, "run directory")
     values: dict = {"model": cfg.kind, "preset": cfg.preset}
     if cfg.kind == "classifier":
         test = load_data(cfg, "test", data_dir, device)

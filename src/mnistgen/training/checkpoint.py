@@ -92,6 +92,22 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def describe_error(e: BaseException) -> str:
+    """An exception as one short line (torch's state-dict errors span many lines)."""
+    if isinstance(e, KeyError):
+        return f"missing entry {e.args[0]!r}"
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def load_weights(module: torch.nn.Module, weights: Any, path: Path) -> None:
+    """``module.load_state_dict(weights)``, with a mismatch (shapes, names, types) as one line naming ``path``."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{path} does not fit its config.json ({describe_error(e)})") from None
+
+
 def completed_epochs(path: Path) -> tuple[int, int]:
     """(epochs completed, batches into the next one) of a trainer checkpoint, reading only that."""
     state = load_checkpoint(path, mmap=True)
@@ -118,7 +134,8 @@ def load_checkpoint(path: Path, kind: str | None = None, mmap: bool = False) -> 
         raise UserError(f"{path} is not an mnistgen checkpoint")
     if state["format_version"] > FORMAT_VERSION:
         raise UserError(f"{path} has format version {state['format_version']}; this mnistgen reads <= {FORMAT_VERSION}")
-    found = state.get("config", {}).get("kind")
+    config = state.get("config")
+    found = config.get("kind") if isinstance(config, dict) else None
     if kind is not None and found != kind:
         raise UserError(f"{path} holds a {found!r} model, not a {kind!r} model")
     return state

@@ -18,7 +18,8 @@ import torch
 from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
 from mnistgen.figures.grids import save_grid
-from mnistgen.training.checkpoint import completed_epochs, remove_stale_temp_files, write_atomic, write_json
+from mnistgen.training.checkpoint import (completed_epochs, describe_error, remove_stale_temp_files, write_atomic,
+                                          write_json)
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,14 @@ class RunDir:
         if not self.config.is_file():
             raise UserError(f"{self.root} is not a run directory (no config.json)")
         try:
-            return RunConfig.from_dict(json.loads(self.config.read_text()))
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise UserError(f"{self.config} is unreadable: {e}") from None
+            data = json.loads(self.config.read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, found {type(data).__name__}")
+            return RunConfig.from_dict(data)
+        except UserError as e:
+            raise UserError(f"{self.config}: {e}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as e:
+            raise UserError(f"{self.config} is unreadable ({describe_error(e)}); restore it or start a new run") from None
 
     def has_checkpoint(self) -> bool:
         return self.last_checkpoint.is_file() or any(self.checkpoints.glob("epoch_[0-9][0-9][0-9].pt"))

@@ -33,7 +33,7 @@ from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, RunStopped, UserError
 from mnistgen.training import device as policy
 from mnistgen.training.ema import EMA
-from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint, write_json
+from mnistgen.training.checkpoint import describe_error, load_checkpoint, save_checkpoint, write_json
 from mnistgen.training.rundir import RunDir
 
 
@@ -237,7 +237,12 @@ class Trainer:
         path = self.run.newest_checkpoint()
         if path is None:
             return False
-        self.load_state_dict(load_checkpoint(path, self.cfg.kind))
+        state = load_checkpoint(path, self.cfg.kind)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise UserError(f"{path} is damaged or does not fit {self.run.config} ({describe_error(e)}); "
+                            f"resume from an epoch_NNN.pt copied over it, or start a new run") from None
         return True
 
     def save(self, epoch_file: bool) -> None:
