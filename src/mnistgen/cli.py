@@ -190,6 +190,8 @@ def _train(args) -> int:
                                   lambda p: Path("runs") / f"{args.kind}-{p}")
     saved = _saved_config(args.out) if args.resume and args.preset is None else None
     if saved is not None:  # --resume: the run's own settings, with the overrides given (check_resume judges them)
+        if saved.kind != args.kind:
+            raise UserError(f"{args.out} holds a {saved.kind!r} run, not {args.kind!r}")
         if main_process:
             print(f"mnistgen: resuming {args.out} with its own settings (preset {saved.preset!r})")
         cfg = apply_overrides(saved, overrides)
@@ -237,12 +239,16 @@ def _sample(args) -> int:
     check_settings(cfg, settings)
     if cfg.kind != "cfg" and args.label is not None:
         raise UserError(f"--label applies to the cfg model; {args.run} holds a {cfg.kind!r} model")
-    labels = _parse_labels(args.label, args.n) if cfg.kind == "cfg" else None
-    n = len(labels) if labels is not None else args.n
+    if cfg.kind == "cfg" and args.label is None:
+        raise UserError("the cfg model needs --label 0-9 or --label all")
+    n = args.n * (10 if args.label == "all" else 1)
     specs = {"images": ArraySpec(np.float32, (n, *image_shape(cfg)), ())}
+    if cfg.kind == "cfg":
+        specs = {"labels": ArraySpec(np.int64, (n,), ()), **specs}
+    _check_free_space(stem.with_suffix(".npz"), npz_size(specs))  # before anything of size n exists
+    labels = _parse_labels(args.label, args.n) if cfg.kind == "cfg" else None
     if labels is not None:
-        specs = {"labels": ArraySpec(np.int64, (n,), [labels.numpy()]), **specs}
-    _check_free_space(stem.with_suffix(".npz"), npz_size(specs))
+        specs["labels"] = specs["labels"]._replace(chunks=[labels.numpy()])
     shown = _grid_indices(n, args.n if args.label == "all" else None)
     grid: list[torch.Tensor] = []
 
@@ -338,6 +344,7 @@ def _figures(args) -> int:
 
 def _reproduce(args) -> int:
     from mnistgen.study import SETTINGS, run_study
+    from mnistgen.training.checkpoint import check_writable_dir
     from mnistgen.training.device import pick_device
 
     if args.preset is not None and args.preset not in SETTINGS:
@@ -350,8 +357,11 @@ def _reproduce(args) -> int:
         args.preset = saved[0].preset if saved else None
         if args.preset is not None:
             print(f"mnistgen: continuing the study in {args.out} (preset {args.preset!r})")
+    if args.preset not in (None, *SETTINGS):
+        raise UserError(f"bad preset {args.preset!r} in the study's config.json; valid: {', '.join(SETTINGS)}")
     name = _preset_name(args.preset, device, log=True)
     out = args.out or Path("runs") / f"study-{name}"
+    check_writable_dir(out, "study directory")
     start = time.perf_counter()
     report = run_study(name, out, args.data_dir, device, not args.no_progress)
     print(f"study done in {time.perf_counter() - start:.0f} s; open {report}")

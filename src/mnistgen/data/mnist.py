@@ -9,8 +9,10 @@ SHA-256 of its decompressed bytes); a bad file raises one :class:`UserError` nam
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import os
 import zlib
 from pathlib import Path
@@ -95,8 +97,9 @@ def _download(root: Path, dataset: str) -> None:
     from torchvision import datasets
 
     cls = datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
-    for train in (True, False):
-        cls(root=str(root), train=train, download=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its own chatter
+        for train in (True, False):
+            cls(root=str(root), train=train, download=True)
 
 
 def resolve_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None = None) -> Path:
@@ -114,9 +117,10 @@ def resolve_data_dir(dataset: str = "mnist", data_dir: str | os.PathLike | None 
     try:
         _download(root, dataset)
     except Exception as e:  # noqa: BLE001 - any network / disk failure ends the same way
-        names = ", ".join(f"{n}.gz" for pair in FILES.values() for n in pair)
-        raise UserError(f"{dataset} files not found in {root} and the download failed ({e}); "
-                        f"put {names} into {root} or pass --data-dir") from None
+        missing = ", ".join(f"{n}.gz" for pair in FILES.values() for n in pair if _find(root, n) is None)
+        reason = " ".join(str(e).split())[:160]
+        raise UserError(f"{dataset} files missing in {root}: {missing}; the download failed ({reason}); "
+                        f"put the files there (gzipped or not) or pass --data-dir") from None
     for folder in _search_folders(root, dataset):
         if _has_all(folder):
             return folder

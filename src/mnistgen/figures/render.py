@@ -8,11 +8,13 @@ from pathlib import Path
 import torch
 
 from mnistgen.recipes import load_data, load_run
+from mnistgen.training.checkpoint import check_writable_dir
 
 
 def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:
     loaded = load_run(path, device, generative=True)
     out = loaded.run.figures
+    check_writable_dir(out, "figures directory")
     if loaded.cfg.kind == "vae":
         from mnistgen.figures import vae
 

@@ -1,0 +1,229 @@
+"""Every bad input, of every subcommand, ends with exit status 2 and exactly one line on stderr, no
+traceback, before any work, and leaves the runs already on disk byte-for-byte as they were."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnistgen.cli import main
+from mnistgen.config import preset
+from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint
+from mnistgen.training.rundir import RunDir
+
+SMALL = ["--preset", "smoke", "--no-progress", "--set", "data.train_limit=256", "--set", "data.val_limit=64"]
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory, mnist_dir):
+    """Runs of each model, and damaged copies of them, in one folder."""
+    root = tmp_path_factory.mktemp("bad-input")
+    for kind in ("vae", "ddpm", "cfg"):
+        assert main(["train", kind, *SMALL, "--out", str(root / kind)]) == 0
+    (root / "file.txt").write_text("not a directory")
+    (root / "garbage.pt").write_bytes(b"\x80\x03 this is not a checkpoint")
+    (root / "empty").mkdir()
+    judge = RunDir(root / "judge")
+    judge.root.mkdir()
+    judge.write_config(preset("classifier", "smoke"))
+    for name, text in (("config-list", "[1, 2]"), ("config-null", "null"), ("config-string", '"ddpm"'),
+                       ("config-broken", "{\"kind\": \"ddpm\", "), ("config-groups", None),
+                       ("config-widths", None)):
+        shutil.copytree(root / "ddpm", root / name)
+        if text is not None:
+            (root / name / "config.json").write_text(text)
+    config = json.loads((root / "ddpm" / "config.json").read_text())
+    (root / "config-groups" / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "groups": 0}}))
+    (root / "config-widths" / "config.json").write_text(
+        json.dumps({**config, "model": {**config["model"], "channels": [16, 32]}}))
+    for name, edit in (("ckpt-no-ema", lambda s: s.pop("ema")), ("ckpt-no-model", lambda s: s.pop("model")),
+                       ("ckpt-bad-step", lambda s: s.update(step="many")),
+                       ("ckpt-bad-generator", lambda s: s.update(generator=[torch.zeros(3)]))):
+        shutil.copytree(root / "ddpm", root / name)
+        state = load_checkpoint(root / name / "checkpoints" / "last.pt")
+        edit(state)
+        save_checkpoint(root / name / "checkpoints" / "last.pt", state)
+    shutil.copytree(root / "ddpm", root / "ckpt-garbage")
+    for p in (root / "ckpt-garbage" / "checkpoints").iterdir():
+        p.write_bytes(b"garbage")
+    shutil.copytree(root / "ddpm", root / "ckpt-other-kind")
+    shutil.copy(root / "vae" / "checkpoints" / "last.pt", root / "ckpt-other-kind" / "checkpoints" / "last.pt")
+    bad_data = root / "bad-data"
+    shutil.copytree(mnist_dir, bad_data)
+    images = next(bad_data.glob("train-images*"))
+    images.write_bytes(images.read_bytes()[:1000])
+    return root
+
+
+ROWS = [
+    # train: presets, flags, every class of config value
+    ("train vae --preset huge", "valid: reference, cpu, smoke"),
+    ("train vae --preset ''", "valid: reference, cpu, smoke"),
+    ("train gan", "invalid choice"),
+    ("train vae --epochs -3", "must be >= 1"),
+    ("train vae --epochs 0", "must be >= 1"),
+    ("train vae --epochs x", "expected a whole number"),
+    ("train vae --batch-size 0", "must be >= 1"),
+    ("train vae --lr nan", "train.lr"),
+    ("train vae --lr inf", "train.lr"),
+    ("train vae --lr -1", "train.lr"),
+    ("train vae --lr 0", "train.lr"),
+    ("train vae --lr 5", "train.lr"),
+    ("train vae --seed -1", "must be >= 0"),
+    ("train vae --dataset cifar", "invalid choice"),
+    ("train vae --set train.bogus=1", "valid: epochs"),
+    ("train vae --set nope.lr=1", "valid: data, train, model"),
+    ("train vae --set train.lr", "SECTION.FIELD=VALUE"),
+    ("train vae --set train.epochs=many", "expected int"),
+    ("train vae --set train.epochs=1.5", "expected int"),
+    ("train vae --set model.latent=-1", "model.latent"),
+    ("train vae --set model.hidden=0", "model.hidden"),
+    ("train ddpm --set model.groups=0", "model.groups"),
+    ("train ddpm --set model.groups=3", "model.groups"),
+    ("train ddpm --set model.time_dim=3", "model.time_dim"),
+    ("train ddpm --set model.blocks=0", "model.blocks"),
+    ("train ddpm --set model.bottleneck=0", "model.bottleneck"),
+    ("train ddpm --set model.channels=8,0", "model.channels"),
+    ("train ddpm --set model.channels=", "model.channels"),
+    ("train ddpm --set model.num_classes=10", "model.num_classes"),
+    ("train ddpm --set model.unshuffle=3", "model.unshuffle"),
+    ("train ddpm --set model.attention=maybe", "expected bool"),
+    ("train cfg --set model.num_classes=0", "model.num_classes"),
+    ("train cfg --set model.num_classes=-1", "model.num_classes"),
+    ("train classifier --set model.dropout=2", "model.dropout"),
+    ("train classifier --set model.feature_dim=0", "model.feature_dim"),
+    ("train classifier --set model.width=12", "model.width"),
+    ("train vae --set train.grad_clip=nan", "train.grad_clip"),
+    ("train ddpm --set process.min_snr_gamma=-1", "process.min_snr_gamma"),
+    ("train vae --set train.lr_gamma=-1", "train.lr_gamma"),
+    ("train vae --set train.lr_step_epochs=0", "train.lr_step_epochs"),
+    ("train vae --set train.checkpoint_minutes=-1", "train.checkpoint_minutes"),
+    ("train vae --set train.seed=-1", "train.seed"),
+    ("train vae --set train.ema_decay=1", "train.ema_decay"),
+    ("train vae --set train.weight_decay=inf", "train.weight_decay"),
+    ("train vae --set train.amp=fp8", "valid: auto, bf16, fp16, off"),
+    ("train vae --set train.lr_schedule=linear", "valid: constant, step, cosine"),
+    ("train vae --set data.resolution=30", "valid: 28, 32"),
+    ("train vae --set data.train_limit=-5", "data.train_limit"),
+    ("train ddpm --set process.sample_steps=5000", "process.sample_steps"),
+    ("train ddpm --set process.sample_steps=0", "process.sample_steps"),
+    ("train ddpm --set process.eta=2", "process.eta"),
+    ("train ddpm --set process.beta_start=0.5", "beta_start"),
+    ("train ddpm --set process.sampler=euler", "valid: ancestral, ddim"),
+    ("train cfg --set process.p_uncond=1", "process.p_uncond"),
+    ("train cfg --set process.v=2", "process.v"),
+    ("train cfg --set process.guidance=inf", "process.guidance"),
+    ("train cfg --set process.lambda_min=30", "lambda_min < process.lambda_max"),
+    ("train vae --device tpu", "valid: auto, cpu, cuda, mps"),
+    ("train vae --device cuda:99", "cuda:99"),
+    # train: where it writes, and resuming
+    ("train vae --preset smoke --out {root}/file.txt", "is a file"),
+    ("train vae --preset smoke --out /proc/mnistgen/run", "cannot be written"),
+    ("train vae --preset smoke --out {root}/vae", "already holds a run"),
+    ("train vae --preset smoke --out {root}/empty --resume", "no checkpoint to resume"),
+    ("train vae --preset smoke --out {root}/nothing/here --resume", "no checkpoint to resume"),
+    ("train vae --out {root}/vae --resume --lr 0.5", "train.lr 0.001 -> 0.5"),
+    ("train vae --out {root}/vae --resume --epochs 1", "train.epochs 2 -> 1"),
+    ("train vae --preset cpu --out {root}/vae --resume", "preset 'smoke' -> 'cpu'"),
+    ("train ddpm --out {root}/vae --resume", "holds a 'vae' run"),
+    ("train ddpm --out {root}/config-list --resume", "config-list/config.json"),
+    ("train vae --preset smoke --out {root}/new --data-dir {root}/empty", "t10k-labels-idx1-ubyte.gz"),
+    ("train vae --preset smoke --out {root}/new --data-dir {root}/bad-data", "train-images-idx3-ubyte"),
+    ("train ddpm --out {root}/ckpt-no-ema --resume", "ckpt-no-ema/checkpoints/last.pt"),
+    ("train ddpm --out {root}/ckpt-bad-generator --resume", "ckpt-bad-generator/checkpoints/last.pt"),
+    ("train ddpm --out {root}/ckpt-garbage --resume", "ckpt-garbage/checkpoints"),
+    # sample
+    ("sample /nonexistent/run --n 4 --out {root}/x", "does not exist"),
+    ("sample {root}/vae --n 0 --out {root}/x", "must be >= 1"),
+    ("sample {root}/vae --n -4 --out {root}/x", "must be >= 1"),
+    ("sample {root}/vae --n 4", "--out"),
+    ("sample {root}/vae --n 4 --out {root}/empty", "is a directory"),
+    ("sample {root}/vae --n 4 --out /proc/mnistgen/x", "cannot be written"),
+    ("sample {root}/vae --n 4 --out {root}/file.txt/x", "is a file"),
+    ("sample {root}/vae --steps 5 --out {root}/x", "does not apply to the vae model"),
+    ("sample {root}/vae --eta 1 --out {root}/x", "does not apply to the vae model"),
+    ("sample {root}/vae --guidance 1 --out {root}/x", "does not apply to the vae model"),
+    ("sample {root}/vae --label 3 --out {root}/x", "--label applies to the cfg model"),
+    ("sample {root}/ddpm --sampler ancestral --steps 5 --out {root}/x", "--steps and --eta apply to --sampler ddim"),
+    ("sample {root}/ddpm --sampler ddim --steps 5000 --out {root}/x", "--steps must be in [1, 1000]"),
+    ("sample {root}/ddpm --eta 2 --out {root}/x", "--eta must be in [0, 1]"),
+    ("sample {root}/ddpm --eta nan --out {root}/x", "finite number"),
+    ("sample {root}/ddpm --guidance 1 --out {root}/x", "does not apply to the ddpm model"),
+    ("sample {root}/ddpm --label 3 --out {root}/x", "--label applies to the cfg model"),
+    ("sample {root}/ddpm --sampler euler --out {root}/x", "invalid choice"),
+    ("sample {root}/cfg --out {root}/x", "needs --label"),
+    ("sample {root}/cfg --label 12 --out {root}/x", "digit 0-9"),
+    ("sample {root}/cfg --label \u0663 --out {root}/x", "digit 0-9"),
+    ("sample {root}/cfg --label 3 --guidance inf --out {root}/x", "finite number"),
+    ("sample {root}/cfg --label 3 --guidance 1000 --out {root}/x", "--guidance must be"),
+    ("sample {root}/cfg --label 3 --eta 1 --out {root}/x", "does not apply to the cfg model"),
+    ("sample {root}/cfg --label 3 --sampler ddim --out {root}/x", "does not apply to the cfg model"),
+    ("sample {root}/cfg --label 3 --n 10000000000 --out {root}/x", "GiB free"),
+    ("sample {root}/judge --n 2 --out {root}/x", "'classifier' run"),
+    ("sample {root}/config-list --out {root}/x", "expected a JSON object"),
+    ("sample {root}/config-null --out {root}/x", "expected a JSON object"),
+    ("sample {root}/config-string --out {root}/x", "expected a JSON object"),
+    ("sample {root}/config-broken --out {root}/x", "config-broken/config.json is unreadable"),
+    ("sample {root}/config-groups --out {root}/x", "model.groups"),
+    ("sample {root}/config-widths --out {root}/x", "does not fit its config.json"),
+    ("sample {root}/ckpt-no-ema --out {root}/x", "damaged"),
+    ("train ddpm --out {root}/ckpt-no-model --resume", "ckpt-no-model"),
+    ("sample {root}/ckpt-garbage --out {root}/x", "cannot read checkpoint"),
+    ("sample {root}/ckpt-other-kind --out {root}/x", "'vae' model, not a 'ddpm' model"),
+    # evaluate
+    ("evaluate /nonexistent/run", "does not exist"),
+    ("evaluate {root}/vae --n 0", "must be >= 1"),
+    ("evaluate {root}/vae --steps 5", "does not apply to the vae model"),
+    ("evaluate {root}/vae --iwae-k 0", "must be >= 1"),
+    ("evaluate {root}/ddpm --guidance-sweep 0,1", "--guidance-sweep applies to the cfg model"),
+    ("evaluate {root}/ddpm --sampler ancestral --eta 1", "--steps and --eta apply to --sampler ddim"),
+    ("evaluate {root}/cfg --guidance-sweep nan", "finite weights"),
+    ("evaluate {root}/cfg --guidance-sweep 1,x", "numbers separated by commas"),
+    ("evaluate {root}/cfg --guidance-sweep -1", "finite weights"),
+    ("evaluate {root}/cfg --guidance-sweep 0,500", "--guidance must be"),
+    ("evaluate {root}/cfg --classifier {root}/garbage.pt", "cannot read checkpoint"),
+    ("evaluate {root}/cfg --classifier {root}/vae/checkpoints/last.pt", "not a 'classifier' model"),
+    ("evaluate {root}/cfg --classifier /nonexistent.pt", "not found"),
+    ("evaluate {root}/ckpt-bad-step", "ckpt-bad-step"),
+    # figures
+    ("figures /nonexistent/run", "does not exist"),
+    ("figures {root}/judge", "'classifier' run"),
+    ("figures {root}/config-list", "expected a JSON object"),
+    ("figures {root}/ckpt-garbage", "cannot read checkpoint"),
+    # reproduce and the command itself
+    ("reproduce --preset huge", "valid: reference, cpu, smoke"),
+    ("reproduce --preset ''", "valid: reference, cpu, smoke"),
+    ("reproduce --preset smoke --out {root}/file.txt", "is a file"),
+    ("reproduce --preset smoke --device tpu", "valid: auto, cpu, cuda, mps"),
+    ("", "the following arguments are required"),
+    ("fly", "invalid choice"),
+]
+
+
+def _snapshot(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command, message", ROWS, ids=[r[0][:60] for r in ROWS])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(command, message, place, capsys, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(place)  # a default --out lands here, never in the source tree
+    before = _snapshot(place)
+    args = shlex.split(command.format(root=place))
+    status = main(args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert message in lines[0], lines[0]
+    assert _snapshot(place) == before
+
+
+def test_the_table_covers_every_subcommand_and_enough_cases():
+    commands = {row[0].split(" ")[0] for row in ROWS}
+    assert {"train", "sample", "evaluate", "figures", "reproduce"} <= commands and len(ROWS) >= 80
