@@ -42,6 +42,7 @@ def place(tmp_path_factory, mnist_dir):
         json.dumps({**config, "model": {**config["model"], "channels": [16, 32]}}))
     for name, edit in (("ckpt-no-ema", lambda s: s.pop("ema")), ("ckpt-no-model", lambda s: s.pop("model")),
                        ("ckpt-bad-step", lambda s: s.update(step="many")),
+                       ("ckpt-no-history", lambda s: s.pop("history")),
                        ("ckpt-bad-generator", lambda s: s.update(generator=[torch.zeros(3)]))):
         shutil.copytree(root / "ddpm", root / name)
         state = load_checkpoint(root / name / "checkpoints" / "last.pt")
@@ -52,6 +53,11 @@ def place(tmp_path_factory, mnist_dir):
         p.write_bytes(b"garbage")
     shutil.copytree(root / "ddpm", root / "ckpt-other-kind")
     shutil.copy(root / "vae" / "checkpoints" / "last.pt", root / "ckpt-other-kind" / "checkpoints" / "last.pt")
+    (root / "study-smoke").mkdir()
+    shutil.copytree(root / "vae", root / "study-smoke" / "vae")
+    judge_state = {"config": {**preset("classifier", "smoke").to_dict()}, "model": {}}
+    judge_state["config"]["model"]["width"] = 12
+    save_checkpoint(root / "bad-judge.pt", judge_state)
     bad_data = root / "bad-data"
     shutil.copytree(mnist_dir, bad_data)
     images = next(bad_data.glob("train-images*"))
@@ -171,6 +177,12 @@ ROWS = [
     ("sample {root}/config-groups --out {root}/x", "model.groups"),
     ("sample {root}/config-widths --out {root}/x", "does not fit its config.json"),
     ("sample {root}/ckpt-no-ema --out {root}/x", "damaged"),
+    ("sample {root}/ckpt-no-history --out {root}/x", "damaged"),
+    ("train ddpm --set process.timesteps=500 --set process.sampler=ddim --set process.sample_steps=600",
+     "process.sample_steps 600"),
+    ("sample {root}/cfg --label 3 --steps 1000000000 --out {root}/x", "--steps must be"),
+    ("evaluate {root}/cfg --classifier {root}/bad-judge.pt", "model.width"),
+    ("reproduce --preset cpu --out {root}/study-smoke", "holds a 'smoke' study"),
     ("train ddpm --out {root}/ckpt-no-model --resume", "ckpt-no-model"),
     ("sample {root}/ckpt-garbage --out {root}/x", "cannot read checkpoint"),
     ("sample {root}/ckpt-other-kind --out {root}/x", "'vae' model, not a 'ddpm' model"),
@@ -204,8 +216,9 @@ ROWS = [
 ]
 
 
-def _snapshot(root: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def _snapshot(root: Path) -> dict[Path, bytes | None]:
+    """Every file's bytes and every folder (None), so that a created directory counts as a change."""
+    return {p: p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 @pytest.mark.parametrize("command, message", ROWS, ids=[r[0][:60] for r in ROWS])

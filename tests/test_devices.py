@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 import math
 
@@ -315,8 +316,7 @@ def test_resume_without_preset_or_out_finds_the_run_started_under_another_defaul
 
     seen = []
     monkeypatch.setattr("mnistgen.study.run_study", lambda name, out, *a, **k: seen.append((name, out)) or out)
-    (tmp_path / "runs" / "study-smoke" / "vae").mkdir(parents=True)
-    RunDir(tmp_path / "runs" / "study-smoke" / "vae").write_config(preset("vae", "smoke"))
+    shutil.copytree(tmp_path / "runs" / "vae-smoke", tmp_path / "runs" / "study-smoke" / "vae")  # a study begun
     assert main(["reproduce", "--device", "cpu", "--no-progress"]) == 0
     assert seen == [("smoke", Path("runs") / "study-smoke")]
 

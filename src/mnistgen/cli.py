@@ -163,9 +163,11 @@ def _only_existing(candidates: list[Path], device, default_for) -> Path:
     does (a run started under another default, e.g. on the CPU before a GPU was attached)."""
     from mnistgen.training.device import default_preset
 
+    from mnistgen.training.rundir import RunDir
+
     default = default_for(default_preset(device).name)
-    existing = [c for c in candidates if c.is_dir()]
-    return existing[0] if not default.is_dir() and len(existing) == 1 else default
+    started = [c for c in candidates if c.is_dir() and any(RunDir(p).has_checkpoint() for p in (c, *c.iterdir()))]
+    return started[0] if default not in started and len(started) == 1 else default
 
 
 def _saved_config(out: Path | None):
@@ -284,9 +286,9 @@ def _grid_indices(n: int, per_class: int | None):
 
 
 def _check_free_space(path: Path, needed: int) -> None:
-    import shutil
+    from mnistgen.training.checkpoint import free_bytes
 
-    free = shutil.disk_usage(path.parent).free
+    free = free_bytes(path.parent)
     if needed > free:
         raise UserError(f"{path} would need {needed / 2**30:.2f} GiB and its disk has {free / 2**30:.2f} GiB free; "
                         f"lower --n or choose another --out")

@@ -51,6 +51,11 @@ class Range:
             f"{'<' if self.high_open else '<='} {self.high:g}"
 
 
+def range_of(component: type, name: str) -> Range:
+    """The declared range of ``component``'s field ``name``."""
+    return next(f.metadata["range"] for f in fields(component) if f.name == name)
+
+
 def ranged(default, low=None, high=None, *, low_open: bool = False, high_open: bool = False):
     """A dataclass field whose value (each item, for a tuple) must lie in the given range."""
     return field(default=default, metadata={"range": Range(low, high, low_open, high_open)})
@@ -298,8 +303,9 @@ def validate(cfg: RunConfig) -> None:
         _check(p.beta_start < p.beta_end, "need process.beta_start < process.beta_end")
         _choice(p.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
         _choice(p.sampler, SAMPLERS, "process.sampler")
-        _check(p.sample_steps <= p.timesteps, f"bad process.sample_steps {p.sample_steps}: must be in "
-                                              f"[1, {p.timesteps}] (process.timesteps)")
+        _check(p.sampler != "ddim" or p.sample_steps <= p.timesteps,
+               f"bad process.sample_steps {p.sample_steps}: DDIM steps must be in [1, {p.timesteps}] "
+               f"(process.timesteps)")
     if isinstance(cfg.process, CFGConfig):
         _check(cfg.process.lambda_min < cfg.process.lambda_max, "need process.lambda_min < process.lambda_max")
 

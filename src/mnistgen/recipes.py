@@ -23,7 +23,7 @@ from mnistgen.training import distributed
 from mnistgen.training.checkpoint import check_writable_dir, describe_error, load_checkpoint, load_weights
 from mnistgen.training.device import pick_device
 from mnistgen.training.rundir import RunDir
-from mnistgen.training.trainer import EpochRecord, Objective, Preview, Trainer
+from mnistgen.training.trainer import EpochRecord, Objective, Preview, StopRequest, Trainer
 
 PREVIEW_SEED = 1234  # fixed noise for the per-epoch grids (F9, F12)
 
@@ -186,23 +186,24 @@ def train(cfg: RunConfig, out: Path, data_dir: str | os.PathLike | None = None, 
     check_writable_dir(run.root, "run directory")
     check_resume(run, cfg) if resume else _check_new_run(run)
     main = distributed.is_main_process()
-    with run.locked() if main else contextlib.nullcontext():
-        if main:
-            run.remove_stale_temp_files()
-        policy.configure_backends(device, cfg.train.tf32)
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg).to(device)
-        objective = build_objective(cfg, device)
-        trainer = Trainer(model, objective, load_data(cfg, "train", data_dir, device),
-                          load_data(cfg, "test", data_dir, device), cfg, run,
-                          build_preview(cfg, objective if cfg.process is not None else None), show_progress)
-        if resume:
-            trainer.resume()
-        if main:
-            if show_progress:
-                print(f"{cfg.kind}: training on {policy.describe(device, trainer.amp_dtype)}")
-            run.write_config(cfg)
-        return trainer.fit()
+    with StopRequest() as stop:  # SIGINT / SIGTERM from here on end with a checkpoint and one line
+        train_data, val_data = (load_data(cfg, split, data_dir, device) for split in ("train", "test"))
+        with run.locked() if main else contextlib.nullcontext():  # the run directory appears here
+            if main:
+                run.remove_stale_temp_files()
+            policy.configure_backends(device, cfg.train.tf32)
+            torch.manual_seed(cfg.train.seed)
+            model = build_model(cfg).to(device)
+            objective = build_objective(cfg, device)
+            trainer = Trainer(model, objective, train_data, val_data, cfg, run,
+                              build_preview(cfg, objective if cfg.process is not None else None), show_progress)
+            if resume:
+                trainer.resume()
+            if main:
+                if show_progress:
+                    print(f"{cfg.kind}: training on {policy.describe(device, trainer.amp_dtype)}")
+                run.write_config(cfg)
+            return trainer.fit(stop)
 
 
 class LoadedRun(NamedTuple):
@@ -238,8 +239,9 @@ def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: 
         ema_started = state["ema"] is not None and state["step"] > cfg.train.ema_start
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")} \
             if ema_started else state["model"]
+        history = list(state["history"])
     except (KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{checkpoint} is damaged ({describe_error(e)})") from None
     load_weights(model, weights, checkpoint)
     model.eval()
-    return LoadedRun(cfg, run, model, state["history"], build_process(cfg, device))
+    return LoadedRun(cfg, run, model, history, build_process(cfg, device))

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mnistgen.config import preset
+from mnistgen.errors import UserError
 from mnistgen.evaluation.run_metrics import evaluate_run
 from mnistgen.figures.render import render_figures
 from mnistgen.recipes import load_run, train
@@ -78,7 +79,8 @@ def ddim_vs_ancestral(path: str | os.PathLike, device: torch.device, n: int = 8)
 
     loaded = load_run(path, device)
     rows = []
-    for sampler, steps in (("ddim", 20), ("ddim", 50), ("ancestral", None)):
+    T = loaded.cfg.process.timesteps
+    for sampler, steps in (("ddim", min(20, T)), ("ddim", min(50, T)), ("ancestral", None)):
         g = torch.Generator(device).manual_seed(7)
         rows.append(generate(loaded.cfg, loaded.model, n, g, sampler=sampler, steps=steps))
     out = loaded.run.figures / "ddim_vs_ancestral.png"
@@ -89,6 +91,10 @@ def ddim_vs_ancestral(path: str | os.PathLike, device: torch.device, n: int = 8)
 def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
               show_progress: bool = True, log=print) -> Path:
     settings = SETTINGS[preset_name]
+    for kind in MODELS:  # a study directory holds one preset: refused before any work
+        run = RunDir(out / kind)
+        if run.config.is_file() and (found := run.read_config().preset) != preset_name:
+            raise UserError(f"{out} holds a {found!r} study; continue it with --preset {found} or choose another --out")
     for kind in MODELS:
         run = RunDir(out / kind)
         cfg = run.read_config() if run.config.is_file() else preset(kind, preset_name)  # a run keeps its settings

@@ -74,25 +74,36 @@ def test_larger_epochs_extends_a_run_to_the_weights_of_a_longer_one(tmp_path):
 def test_a_second_trainer_of_the_same_run_is_refused(tmp_path):
     run = RunDir(tmp_path / "run")
     with run.locked():
-        with pytest.raises(UserError, match="is being trained by process"):
+        with pytest.raises(UserError, match=f"being trained by another process .*pid {os.getpid()}"):
             train(_cfg(), run.root, device=CPU, show_progress=False)
-        owner = run.lock_file.read_text().split()
-        assert owner[-1] == str(os.getpid())
-    assert not run.lock_file.exists()  # released
+    with run.locked():  # released
+        pass
 
 
-def test_a_stale_lock_and_stale_temp_files_are_cleared(tmp_path):
+def test_a_lock_held_by_another_process_refuses_until_that_process_dies(tmp_path):
+    """The lock belongs to a process: refused while it lives, free the moment it is killed (kill -9)."""
     run = RunDir(tmp_path / "run")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from mnistgen.training.rundir import RunDir\n"
+        f"with RunDir(Path({str(run.root)!r})).locked():\n    print('locked', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(UserError, match=f"pid {holder.pid}"):
+        train(_cfg(), run.root, device=CPU, show_progress=False)
+    holder.kill()
+    holder.wait()
+    train(_cfg(**{"train.epochs": 1}), run.root, device=CPU, show_progress=False)
+    assert run.last_checkpoint.is_file()
+
+
+def test_stale_temp_files_are_cleared_on_the_next_start(tmp_path):
+    run = RunDir(tmp_path / "run")
     run.checkpoints.mkdir(parents=True)
-    run.lock_file.write_text(f"{os.uname().nodename} {dead.pid}\n")
     stale = [run.checkpoints / ".last.pt.99999.tmp", run.root / ".history.json.99999.tmp"]
     for p in stale:
         p.write_bytes(b"half a file")
     train(_cfg(**{"train.epochs": 1}), run.root, device=CPU, show_progress=False)
-    assert not any(p.exists() for p in stale) and not run.lock_file.exists()
-    assert run.last_checkpoint.is_file()
+    assert not any(p.exists() for p in stale) and run.last_checkpoint.is_file()
 
 
 def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
@@ -111,7 +122,6 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
     out = tmp_path / "run"
     assert main([*TRAIN, "--out", str(out), "--epochs", "1"]) == 0
     kept = (out / "checkpoints" / "last.pt").read_bytes()
-    real = checkpoint.save_checkpoint
 
     def full_disk(path, state):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -123,7 +133,6 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
     assert len(err) == 1 and "No space left on device" in err[0], err
     assert f"the last good checkpoint is {out / 'checkpoints' / 'last.pt'}" in err[0]
     assert (out / "checkpoints" / "last.pt").read_bytes() == kept
-    assert real is checkpoint.save_checkpoint
 
 
 class SignalAt:
@@ -180,8 +189,33 @@ def test_sigterm_from_outside_ends_the_command_with_one_line(tmp_path):
     assert job.returncode == 128 + signal.SIGTERM, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted by SIGTERM" in lines[0] and "--resume" in lines[0], err
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] < 50
-    assert not (out / "train.lock").exists()
+    run = RunDir(out)
+    saved = load_checkpoint(run.last_checkpoint)
+    newest_epoch = run.epoch_checkpoints()[-1][1]
+    assert saved["step"] >= load_checkpoint(newest_epoch)["step"] > 0  # the signal's save is the newest state
+    with run.locked():  # and the lock went with the process
+        pass
+
+
+def test_a_second_signal_stops_at_once_without_saving(tmp_path, mnist_dir):
+    from mnistgen.recipes import build_model, build_objective, load_data
+
+    cfg = _cfg("ddpm", **{"train.epochs": 2})
+
+    class TwoSignals(SignalAt):
+        def loss(self, model, x, y, generator=None):
+            if self.calls + 1 == self.n:
+                os.kill(os.getpid(), signal.SIGTERM)  # the first, noted; the second, inside this step
+            return super().loss(model, x, y, generator)
+
+    torch.manual_seed(0)
+    trainer = Trainer(build_model(cfg), TwoSignals(build_objective(cfg), 3, signal.SIGTERM),
+                      load_data(cfg, "train", mnist_dir, CPU), load_data(cfg, "test", mnist_dir, CPU), cfg,
+                      RunDir(tmp_path), show_progress=False)
+    with pytest.raises(Interrupted, match="second SIGTERM, without saving") as info:
+        trainer.fit()
+    assert info.value.exit_status == 128 + signal.SIGTERM
+    assert not RunDir(tmp_path).last_checkpoint.exists()
 
 
 # -- the newest checkpoint wins -----------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from mnistgen.config import ClassifierConfig
+from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
 from mnistgen.models.classifier import Classifier
 from mnistgen.training.checkpoint import describe_error, load_checkpoint, load_weights
@@ -38,8 +38,11 @@ def load_classifier(path: Path | None = None, device: torch.device | str = "cpu"
         raise UserError(f"classifier weights {path} not found; create them with `mnistgen train classifier`")
     state = load_checkpoint(path, "classifier")  # a foreign, damaged or other-model file: one line
     try:
-        model = Classifier(ClassifierConfig(**state["config"]["model"]))
+        cfg = RunConfig.from_dict(state["config"])  # every field checked, as for a run
+        model = Classifier(cfg.model)
         weights = {k: v.float() for k, v in state["model"].items()}
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
     except (KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path} does not hold mnistgen classifier weights ({describe_error(e)})") from None
     load_weights(model, weights, path)

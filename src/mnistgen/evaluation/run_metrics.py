@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnistgen.config import RunConfig
+from mnistgen.config import CFGConfig, DDPMConfig, RunConfig, range_of
 from mnistgen.data.mnist import load
 from mnistgen.errors import UserError
 from mnistgen.evaluation.fd import (FeatureStats, Judgement, class_histogram, feature_stats, frechet_distance,
@@ -43,7 +43,6 @@ def resolve(cfg: RunConfig, s: SamplerSettings) -> SamplerSettings:
 
 
 _APPLIES = {"vae": (), "classifier": (), "ddpm": ("--sampler", "--steps", "--eta"), "cfg": ("--steps", "--guidance")}
-MAX_GUIDANCE = 100.0
 
 
 def check_settings(cfg: RunConfig, s: SamplerSettings) -> None:
@@ -62,10 +61,16 @@ def check_settings(cfg: RunConfig, s: SamplerSettings) -> None:
                             f"--steps and --eta apply to --sampler ddim")
         if s.steps is not None and not 1 <= s.steps <= T:
             raise UserError(f"--steps must be in [1, {T}] for DDIM on this model, got {s.steps}")
-        if s.eta is not None and not 0 <= s.eta <= 1:
-            raise UserError(f"--eta must be in [0, 1], got {s.eta}")
-    if cfg.kind == "cfg" and s.guidance is not None and not 0 <= s.guidance <= MAX_GUIDANCE:
-        raise UserError(f"--guidance must be a finite number in [0, {MAX_GUIDANCE:g}], got {s.guidance}")
+        _in_range("--eta", s.eta, DDPMConfig, "eta")
+    if cfg.kind == "cfg":
+        _in_range("--steps", s.steps, CFGConfig, "sample_steps")
+        _in_range("--guidance", s.guidance, CFGConfig, "guidance")
+
+
+def _in_range(flag: str, value: float | None, component: type, name: str) -> None:
+    """A command-line option against the range its config field declares."""
+    if value is not None and not range_of(component, name).holds(value):
+        raise UserError(f"{flag} must be {range_of(component, name)}, got {value}")
 
 
 @dataclass(frozen=True)

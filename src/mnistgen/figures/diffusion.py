@@ -15,7 +15,7 @@ from mnistgen.recipes import build_process, generate, image_shape, to_unit
 from mnistgen.training.rundir import RunDir
 
 STUDY_EPOCHS = (5, 9, 15, 19)
-CHAIN_STEPS = (999, 500, 200, 100, 25, 0)
+CHAIN_STEPS = (999, 500, 200, 100, 25, 0)  # for T = 1000; scaled for another T
 SWEEP_WEIGHTS = (0.0, 0.3, 1.0, 2.0, 4.0)
 
 
@@ -50,18 +50,19 @@ def reverse_chain(cfg: RunConfig, model: nn.Module, path: Path, seed: int = 0, c
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
     process = build_process(cfg, device)
+    steps = list(dict.fromkeys(round(t * (process.T - 1) / 999) for t in CHAIN_STEPS))
     kept: dict[int, torch.Tensor] = {}
 
     def keep(t: int, x: torch.Tensor) -> None:
-        if t in CHAIN_STEPS:
+        if t in steps:
             kept[t] = to_unit(x)
 
     samplers.ancestral(model, process, torch.randn(chains, *image_shape(cfg), generator=g, device=device), g, keep)
-    images = torch.stack([kept[t] for t in CHAIN_STEPS], dim=1).flatten(0, 1)  # (chains * 6, 1, H, W)
+    images = torch.stack([kept[t] for t in steps], dim=1).flatten(0, 1)  # (chains * 6, 1, H, W)
     fig, ax = plt.subplots(figsize=(7, 5))
-    _show(ax, images, len(CHAIN_STEPS), "F11  reverse process (ancestral), state after step t")
+    _show(ax, images, len(steps), "F11  reverse process (ancestral), state after step t")
     size = images.shape[-1] + 2
-    ax.set_xticks([(i + 0.5) * size for i in range(len(CHAIN_STEPS))], [f"t={t}" for t in CHAIN_STEPS], fontsize=8)
+    ax.set_xticks([(i + 0.5) * size for i in range(len(steps))], [f"t={t}" for t in steps], fontsize=8)
     return _save(fig, path)
 
 

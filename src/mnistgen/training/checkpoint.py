@@ -58,13 +58,23 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
+def nearest_existing(path: Path) -> Path | None:
+    """``path`` or its closest ancestor that exists."""
+    return next((p for p in (Path(path), *Path(path).parents) if p.exists()), None)
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that ``path`` (or the folder it would be created in) lives on."""
+    return shutil.disk_usage(nearest_existing(path) or Path.cwd()).free
+
+
 def check_writable_dir(folder: Path, what: str) -> None:
     """Refuse, with one line, a ``folder`` that is a file, cannot be created or cannot be written.
     Creates nothing that was not there: a missing folder is checked through its nearest existing parent."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{what} {folder} is a file, not a directory; choose another path")
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    existing = nearest_existing(folder)
     if existing is None or not existing.is_dir():
         raise UserError(f"{what} {folder} cannot be created ({existing} is not a directory)")
     try:
@@ -132,6 +142,8 @@ def load_checkpoint(path: Path, kind: str | None = None, mmap: bool = False) -> 
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise UserError(f"{path} is not an mnistgen checkpoint")
+    if not isinstance(state["format_version"], int):
+        raise UserError(f"{path} has a damaged format version ({state['format_version']!r})")
     if state["format_version"] > FORMAT_VERSION:
         raise UserError(f"{path} has format version {state['format_version']}; this mnistgen reads <= {FORMAT_VERSION}")
     config = state.get("config")

@@ -6,11 +6,16 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import fcntl  # POSIX (Linux, macOS): an advisory lock per open file
+except ImportError:  # Windows: runs are not locked
+    fcntl = None
 
 import numpy as np
 import torch
@@ -37,28 +42,29 @@ class RunDir:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold ``train.lock`` (host and PID of its owner) while training; a second trainer is refused.
-        A lock left by a process that is gone (killed) is taken over."""
+        """Hold an exclusive lock on ``train.lock`` while training; a second trainer is refused with
+        the owner's host and PID. The kernel drops the lock when its process ends, however it ends,
+        so a killed run never blocks the next one. The file stays (deleting it would race)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()} {os.getpid()}"
-        while True:
-            try:
-                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                owner = self.lock_file.read_text().strip() if self.lock_file.is_file() else ""
-                being_written = not owner and time.time() - self.lock_file.stat().st_mtime < 5
-                if being_written or not _stale(owner):
-                    raise UserError(f"{self.root} is being trained by process {owner or '?'} "
-                                    f"(lock {self.lock_file}); wait for it to end, or delete the lock if it is dead")
-                self.lock_file.unlink(missing_ok=True)
-        with os.fdopen(fd, "w") as f:
-            f.write(me + "\n")
-        try:
+        if fcntl is None:
             yield
-        finally:
-            if self.lock_file.is_file() and self.lock_file.read_text().strip() == me:
-                self.lock_file.unlink()
+            return
+        with open(self.lock_file, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                owner = f.read().strip() or "?"
+                raise UserError(f"{self.root} is being trained by another process ({owner}, lock "
+                                f"{self.lock_file}); wait for it to end") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Temporary files of writes a kill interrupted (holding the lock, nothing else is writing)."""
@@ -67,15 +73,27 @@ class RunDir:
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:03d}.pt"
 
+    def epoch_checkpoints(self) -> list[tuple[int, Path]]:
+        """(epoch, path) of every ``epoch_N.pt``, in epoch order."""
+        found = [(int(m.group(1)), p) for p in self.checkpoints.glob("epoch_*.pt")
+                 if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))]
+        return sorted(found)
+
     def newest_checkpoint(self) -> Path | None:
-        """The most advanced checkpoint: ``last.pt``, or the newest ``epoch_NNN.pt`` when a kill fell
-        between writing it and writing ``last.pt`` (it is then ahead). None when there is none."""
-        epochs = sorted(self.checkpoints.glob("epoch_[0-9][0-9][0-9].pt"))
+        """The most advanced checkpoint: ``last.pt``, or the newest ``epoch_N.pt`` when a kill fell
+        between writing it and writing ``last.pt`` (it is then ahead) or left ``last.pt`` unreadable.
+        None when there is none."""
+        epochs = self.epoch_checkpoints()
+        newest_epoch = epochs[-1] if epochs else None
         if not self.last_checkpoint.is_file():
-            return epochs[-1] if epochs else None
-        if epochs and int(epochs[-1].stem.split("_")[1]) > completed_epochs(self.last_checkpoint)[0]:
-            return epochs[-1]
-        return self.last_checkpoint
+            return newest_epoch[1] if newest_epoch else None
+        try:
+            last_epoch = completed_epochs(self.last_checkpoint)[0]
+        except UserError:
+            if newest_epoch is None:
+                raise
+            return newest_epoch[1]
+        return newest_epoch[1] if newest_epoch and newest_epoch[0] > last_epoch else self.last_checkpoint
 
     def epoch_samples(self, epoch: int) -> Path:
         return self.samples / f"epoch_{epoch:03d}.npz"
@@ -112,7 +130,7 @@ class RunDir:
             raise UserError(f"{self.config} is unreadable ({describe_error(e)}); restore it or start a new run") from None
 
     def has_checkpoint(self) -> bool:
-        return self.last_checkpoint.is_file() or any(self.checkpoints.glob("epoch_[0-9][0-9][0-9].pt"))
+        return self.last_checkpoint.is_file() or bool(self.epoch_checkpoints())
 
     def read_metrics(self) -> dict:
         return json.loads(self.metrics.read_text()) if self.metrics.is_file() else {}
@@ -123,16 +141,3 @@ class RunDir:
         write_json(self.metrics, metrics)
         return metrics
 
-
-def _stale(owner: str) -> bool:
-    """A lock is stale when its owner is a process of this host that no longer exists."""
-    host, _, pid = owner.rpartition(" ")
-    if host != socket.gethostname() or not pid.isdigit():
-        return host == "" and not pid.isdigit()  # unreadable lock: stale; another host's: not ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False

@@ -12,6 +12,7 @@ Checkpoints load to the CPU; load_state_dict then moves each tensor to where its
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -64,7 +65,8 @@ class StopRequest:
 
     def _note(self, signal_number: int, frame) -> None:
         if self.signal is not None:
-            raise KeyboardInterrupt
+            raise Interrupted(f"stopped at once by a second {signal.Signals(signal_number).name}, without saving; "
+                              f"continue from the last checkpoint with --resume", signal_number)
         self.signal = signal_number
 
     def __enter__(self) -> "StopRequest":
@@ -74,7 +76,7 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: set outside Python
 
 
 @dataclass(frozen=True)
@@ -377,14 +379,17 @@ class Trainer:
         raise Interrupted(f"interrupted by {name} in epoch {self.epoch + 1} after step {self.step}; saved "
                           f"{self.run.last_checkpoint}; continue with --resume", signal_number)
 
-    def fit(self) -> list[EpochRecord]:
+    def fit(self, stop: StopRequest | None = None) -> list[EpochRecord]:
         """Train until ``cfg.train.epochs`` epochs are complete; returns the per-epoch history.
-        SIGINT / SIGTERM save a checkpoint between two steps and raise :class:`Interrupted`; a failed
-        write (a full disk) raises :class:`RunStopped` naming the checkpoint that is kept."""
+        SIGINT / SIGTERM (noted by ``stop``, or by this call's own :class:`StopRequest`) save a
+        checkpoint between two steps or epochs and raise :class:`Interrupted`; a failed write (a full
+        disk) raises :class:`RunStopped` naming the checkpoint that is kept."""
         self.model.train()
-        with StopRequest() as stop:
+        with contextlib.nullcontext(stop) if stop is not None else StopRequest() as stop:
             try:
                 while self.epoch < self.tc.epochs:
+                    if stop.signal is not None:  # noted before training or during an epoch's end
+                        self._interrupt(stop.signal)
                     record = self._fit_epoch(stop)
                     if self.show_progress:
                         tqdm.write(f"{self.cfg.kind} epoch {record.epoch}: train {record.train_loss:.4f}  "
