@@ -162,6 +162,13 @@ def check_resume(run: RunDir, cfg: RunConfig) -> None:
     saved = run.read_config()
     if saved.kind != cfg.kind:
         raise UserError(f"{run.root} holds a {saved.kind!r} run, not {cfg.kind!r}")
+    newest = run.newest_checkpoint()
+    trained_with = RunConfig.from_dict(load_checkpoint(newest, cfg.kind, mmap=True)["config"])
+    edited = {k: v for k, v in differences(trained_with, saved).items() if k != "train.epochs"}
+    if edited:
+        listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(edited.items()))
+        raise UserError(f"{run.config} was edited after {newest.name} was written ({listed}); "
+                        f"restore it, or pass a larger --epochs to extend the run")
     changed = differences(saved, cfg)
     extension = changed.pop("train.epochs", None)
     if extension is not None and extension[1] < extension[0]:

@@ -2,6 +2,7 @@
 a full disk, and the newest checkpoint winning after a kill between two writes."""
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -232,3 +233,23 @@ def test_a_kill_between_the_epoch_file_and_last_pt_loses_no_work(tmp_path):
     assert _same(load_run(out).model.state_dict(), final)  # sampling uses the newest weights
     assert main(["train", "vae", "--no-progress", "--out", str(out), "--resume"]) == 0  # nothing left to train
     assert _same(load_run(out).model.state_dict(), final)
+
+
+def test_an_edited_config_json_cannot_slip_past_the_resume_policy(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--epochs", "1"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["lr"] = 0.5
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["train", "vae", "--no-progress", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was edited" in err[0] and "train.lr 0.001 -> 0.5" in err[0], err
+
+
+def test_a_nearly_full_disk_is_refused_before_training(tmp_path, monkeypatch):
+    free = checkpoint.MIN_FREE_BYTES - 1
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, free))
+    with pytest.raises(UserError, match="MiB free on its disk"):
+        train(_cfg(), tmp_path / "run", device=CPU, show_progress=False)
+    assert not (tmp_path / "run").exists()
