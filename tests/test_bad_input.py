@@ -240,3 +240,24 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(command, message, plac
 def test_the_table_covers_every_subcommand_and_enough_cases():
     commands = {row[0].split(" ")[0] for row in ROWS}
     assert {"train", "sample", "evaluate", "figures", "reproduce"} <= commands and len(ROWS) >= 80
+
+
+@pytest.mark.parametrize("command", ["evaluate {root}/vae", "figures {root}/vae",
+                                     "reproduce --preset smoke --out {root}/new-study",
+                                     "train vae --preset smoke --out {root}/new-run"])
+def test_a_read_only_destination_is_refused_before_work(command, place, capsys, monkeypatch):
+    """A read-only file system (EROFS on the probe file): one line, exit 2, nothing written or created."""
+    import errno
+    import shlex
+
+    from mnistgen.training import checkpoint
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
+    before = _snapshot(place)
+    assert main(shlex.split(command.format(root=place))) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot be written (" in lines[0] and "Read-only file system" in lines[0], lines
+    assert _snapshot(place) == before
