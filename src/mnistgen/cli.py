@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
 from mnistgen.config import DATASETS, KINDS, PRESETS, apply_overrides, preset
-from mnistgen.errors import Interrupted, RunStopped, UserError
+from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -393,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_status
     except RunStopped as e:
         print(f"mnistgen: error: {e}", file=sys.stderr)
+        return e.exit_status
+    except StopNow as e:
+        print(f"mnistgen: stopped at once by a second {signal.Signals(e.exit_status - 128).name}, without saving; "
+              f"continue from the last checkpoint with --resume", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
         print("mnistgen: interrupted", file=sys.stderr)

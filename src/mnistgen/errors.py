@@ -16,6 +16,15 @@ class RunStopped(Exception):
     exit_status = 1
 
 
+class StopNow(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM: stop at once, without saving. A ``BaseException`` (like Ctrl-C's
+    KeyboardInterrupt), so that no ``except Exception`` on the way up can swallow it."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.exit_status = 128 + signal_number
+
+
 class Interrupted(RunStopped):
     """SIGINT or SIGTERM: the trainer saved a checkpoint between two steps and stopped."""
 

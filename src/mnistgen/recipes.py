@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mnistgen.config import CFGConfig, ClassifierConfig, DDPMConfig, RunConfig, UNetConfig, VAEConfig, differences
 from mnistgen.data.mnist import TensorData, load
-from mnistgen.errors import UserError
+from mnistgen.errors import Interrupted, UserError
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
 from mnistgen.training.checkpoint import check_writable_dir, describe_error, load_checkpoint, load_weights
@@ -195,7 +196,11 @@ def train(cfg: RunConfig, out: Path, data_dir: str | os.PathLike | None = None, 
     main = distributed.is_main_process()
     with StopRequest() as stop:  # SIGINT / SIGTERM from here on end with a checkpoint and one line
         train_data, val_data = (load_data(cfg, split, data_dir, device) for split in ("train", "test"))
+        if stop.signal is not None:
+            raise Interrupted(f"interrupted by {signal.Signals(stop.signal).name} before training started; "
+                              f"nothing was written", stop.signal)
         with run.locked() if main else contextlib.nullcontext():  # the run directory appears here
+            check_resume(run, cfg) if resume else _check_new_run(run)  # again: nothing raced in meanwhile
             if main:
                 run.remove_stale_temp_files()
             policy.configure_backends(device, cfg.train.tf32)

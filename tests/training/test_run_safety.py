@@ -15,7 +15,7 @@ import torch
 
 from mnistgen.cli import main
 from mnistgen.config import apply_overrides, preset
-from mnistgen.errors import Interrupted, UserError
+from mnistgen.errors import Interrupted, StopNow, UserError
 from mnistgen.recipes import train
 from mnistgen.training import checkpoint
 from mnistgen.training.checkpoint import load_checkpoint
@@ -213,7 +213,7 @@ def test_a_second_signal_stops_at_once_without_saving(tmp_path, mnist_dir):
     trainer = Trainer(build_model(cfg), TwoSignals(build_objective(cfg), 3, signal.SIGTERM),
                       load_data(cfg, "train", mnist_dir, CPU), load_data(cfg, "test", mnist_dir, CPU), cfg,
                       RunDir(tmp_path), show_progress=False)
-    with pytest.raises(Interrupted, match="second SIGTERM, without saving") as info:
+    with pytest.raises(StopNow) as info:  # not an Exception: no `except Exception` on the way can swallow it
         trainer.fit()
     assert info.value.exit_status == 128 + signal.SIGTERM
     assert not RunDir(tmp_path).last_checkpoint.exists()
@@ -253,3 +253,20 @@ def test_a_nearly_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="MiB free on its disk"):
         train(_cfg(), tmp_path / "run", device=CPU, show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+
+def test_a_signal_during_the_last_epochs_end_still_stops_the_command(tmp_path, mnist_dir, monkeypatch, capsys):
+    """SIGTERM while the last epoch's checkpoint is written: the run is complete, and the command ends
+    with 143 and one line instead of going on (to evaluation, in `reproduce`)."""
+    real_save = Trainer.save
+
+    def save_then_signal(self, epoch_file):
+        real_save(self, epoch_file)
+        if epoch_file and self.epoch == self.tc.epochs:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "save", save_then_signal)
+    assert main([*TRAIN, "--out", str(tmp_path / "run"), "--epochs", "1"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "after the last epoch (the run is complete)" in err[0], err

@@ -61,6 +61,9 @@ def check_settings(cfg: RunConfig, s: SamplerSettings) -> None:
                             f"--steps and --eta apply to --sampler ddim")
         if s.steps is not None and not 1 <= s.steps <= T:
             raise UserError(f"--steps must be in [1, {T}] for DDIM on this model, got {s.steps}")
+        if (s.sampler or cfg.process.sampler) == "ddim" and s.steps is None and cfg.process.sample_steps > T:
+            raise UserError(f"the run's process.sample_steps ({cfg.process.sample_steps}) exceeds its {T} "
+                            f"timesteps; pass --steps in [1, {T}]")
         _in_range("--eta", s.eta, DDPMConfig, "eta")
     if cfg.kind == "cfg":
         _in_range("--steps", s.steps, CFGConfig, "sample_steps")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -50,13 +52,9 @@ class RunDir:
             yield
             return
         with open(self.lock_file, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                owner = f.read().strip() or "?"
-                raise UserError(f"{self.root} is being trained by another process ({owner}, lock "
-                                f"{self.lock_file}); wait for it to end") from None
+            if not _try_lock(f, self):
+                yield
+                return
             f.seek(0)
             f.truncate()
             f.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
@@ -89,9 +87,11 @@ class RunDir:
             return newest_epoch[1] if newest_epoch else None
         try:
             last_epoch = completed_epochs(self.last_checkpoint)[0]
-        except UserError:
+        except UserError as e:
             if newest_epoch is None:
                 raise
+            completed_epochs(newest_epoch[1])  # readable itself, or its own error is the one line
+            print(f"mnistgen: {e}; using {newest_epoch[1].name} instead", file=sys.stderr)
             return newest_epoch[1]
         return newest_epoch[1] if newest_epoch and newest_epoch[0] > last_epoch else self.last_checkpoint
 
@@ -141,3 +141,21 @@ class RunDir:
         write_json(self.metrics, metrics)
         return metrics
 
+
+
+def _try_lock(f, run: RunDir) -> bool:
+    """Take the exclusive lock (True), refuse when another process holds it, or go on unlocked (False)
+    on a file system without locks."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "?"
+        raise UserError(f"{run.root} is being trained by another process ({owner}, lock {run.lock_file}); "
+                        f"wait for it to end") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+            raise
+        print(f"mnistgen: {run.root}'s file system has no locks ({e.strerror}); training unlocked", file=sys.stderr)
+        return False

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from mnistgen.config import RunConfig, TrainConfig
 from mnistgen.data.mnist import TensorData
-from mnistgen.errors import Interrupted, RunStopped, UserError
+from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 from mnistgen.training import device as policy
 from mnistgen.training.ema import EMA
 from mnistgen.training.checkpoint import describe_error, load_checkpoint, save_checkpoint, write_json
@@ -65,8 +65,7 @@ class StopRequest:
 
     def _note(self, signal_number: int, frame) -> None:
         if self.signal is not None:
-            raise Interrupted(f"stopped at once by a second {signal.Signals(signal_number).name}, without saving; "
-                              f"continue from the last checkpoint with --resume", signal_number)
+            raise StopNow(signal_number)
         self.signal = signal_number
 
     def __enter__(self) -> "StopRequest":
@@ -371,13 +370,22 @@ class Trainer:
         dist.all_gather_object(gathered, mine)
         return gathered[0][0], next((g[1] for g in gathered if g[1] is not None), None)
 
+    def _interrupt_if_signalled(self, stop: StopRequest) -> None:
+        """Between epochs: stop on a signal any rank has seen (agreed, since saving is a collective)."""
+        signal_number = stop.signal if self.world == 1 else self._decide(time.monotonic(), stop)[1]
+        if signal_number is not None:
+            self._interrupt(signal_number)
+
     def _interrupt(self, signal_number: int) -> None:
         """Save between two steps (unless something is non-finite) and stop."""
         self._check_finite()
         self.save(epoch_file=False)
         name = signal.Signals(signal_number).name
-        raise Interrupted(f"interrupted by {name} in epoch {self.epoch + 1} after step {self.step}; saved "
-                          f"{self.run.last_checkpoint}; continue with --resume", signal_number)
+        where = (f"after the last epoch (the run is complete)" if self.epoch >= self.tc.epochs else
+                 f"in epoch {self.epoch + 1} after step {self.step}" if self.batch else
+                 f"before epoch {self.epoch + 1} (step {self.step})")
+        raise Interrupted(f"interrupted by {name} {where}; saved {self.run.last_checkpoint}; "
+                          f"continue with --resume", signal_number)
 
     def fit(self, stop: StopRequest | None = None) -> list[EpochRecord]:
         """Train until ``cfg.train.epochs`` epochs are complete; returns the per-epoch history.
@@ -388,12 +396,12 @@ class Trainer:
         with contextlib.nullcontext(stop) if stop is not None else StopRequest() as stop:
             try:
                 while self.epoch < self.tc.epochs:
-                    if stop.signal is not None:  # noted before training or during an epoch's end
-                        self._interrupt(stop.signal)
+                    self._interrupt_if_signalled(stop)  # noted before training or during an epoch's end
                     record = self._fit_epoch(stop)
                     if self.show_progress:
                         tqdm.write(f"{self.cfg.kind} epoch {record.epoch}: train {record.train_loss:.4f}  "
                                    f"val {record.val_loss:.4f}  {record.images_per_s:.0f} img/s  {record.seconds:.1f}s")
+                self._interrupt_if_signalled(stop)  # a signal during the last epoch's end still stops the command
             except OSError as e:
                 raise RunStopped(f"could not write into {self.run.root} ({e.strerror or e}); stopped; "
                                  f"{self._kept()}") from None
