@@ -181,9 +181,10 @@ def _saved_config(out: Path | None):
 
 
 def _train(args) -> int:
-    from mnistgen.recipes import train
+    from mnistgen.recipes import check_resume, train
     from mnistgen.training import distributed
     from mnistgen.training.device import pick_device
+    from mnistgen.training.rundir import RunDir
 
     device = pick_device(args.device)
     main_process = distributed.rank() == 0
@@ -195,9 +196,10 @@ def _train(args) -> int:
     if saved is not None:  # --resume: the run's own settings, with the overrides given (check_resume judges them)
         if saved.kind != args.kind:
             raise UserError(f"{args.out} holds a {saved.kind!r} run, not {args.kind!r}")
+        cfg = apply_overrides(saved, overrides)
+        check_resume(RunDir(args.out), cfg)  # refused before a word about resuming
         if main_process:
             print(f"mnistgen: resuming {args.out} with its own settings (preset {saved.preset!r})")
-        cfg = apply_overrides(saved, overrides)
     else:
         name = _preset_name(args.preset, device, log=main_process)
         cfg = apply_overrides(preset(args.kind, name), overrides)  # every check before any work
