@@ -250,12 +250,12 @@ def test_a_read_only_destination_is_refused_before_work(command, place, capsys, 
     import errno
     import shlex
 
-    from mnistgen.training import checkpoint
+    from mnistgen import files
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
     before = _snapshot(place)
     assert main(shlex.split(command.format(root=place))) == 2
     lines = capsys.readouterr().err.strip().splitlines()

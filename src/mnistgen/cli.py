@@ -228,9 +228,9 @@ def _sample(args) -> int:
 
     from mnistgen.arrays import ArraySpec, npz_size, write_npz
     from mnistgen.evaluation.run_metrics import SamplerSettings, check_settings
-    from mnistgen.figures.grids import save_grid
+    from mnistgen.images import save_grid
     from mnistgen.recipes import generate_batches, image_shape, load_run
-    from mnistgen.training.checkpoint import check_writable_dir
+    from mnistgen.files import check_writable_dir
     from mnistgen.training.device import pick_device
 
     stem = args.out.with_suffix("") if args.out.suffix in (".png", ".npz") else args.out
@@ -289,7 +289,7 @@ def _grid_indices(n: int, per_class: int | None):
 
 
 def _check_free_space(path: Path, needed: int) -> None:
-    from mnistgen.training.checkpoint import free_bytes
+    from mnistgen.files import free_bytes
 
     free = free_bytes(path.parent)
     if needed > free:
@@ -349,7 +349,7 @@ def _figures(args) -> int:
 
 def _reproduce(args) -> int:
     from mnistgen.study import SETTINGS, run_study
-    from mnistgen.training.checkpoint import check_writable_dir
+    from mnistgen.files import check_writable_dir
     from mnistgen.training.device import pick_device
 
     if args.preset is not None and args.preset not in SETTINGS:

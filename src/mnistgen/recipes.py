@@ -21,7 +21,8 @@ from mnistgen.data.mnist import TensorData, load
 from mnistgen.errors import Interrupted, UserError
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
-from mnistgen.training.checkpoint import check_writable_dir, describe_error, load_checkpoint, load_weights
+from mnistgen.files import check_writable_dir
+from mnistgen.training.checkpoint import describe_error, load_checkpoint, load_weights
 from mnistgen.training.device import pick_device
 from mnistgen.training.rundir import RunDir
 from mnistgen.training.trainer import EpochRecord, Objective, Preview, StopRequest, Trainer

@@ -74,7 +74,7 @@ def _finished(run: RunDir, epochs: int) -> bool:
 @torch.no_grad()
 def ddim_vs_ancestral(path: str | os.PathLike, device: torch.device, n: int = 8) -> Path:
     """Rows: DDIM-20, DDIM-50, ancestral-1000 from the same x_T."""
-    from mnistgen.figures.grids import save_grid
+    from mnistgen.images import save_grid
     from mnistgen.recipes import generate
 
     loaded = load_run(path, device)

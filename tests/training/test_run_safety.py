@@ -17,7 +17,7 @@ from mnistgen.cli import main
 from mnistgen.config import apply_overrides, preset
 from mnistgen.errors import Interrupted, StopNow, UserError
 from mnistgen.recipes import train
-from mnistgen.training import checkpoint
+from mnistgen import files
 from mnistgen.training.checkpoint import load_checkpoint
 from mnistgen.training.rundir import RunDir
 from mnistgen.training.trainer import Trainer
@@ -111,9 +111,9 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    monkeypatch.setattr(files.os, "fsync", full_disk)
     with pytest.raises(OSError):
-        checkpoint.write_atomic(tmp_path / "x.pt", b"data")
+        files.write_atomic(tmp_path / "x.pt", b"data")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -248,8 +248,8 @@ def test_an_edited_config_json_cannot_slip_past_the_resume_policy(tmp_path, caps
 
 
 def test_a_nearly_full_disk_is_refused_before_training(tmp_path, monkeypatch):
-    free = checkpoint.MIN_FREE_BYTES - 1
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, free))
+    free = files.MIN_FREE_BYTES - 1
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, free))
     with pytest.raises(UserError, match="MiB free on its disk"):
         train(_cfg(), tmp_path / "run", device=CPU, show_progress=False)
     assert not (tmp_path / "run").exists()

@@ -17,7 +17,7 @@ from mnistgen.evaluation.fd import (FeatureStats, Judgement, class_histogram, fe
                                    judge, load_classifier)
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
 from mnistgen.recipes import generate_batches, load_data, load_run
-from mnistgen.training.checkpoint import check_writable_dir
+from mnistgen.files import check_writable_dir
 
 
 @dataclass(frozen=True)

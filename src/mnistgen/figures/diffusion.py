@@ -9,7 +9,7 @@ from torch import nn
 
 from mnistgen.config import RunConfig
 from mnistgen.diffusion import samplers
-from mnistgen.figures.grids import save_grid
+from mnistgen.images import save_grid
 from mnistgen.figures.vae import _save, _show, plt
 from mnistgen.recipes import build_process, generate, image_shape, to_unit
 from mnistgen.training.rundir import RunDir

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mnistgen.recipes import load_data, load_run
-from mnistgen.training.checkpoint import check_writable_dir
+from mnistgen.files import check_writable_dir
 
 
 def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mnistgen.data.mnist import TensorData  # noqa: E402
-from mnistgen.figures.grids import grid_image, save_grid  # noqa: E402
+from mnistgen.images import grid_image, save_grid  # noqa: E402
 from mnistgen.models.vae import VAE  # noqa: E402
 
 TARGET_NATS = 104.0

@@ -24,9 +24,9 @@ import torch
 
 from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
-from mnistgen.figures.grids import save_grid
-from mnistgen.training.checkpoint import (completed_epochs, describe_error, remove_stale_temp_files, write_atomic,
-                                          write_json)
+from mnistgen.images import save_grid
+from mnistgen.files import remove_stale_temp_files, write_atomic, write_json
+from mnistgen.training.checkpoint import completed_epochs, describe_error
 
 
 @dataclass(frozen=True)

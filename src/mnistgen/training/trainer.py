@@ -34,7 +34,8 @@ from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 from mnistgen.training import device as policy
 from mnistgen.training.ema import EMA
-from mnistgen.training.checkpoint import describe_error, load_checkpoint, save_checkpoint, write_json
+from mnistgen.files import write_json
+from mnistgen.training.checkpoint import describe_error, load_checkpoint, save_checkpoint
 from mnistgen.training.rundir import RunDir
 
 

@@ -1,4 +1,4 @@
-"""Image grids and PNG output (torchvision's make_grid, atomic writes)."""
+"""Image grids and PNG files (torchvision's make_grid, written atomically); below figures and training."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from mnistgen.training.checkpoint import write_atomic
+from mnistgen.files import write_atomic
 
 
 def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
