@@ -61,3 +61,12 @@ def test_imports_go_downwards_only():
     assert upward - KNOWN_UPWARD == set(), "new upward imports"
     assert KNOWN_UPWARD - upward == set(), "fixed: remove these from KNOWN_UPWARD"
 
+
+
+def test_no_module_imports_a_private_name_of_another():
+    private = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnistgen"):
+                private += [f"{_module(path)}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == []

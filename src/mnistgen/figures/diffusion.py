@@ -10,7 +10,7 @@ from torch import nn
 from mnistgen.config import RunConfig
 from mnistgen.diffusion import samplers
 from mnistgen.images import save_grid
-from mnistgen.figures.vae import _save, _show, plt
+from mnistgen.figures.plotting import plt, save_figure, show_images
 from mnistgen.recipes import build_process, generate, image_shape, to_unit
 from mnistgen.training.rundir import RunDir
 
@@ -37,11 +37,11 @@ def epochs_grid(run: RunDir, rows: list[int], path: Path, title: str, row_names:
     columns = [run.load_epoch_samples(e)[rows] for e in epochs]  # each (R, 1, H, W)
     images = torch.stack(columns, dim=1).flatten(0, 1)  # (R * E, 1, H, W), row-major
     fig, ax = plt.subplots(figsize=(1.2 * len(epochs) + 1, 1.1 * len(rows) + 0.8))
-    _show(ax, images, len(epochs), title)
+    show_images(ax, images, len(epochs), title)
     size = images.shape[-1] + 2
     ax.set_xticks([(i + 0.5) * size for i in range(len(epochs))], [f"epoch {e}" for e in epochs], fontsize=8)
     ax.set_yticks([(i + 0.5) * size for i in range(len(rows))], row_names, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -60,10 +60,10 @@ def reverse_chain(cfg: RunConfig, model: nn.Module, path: Path, seed: int = 0, c
     samplers.ancestral(model, process, torch.randn(chains, *image_shape(cfg), generator=g, device=device), g, keep)
     images = torch.stack([kept[t] for t in steps], dim=1).flatten(0, 1)  # (chains * 6, 1, H, W)
     fig, ax = plt.subplots(figsize=(7, 5))
-    _show(ax, images, len(steps), "F11  reverse process (ancestral), state after step t")
+    show_images(ax, images, len(steps), "F11  reverse process (ancestral), state after step t")
     size = images.shape[-1] + 2
     ax.set_xticks([(i + 0.5) * size for i in range(len(steps))], [f"t={t}" for t in steps], fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -96,7 +96,7 @@ def guidance_sweep(cfg: RunConfig, model: nn.Module, path: Path, metrics: list[d
     fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels + (1.5 if metrics else 0), 5.2),
                              gridspec_kw={"wspace": 0.45 if metrics else 0.2})
     for ax, w in zip(axes, SWEEP_WEIGHTS):
-        _show(ax, class_grid(cfg, model, w, per_class, seed), per_class, f"w = {w:g}")
+        show_images(ax, class_grid(cfg, model, w, per_class, seed), per_class, f"w = {w:g}")
     if metrics:
         ax = axes[-1]
         ws = [m["guidance"] for m in metrics]
@@ -109,7 +109,7 @@ def guidance_sweep(cfg: RunConfig, model: nn.Module, path: Path, metrics: list[d
         ax.set_title("quality vs w", fontsize=9)
         ax.set_box_aspect(1.2)
     fig.suptitle("Guidance sweep: rows are the requested digits 0-9", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def render_cfg(cfg: RunConfig, model: nn.Module, run: RunDir, seed: int = 0) -> list[Path]:

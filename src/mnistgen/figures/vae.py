@@ -4,36 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from mnistgen.data.mnist import TensorData  # noqa: E402
-from mnistgen.images import grid_image, save_grid  # noqa: E402
-from mnistgen.models.vae import VAE  # noqa: E402
+from mnistgen.data.mnist import TensorData
+from mnistgen.figures.plotting import plt, save_figure, show_images
+from mnistgen.images import save_grid
+from mnistgen.models.vae import VAE
 
 TARGET_NATS = 104.0
 OFFSETS = (-2, -1, 0, 1, 2)
 EPS = 2.0
 ALPHAS = [i / 10 for i in range(11)]
 PAIRS = ((4, 9), (5, 6), (8, 2))
-
-
-def _show(ax, images: torch.Tensor, nrow: int, title: str = "") -> None:
-    ax.imshow(grid_image(images, nrow).permute(1, 2, 0).numpy())
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=9)
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def loss_curve(history: list[dict], path: Path) -> Path:
@@ -52,7 +34,7 @@ def loss_curve(history: list[dict], path: Path) -> Path:
     ax.set_ylabel("negative ELBO (nats / image)")
     ax.set_title("F1  VAE loss per epoch")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -71,10 +53,10 @@ def traversal_figure(model: VAE, prior_code: torch.Tensor, image: torch.Tensor, 
     fig, axes = plt.subplots(1, 2, figsize=(7, 7.5))
     offsets = ", ".join(f"{o * EPS:+g}" for o in OFFSETS)
     for ax, base, name in ((axes[0], prior_code, "prior sample z ~ N(0, I)"), (axes[1], encoded, "encoded test image")):
-        _show(ax, traversal(model, base, dims), len(OFFSETS), f"{name}\ncolumns: z_d {offsets}")
+        show_images(ax, traversal(model, base, dims), len(OFFSETS), f"{name}\ncolumns: z_d {offsets}")
         ax.set_yticks([(i + 0.5) * 30 for i in range(len(dims))], [f"z{d}" for d in dims], fontsize=8)
     fig.suptitle(f"Latent traversals, dimensions {dims.start}-{dims.stop - 1}", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -88,11 +70,11 @@ def interpolation_rows(model: VAE, z0: torch.Tensor, z1: torch.Tensor, x0: torch
 
 def interpolation_figure(rows: torch.Tensor, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 2.3))
-    _show(ax, rows, len(ALPHAS), title)
+    show_images(ax, rows, len(ALPHAS), title)
     ax.set_xticks([(i + 0.5) * 30 for i in range(len(ALPHAS))], [f"{a:.1f}" for a in ALPHAS], fontsize=7)
     ax.set_xlabel("alpha")
     ax.set_yticks([15, 45], ["latent", "pixel"], fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def first_of_class(test: TensorData, digit: int) -> torch.Tensor:
