@@ -106,7 +106,7 @@ class VAEConfig:
 class UNetConfig:
     channels: tuple[int, ...] = ranged((32, 64, 128, 128), 1, WIDTH)  # width per resolution level
     bottleneck: int = ranged(256, 1, WIDTH)
-    blocks: int = ranged(2, 1, 16)  # conv blocks per level on the way down (the way up has one fewer + 1)
+    blocks: int = ranged(2, 1, 16)  # conv blocks per level, down and up (up: the first one takes the skip)
     time_dim: int = ranged(128, 2, WIDTH)  # sinusoidal time / log-SNR embedding width (even)
     unshuffle: int = 1  # pixel-unshuffle factor before the first conv (space-to-depth): 1 or 2
     attention: bool = False  # self-attention at the lowest resolution (4 heads)

@@ -5,8 +5,8 @@ Layout of the study directory::
     DIR/vae/  DIR/ddpm/  DIR/cfg/   one run directory per model (config, checkpoints, ...)
     DIR/report.html                 figures with captions and a metrics table
 
-Re-running resumes unfinished runs and skips finished ones, evaluations already done and
-figures already drawn.
+Re-running resumes unfinished runs, skips finished ones and evaluations already done, and
+draws the figures again.
 """
 
 from __future__ import annotations
@@ -71,23 +71,6 @@ def _finished(run: RunDir, epochs: int) -> bool:
     return newest is not None and completed_epochs(newest)[0] >= epochs
 
 
-@torch.no_grad()
-def ddim_vs_ancestral(path: str | os.PathLike, device: torch.device, n: int = 8) -> Path:
-    """Rows: DDIM-20, DDIM-50, ancestral-1000 from the same x_T."""
-    from mnistgen.images import save_grid
-    from mnistgen.recipes import generate
-
-    loaded = load_run(path, device)
-    rows = []
-    T = loaded.cfg.process.timesteps
-    for sampler, steps in (("ddim", min(20, T)), ("ddim", min(50, T)), ("ancestral", None)):
-        g = torch.Generator(device).manual_seed(7)
-        rows.append(generate(loaded.cfg, loaded.model, n, g, sampler=sampler, steps=steps))
-    out = loaded.run.figures / "ddim_vs_ancestral.png"
-    save_grid(torch.cat(rows), out, nrow=n)
-    return out
-
-
 def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
               show_progress: bool = True, log=print) -> Path:
     settings = SETTINGS[preset_name]
@@ -115,8 +98,6 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
             run.update_metrics(evaluation_seconds=round(time.perf_counter() - start, 1))
         log(f"[{kind}] figures")
         render_figures(run.root, device, data_dir)
-        if kind == "ddpm":
-            ddim_vs_ancestral(run.root, device)
     report = write_report(out, preset_name, device)
     log(f"report: {report}")
     return report

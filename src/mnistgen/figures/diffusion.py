@@ -76,7 +76,21 @@ def render_ddpm(cfg: RunConfig, model: nn.Module, run: RunDir, seed: int = 0) ->
     save_grid(generate(cfg, model, 64, g), out / "f10_samples.png", nrow=8)
     paths.append(out / "f10_samples.png")
     paths.append(reverse_chain(cfg, model, out / "f11_reverse_chain.png", seed))
+    paths.append(ddim_vs_ancestral(cfg, model, out / "ddim_vs_ancestral.png"))
     return paths
+
+
+@torch.no_grad()
+def ddim_vs_ancestral(cfg: RunConfig, model: nn.Module, path: Path, n: int = 8, seed: int = 7) -> Path:
+    """Rows: DDIM-20, DDIM-50 and ancestral sampling (all T steps) from the same x_T."""
+    device = next(model.parameters()).device
+    T = cfg.process.timesteps
+    rows = []
+    for sampler, steps in (("ddim", min(20, T)), ("ddim", min(50, T)), ("ancestral", None)):
+        g = torch.Generator(device).manual_seed(seed)
+        rows.append(generate(cfg, model, n, g, sampler=sampler, steps=steps))
+    save_grid(torch.cat(rows), path, nrow=n)
+    return path
 
 
 @torch.no_grad()
