@@ -297,11 +297,9 @@ def _check_free_space(path: Path, needed: int) -> None:
                         f"lower --n or choose another --out")
 
 
-def _parse_labels(text: str | None, n: int):
+def _parse_labels(text: str, n: int):
     import torch
 
-    if text is None:
-        raise UserError("the cfg model needs --label 0-9 or --label all")
     if text == "all":
         return torch.arange(10).repeat_interleave(n)
     if len(text) != 1 or text not in "0123456789":

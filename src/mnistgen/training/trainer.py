@@ -33,6 +33,7 @@ from mnistgen.config import RunConfig, TrainConfig
 from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 from mnistgen.training import device as policy
+from mnistgen.training import distributed
 from mnistgen.training.ema import EMA
 from mnistgen.files import write_json
 from mnistgen.training.checkpoint import describe_error, load_checkpoint, save_checkpoint
@@ -143,8 +144,7 @@ class Trainer:
         self.run, self.objective, self.preview = run, objective, preview
         self.train_data, self.val_data = train_data, val_data
         self.device = train_data.x.device
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         self.show_progress = show_progress and self.rank == 0
         self.memory_format = torch.channels_last if self.tc.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
