@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -32,10 +31,9 @@ from torchvision import transforms
 
 from mnistgen.config import RunConfig, apply_overrides, preset
 from mnistgen.data.mnist import load_split
-from mnistgen.recipes import build_model, build_objective, load_data
+from mnistgen import kinds
+from mnistgen.runs import build_trainer
 from mnistgen.training.device import configure_backends
-from mnistgen.training.rundir import RunDir
-from mnistgen.training.trainer import Trainer
 from results_io import stamp, write_results
 
 VARIANTS = {  # name -> overrides of the preset (the preset's own amp setting stays on)
@@ -67,8 +65,8 @@ class Baseline:
 
     def __init__(self, cfg: RunConfig, device: torch.device, workers: int):
         self.cfg, self.device = cfg, device
-        self.model = build_model(cfg).to(device)
-        self.objective = build_objective(cfg, device)
+        self.model = kinds.get(cfg.kind).build_model(cfg).to(device)
+        self.objective = kinds.get(cfg.kind).build_objective(cfg, device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self.fp16 = device.type == "cuda" and cfg.train.amp != "off"
@@ -113,16 +111,14 @@ class Ours:
     """The shared Trainer on device-resident data, stepping through its own shuffled batches."""
 
     def __init__(self, cfg: RunConfig, device: torch.device):
-        train = load_data(cfg, "train", None, device)
-        self.trainer = Trainer(build_model(cfg).to(device), build_objective(cfg, device), train, train, cfg,
-                               RunDir(Path(".")), show_progress=False)
+        self.trainer = build_trainer(cfg, ".", device, preview=False)
         self.batches: list[torch.Tensor] = []
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
             if not self.batches:
-                self.batches = self.trainer._batches()
-            self.trainer._train_step(self.batches.pop(0))
+                self.batches = self.trainer.epoch_batches()
+            self.trainer.train_step(self.batches.pop(0))
 
 
 def _sync(device: torch.device) -> None:

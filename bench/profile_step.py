@@ -43,10 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     trainer, batches = _trainer(args.kind, args.preset, args.steps)
     for idx in batches[:3]:
-        trainer._train_step(idx)
+        trainer.train_step(idx)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for idx in batches[3: 3 + args.steps]:
-            trainer._train_step(idx)
+            trainer.train_step(idx)
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.top))
     shares: dict[str, float] = defaultdict(float)

@@ -24,14 +24,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from mnistgen.config import apply_overrides, preset  # noqa: E402
 from mnistgen.evaluation.fd import load_classifier  # noqa: E402
-from mnistgen.evaluation.run_metrics import SamplerSettings, reference_stats, sample_quality  # noqa: E402
-from mnistgen.recipes import build_model, build_objective, load_data, load_run  # noqa: E402
+from mnistgen import kinds  # noqa: E402
+from mnistgen.diffusion.samplers import SamplerSettings  # noqa: E402
+from mnistgen.evaluation.metrics import reference_stats  # noqa: E402
+from mnistgen.runs import build_trainer, load_run, train  # noqa: E402
 from mnistgen.training.rundir import RunDir  # noqa: E402
-from mnistgen.training.trainer import Trainer  # noqa: E402
 from results_io import result_path, stamp, write_results  # noqa: E402
 
 CANDIDATES = {
@@ -60,15 +60,12 @@ JUDGED_BY = SamplerSettings(sampler="ddim", steps=50, eta=1.0)
 
 
 def images_per_second(cfg, steps: int = 6) -> float:
-    device = torch.device("cpu")
-    train = load_data(cfg, "train", None, device)
-    trainer = Trainer(build_model(cfg), build_objective(cfg), train, train, cfg, RunDir(Path(".")),
-                      show_progress=False)
-    batches = trainer._batches()
-    trainer._train_step(batches[0])
+    trainer = build_trainer(cfg, ".", preview=False)
+    batches = trainer.epoch_batches()
+    trainer.train_step(batches[0])
     start = time.perf_counter()
     for idx in batches[1: 1 + steps]:
-        trainer._train_step(idx)
+        trainer.train_step(idx)
     return steps * cfg.train.batch_size / (time.perf_counter() - start)
 
 
@@ -97,19 +94,17 @@ def main() -> None:
     for name in args.candidates.split(","):
         cfg, ips = plan(name, args.minutes)
         with tempfile.TemporaryDirectory() as tmp:
-            from mnistgen.recipes import train
-
             start = time.perf_counter()
             history = train(cfg, Path(tmp), show_progress=False)
             seconds = time.perf_counter() - start
             points = []
             for record in history:
-                model = load_run(tmp, checkpoint=RunDir(Path(tmp)).epoch_checkpoint(record.epoch)).model
-                q = sample_quality(cfg, model, classifier, reference, args.n, 0, JUDGED_BY)
+                trained = load_run(tmp, checkpoint=RunDir(Path(tmp)).epoch_checkpoint(record.epoch))
+                q = kinds.get("ddpm").sample_quality(trained, classifier, reference, args.n, 0, JUDGED_BY)
                 minutes = sum(r.seconds for r in history[: record.epoch]) / 60
                 points.append({"epoch": record.epoch, "cpu_minutes": round(minutes, 2), "step": record.step,
                                "mnist_fd": round(q.mnist_fd, 2)})
-        params = sum(p.numel() for p in build_model(cfg).parameters())
+        params = sum(p.numel() for p in kinds.get("ddpm").build_model(cfg).parameters())
         row = {"candidate": name, "params_M": round(params / 1e6, 2), "planned_images_per_s": round(ips, 1),
                "train_seconds": round(seconds, 1), "steps": history[-1].step, "points": points,
                "final_mnist_fd": points[-1]["mnist_fd"]}

@@ -29,7 +29,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mnistgen.config import apply_overrides, preset
 from mnistgen.data.mnist import TensorData
-from mnistgen.recipes import build_model, build_objective, generate
+from mnistgen import kinds
+from mnistgen.runs import build_trainer
+from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.training.ema import EMA
 from mnistgen.training.trainer import Trainer
 from results_io import stamp, write_results
@@ -46,12 +48,12 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def _batch(cfg, n):
     r = cfg.data.resolution
-    x = torch.rand(n, 1, r, r) if cfg.kind in ("vae", "classifier") else torch.rand(n, 1, r, r) * 2 - 1
+    x = torch.rand(n, 1, r, r) if kinds.get(cfg.kind).data_scale == "unit" else torch.rand(n, 1, r, r) * 2 - 1
     return x, torch.randint(0, 10, (n,))
 
 
 def train_flops_per_image(cfg) -> float:
-    model, objective = build_model(cfg), build_objective(cfg)
+    model, objective = kinds.get(cfg.kind).build_model(cfg), kinds.get(cfg.kind).build_objective(cfg)
     x, y = _batch(cfg, 8)
     with FlopCounterMode(display=False) as counter:
         objective.loss(model, x, y).backward()
@@ -72,11 +74,8 @@ def _trainer(kind: str, name: str, steps: int, variant: str = "preset") -> tuple
     cfg = apply_overrides(preset(kind, name), {"train.ema_start": 0, **VARIANTS[variant]})
     bs = cfg.train.batch_size
     x, y = _batch(cfg, bs * (steps + 3))
-    model = build_model(cfg)
-    data = TensorData(x, y)
-    trainer = Trainer(model, build_objective(cfg), data, TensorData(x[:0], y[:0]), cfg,
-                      run=None, show_progress=False)  # type: ignore[arg-type]
-    return trainer, trainer._batches()
+    trainer = build_trainer(cfg, ".", data=(TensorData(x, y), TensorData(x[:0], y[:0])), preview=False)
+    return trainer, trainer.epoch_batches()
 
 
 def train_throughput(kind: str, name: str, steps: int, variant: str = "preset") -> dict:
@@ -84,7 +83,7 @@ def train_throughput(kind: str, name: str, steps: int, variant: str = "preset") 
     and the mean seconds per step spent in each phase."""
     trainer, batches = _trainer(kind, name, steps, variant)
     for idx in batches[:3]:  # warm-up (and compilation)
-        trainer._train_step(idx)
+        trainer.train_step(idx)
     split = dict.fromkeys(PHASES, 0.0)
     for idx in batches[3: 3 + steps]:
         t = [time.perf_counter()]
@@ -101,7 +100,7 @@ def train_throughput(kind: str, name: str, steps: int, variant: str = "preset") 
         for phase, a, b in zip(PHASES, t, t[1:]):
             split[phase] += b - a
     seconds = sum(split.values())
-    cfg, bs = trainer.cfg, trainer.tc.batch_size
+    cfg, bs = trainer.config, trainer.tc.batch_size
     flops = train_flops_per_image(cfg)
     ips = bs * steps / seconds
     params = sum(p.numel() for p in trainer.model.parameters())
@@ -119,7 +118,7 @@ def compare_variants(kind: str, name: str, variants: list[str], steps: int, roun
         try:
             trainers[variant] = _trainer(kind, name, steps * rounds, variant)
             for idx in trainers[variant][1][:3]:  # warm-up (and compilation)
-                trainers[variant][0]._train_step(idx)
+                trainers[variant][0].train_step(idx)
         except Exception as error:  # e.g. torch.compile without a working C++ toolchain
             print(f"{kind}/{name} {variant}: failed: {type(error).__name__}: {str(error)[:200]}")
             trainers.pop(variant, None)
@@ -128,7 +127,7 @@ def compare_variants(kind: str, name: str, variants: list[str], steps: int, roun
         for variant, (trainer, batches) in trainers.items():
             start = time.perf_counter()
             for idx in batches[3 + r * steps: 3 + (r + 1) * steps]:
-                trainer._train_step(idx)
+                trainer.train_step(idx)
             seconds[variant] += time.perf_counter() - start
     bs = preset(kind, name).train.batch_size
     base = seconds.get(variants[0])
@@ -138,7 +137,7 @@ def compare_variants(kind: str, name: str, variants: list[str], steps: int, roun
 
 def optimizer_step_ms(kind: str, name: str, reps: int = 50) -> dict:
     """Milliseconds per gradient clipping + Adam step: torch's default CPU loop, foreach, fused (what the trainer uses)."""
-    model = build_model(preset(kind, name))
+    model = kinds.get(kind).build_model(preset(kind, name))
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     out = {}
@@ -155,7 +154,7 @@ def optimizer_step_ms(kind: str, name: str, reps: int = 50) -> dict:
 
 def ema_update_ms(kind: str, name: str, reps: int = 200) -> dict:
     """Milliseconds per EMA update: torch's AveragedModel (EMA multi-avg fn) against mnistgen's EMA."""
-    model = build_model(preset(kind, name))
+    model = kinds.get(kind).build_model(preset(kind, name))
     out = {}
     for label, ema in [("AveragedModel", AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999),
                                                        use_buffers=True)),
@@ -171,11 +170,12 @@ def ema_update_ms(kind: str, name: str, reps: int = 200) -> dict:
 @torch.no_grad()
 def sampling_seconds(kind: str, name: str, n: int, **kwargs) -> float:
     cfg = preset(kind, name)
-    model = build_model(cfg).eval()
+    model_kind = kinds.get(kind)
+    model = model_kind.build_model(cfg).eval()
     g = torch.Generator().manual_seed(0)
-    labels = torch.arange(n) % 10 if kind == "cfg" else None
+    labels = torch.arange(n) % 10 if model_kind.takes_labels else None
     start = time.perf_counter()
-    generate(cfg, model, n, g, labels=labels, **kwargs)
+    model_kind.sample(cfg, model, n, g, SamplerSettings(**kwargs), labels)
     return time.perf_counter() - start
 
 

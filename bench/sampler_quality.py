@@ -14,8 +14,10 @@ import argparse
 import re
 
 from mnistgen.evaluation.fd import load_classifier
-from mnistgen.evaluation.run_metrics import SamplerSettings, reference_stats, sample_quality
-from mnistgen.recipes import load_run
+from mnistgen import kinds
+from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.evaluation.metrics import reference_stats
+from mnistgen.runs import load_run
 from results_io import stamp, write_results
 
 
@@ -37,13 +39,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="samplers", help="results file: bench/results/<name>-<date>-<host>.json")
     args = parser.parse_args()
-    loaded = load_run(args.run, kind="ddpm")
+    trained = load_run(args.run, kind="ddpm")
     classifier = load_classifier()
     reference = reference_stats(classifier, None, "cpu")
     rows = []
     print(f"{'sampler':12s} {'steps':>6s} {'MNIST-FD':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
     for name in args.samplers.split(","):
-        q = sample_quality(loaded.cfg, loaded.model, classifier, reference, args.n, args.seed, settings(name))
+        q = kinds.get("ddpm").sample_quality(trained, classifier, reference, args.n, args.seed, settings(name))
         rows.append({"sampler": name, "steps": q.settings.steps, "eta": q.settings.eta,
                      "mnist_fd": round(q.mnist_fd, 2), "seconds": q.sample_seconds,
                      "seconds_per_100": q.seconds_per_100_samples})
@@ -57,7 +59,7 @@ def main() -> None:
             print(f"{r['sampler']:12s} FD x{r['fd_vs_ancestral']:.3f} of ancestral-1000, "
                   f"{r['speedup_vs_ancestral']:.1f}x faster")
     results = {**stamp(), "run": str(args.run),
-               "preset": loaded.cfg.preset, "step": loaded.history[-1]["step"] if loaded.history else 0,
+               "preset": trained.config.preset, "step": trained.history[-1].step if trained.history else 0,
                "n_samples": args.n, "seed": args.seed, "samplers": rows}
     print(f"wrote {write_results(results, f'{args.name}-')}")
 

@@ -135,20 +135,19 @@ def test_sample_and_figures_refuse_a_classifier_run(tmp_path):
 def test_sample_draws_any_n_in_bounded_batches(vae_run, tmp_path, monkeypatch):
     """n above one batch: the model never sees more than SAMPLE_BATCH at once, the .npz holds every
     sample (streamed), and the grid shows only the first ones."""
-    import torch
+    from mnistgen.kinds import base
+    from mnistgen.kinds.vae import VAEKind
 
-    from mnistgen import recipes
+    sizes, real = [], VAEKind.sample
 
-    sizes, real = [], recipes.generate
-
-    def spy(cfg, model, n, *args, **kwargs):
+    def spy(self, config, model, n, *args, **kwargs):
         sizes.append(n)
-        return real(cfg, model, n, *args, **kwargs)
+        return real(self, config, model, n, *args, **kwargs)
 
-    monkeypatch.setattr(recipes, "generate", spy)
-    n = 2 * recipes.SAMPLE_BATCH + 7
+    monkeypatch.setattr(VAEKind, "sample", spy)
+    n = 2 * base.SAMPLE_BATCH + 7
     assert main(["sample", str(vae_run), "--n", str(n), "--out", str(tmp_path / "many"), "--seed", "3"]) == 0
-    assert sizes == [recipes.SAMPLE_BATCH, recipes.SAMPLE_BATCH, 7]
+    assert sizes == [base.SAMPLE_BATCH, base.SAMPLE_BATCH, 7]
     with np.load(tmp_path / "many.npz") as f:
         images = f["images"]
     assert images.shape == (n, 1, 28, 28) and np.isfinite(images).all()

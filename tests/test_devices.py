@@ -20,11 +20,13 @@ import torch
 from guards import DeviceTransfers, NoFloat64
 from mnistgen.config import apply_overrides, preset
 from mnistgen.diffusion import samplers
-from mnistgen.diffusion.cfg import LogSNRDiffusion
+from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.errors import UserError
 from mnistgen.evaluation.fd import judge, load_classifier
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
-from mnistgen.recipes import build_model, build_objective, build_preview, build_process, generate, load_data
+from mnistgen import kinds
+from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.runs import build_trainer
 from mnistgen.training import device as policy
 from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint
 from mnistgen.training.rundir import RunDir
@@ -41,10 +43,7 @@ def _cfg(kind, **overrides):
 
 
 def _trainer(cfg, out, mnist_dir, objective=None) -> Trainer:
-    torch.manual_seed(cfg.train.seed)
-    return Trainer(build_model(cfg), objective or build_objective(cfg, CPU), load_data(cfg, "train", mnist_dir, CPU),
-                   load_data(cfg, "test", mnist_dir, CPU), cfg, RunDir(out),
-                   build_preview(cfg, build_process(cfg, CPU)), show_progress=False)
+    return build_trainer(cfg, out, CPU, mnist_dir, objective=objective)
 
 
 # -- MPS: no float64 on the device --------------------------------------------------------
@@ -64,17 +63,19 @@ def test_training_has_no_float64_op(kind, tmp_path, mnist_dir):
                                            ("cfg", {"guidance": 1.0, "steps": 10})])
 def test_sampling_loops_have_no_float64_op(kind, options):
     cfg = _cfg(kind, **({"process.timesteps": 100} if kind == "ddpm" else {}))
-    model = build_model(cfg).eval()
-    process = build_process(cfg, CPU)
-    labels = torch.arange(4) if kind == "cfg" else None
+    model_kind = kinds.get(kind)
+    model = model_kind.build_model(cfg).eval()
+    process = model_kind.build_process(cfg, CPU)
+    labels = torch.arange(4) if model_kind.takes_labels else None
     with NoFloat64() as guard:
-        images = generate(cfg, model, 4, torch.Generator().manual_seed(0), labels=labels, process=process, **options)
+        images = model_kind.sample(cfg, model, 4, torch.Generator().manual_seed(0), SamplerSettings(**options), labels,
+                                   process)
     assert images.shape == (4, 1, 28, 28) and guard.ops == []
 
 
 def test_evaluation_has_no_float64_op_on_the_device(mnist_test_unit):
     cfg = _cfg("vae")
-    model = build_model(cfg).eval()
+    model = kinds.get("vae").build_model(cfg).eval()
     x = mnist_test_unit.x[:64]
     classifier = load_classifier()
     with NoFloat64() as guard:
@@ -166,7 +167,7 @@ def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir, monkeypat
     from torch.amp.grad_scaler import OptState
 
     cfg = _cfg("ddpm", **{"train.amp": "fp16", "train.epochs": 2, "train.grad_clip": 1.0})
-    spy = AutocastSpy(build_objective(cfg, CPU))
+    spy = AutocastSpy(kinds.get(cfg.kind).build_objective(cfg, CPU))
     full = _trainer(cfg, tmp_path / "full", mnist_dir, spy)
     stages, clip = [], torch.nn.utils.clip_grad_norm_
 
@@ -256,7 +257,7 @@ def test_checkpoint_from_another_kind_of_device_resumes(tmp_path, mnist_dir, mon
 
 def _meta(kind, **overrides):
     cfg = _cfg(kind, **overrides)
-    return cfg, build_model(cfg).to("meta"), build_process(cfg, "meta")
+    return cfg, kinds.get(kind).build_model(cfg).to("meta"), kinds.get(kind).build_process(cfg, "meta")
 
 
 def test_ddpm_schedule_lookups_never_copy_between_devices():
@@ -285,7 +286,7 @@ def test_cfg_sampler_moves_its_grid_once():
 
 
 def test_a_process_on_another_device_is_refused():
-    process = build_process(_cfg("ddpm"), "meta")
+    process = kinds.get("ddpm").build_process(_cfg("ddpm"), "meta")
     x = torch.zeros(2, 1, 28, 28)
     with pytest.raises(ValueError, match="schedule is on meta"):
         process.q_sample(x, torch.zeros(2, dtype=torch.long), x)

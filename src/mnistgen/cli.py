@@ -181,7 +181,7 @@ def _saved_config(out: Path | None):
 
 
 def _train(args) -> int:
-    from mnistgen.recipes import check_resume, train
+    from mnistgen.runs import check_resume, train
     from mnistgen.training import distributed
     from mnistgen.training.device import pick_device
     from mnistgen.training.rundir import RunDir
@@ -196,24 +196,24 @@ def _train(args) -> int:
     if saved is not None:  # --resume: the run's own settings, with the overrides given (check_resume judges them)
         if saved.kind != args.kind:
             raise UserError(f"{args.out} holds a {saved.kind!r} run, not {args.kind!r}")
-        cfg = apply_overrides(saved, overrides)
-        check_resume(RunDir(args.out), cfg)  # refused before a word about resuming
+        config = apply_overrides(saved, overrides)
+        check_resume(RunDir(args.out), config)  # refused before a word about resuming
         if main_process:
             print(f"mnistgen: resuming {args.out} with its own settings (preset {saved.preset!r})")
     else:
         name = _preset_name(args.preset, device, log=main_process)
-        cfg = apply_overrides(preset(args.kind, name), overrides)  # every check before any work
-    out = args.out or Path("runs") / f"{cfg.kind}-{cfg.preset}"
+        config = apply_overrides(preset(args.kind, name), overrides)  # every check before any work
+    out = args.out or Path("runs") / f"{config.kind}-{config.preset}"
     device = distributed.setup(device)
     try:
-        history = train(cfg, out, args.data_dir, device, args.resume, not args.no_progress)
+        history = train(config, out, args.data_dir, device, args.resume, not args.no_progress)
     except BaseException:
         distributed.abort()  # no barrier: the other ranks may wait inside a collective
         raise
     distributed.teardown()
     last = history[-1]
     if main_process:
-        print(f"{cfg.kind} trained: {last.epoch} epochs, train loss {last.train_loss:.4f}, "
+        print(f"{config.kind} trained: {last.epoch} epochs, train loss {last.train_loss:.4f}, "
               f"val loss {last.val_loss:.4f}; run directory {out}")
     return 0
 
@@ -226,11 +226,12 @@ def _sample(args) -> int:
     import numpy as np
     import torch
 
+    from mnistgen import kinds
     from mnistgen.arrays import ArraySpec, npz_size, write_npz
-    from mnistgen.evaluation.run_metrics import SamplerSettings, check_settings
-    from mnistgen.images import save_grid
-    from mnistgen.recipes import generate_batches, image_shape, load_run
+    from mnistgen.diffusion.samplers import SamplerSettings
     from mnistgen.files import check_writable_dir
+    from mnistgen.images import save_grid
+    from mnistgen.runs import load_run
     from mnistgen.training.device import pick_device
 
     stem = args.out.with_suffix("") if args.out.suffix in (".png", ".npz") else args.out
@@ -238,20 +239,21 @@ def _sample(args) -> int:
         raise UserError(f"--out {args.out} is a directory; give a file name such as {args.out / 'samples'}")
     check_writable_dir(stem.parent, "--out's folder")
     device = pick_device(args.device)
-    loaded = load_run(args.run, device, generative=True)
-    cfg = loaded.cfg
+    trained = load_run(args.run, device, generative=True)
+    config, kind = trained.config, kinds.get(trained.config.kind)
     settings = SamplerSettings(args.sampler, args.steps, args.eta, args.guidance)
-    check_settings(cfg, settings)
-    if cfg.kind != "cfg" and args.label is not None:
-        raise UserError(f"--label applies to the cfg model; {args.run} holds a {cfg.kind!r} model")
-    if cfg.kind == "cfg" and args.label is None:
-        raise UserError("the cfg model needs --label 0-9 or --label all")
+    kind.check_settings(config, settings)
+    if not kind.takes_labels and args.label is not None:
+        labelled = " or ".join(name for name, k in kinds.REGISTRY.items() if k.takes_labels)
+        raise UserError(f"--label applies to the {labelled} model; {args.run} holds a {config.kind!r} model")
+    if kind.takes_labels and args.label is None:
+        raise UserError(f"the {config.kind} model needs --label 0-9 or --label all")
     n = args.n * (10 if args.label == "all" else 1)
-    specs = {"images": ArraySpec(np.float32, (n, *image_shape(cfg)), ())}
-    if cfg.kind == "cfg":
+    specs = {"images": ArraySpec(np.float32, (n, *kind.image_shape(config)), ())}
+    if kind.takes_labels:
         specs = {"labels": ArraySpec(np.int64, (n,), ()), **specs}
     _check_free_space(stem.with_suffix(".npz"), npz_size(specs))  # before anything of size n exists
-    labels = _parse_labels(args.label, args.n) if cfg.kind == "cfg" else None
+    labels = _parse_labels(args.label, args.n) if kind.takes_labels else None
     if labels is not None:
         specs["labels"] = specs["labels"]._replace(chunks=[labels.numpy()])
     shown = _grid_indices(n, args.n if args.label == "all" else None)
@@ -261,9 +263,8 @@ def _sample(args) -> int:
         first = 0
         g = torch.Generator(device).manual_seed(args.seed)
         with torch.no_grad():
-            for batch in generate_batches(cfg, loaded.model, n, g, labels, progress=True, process=loaded.process,
-                                          sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                          guidance=args.guidance):
+            for batch in kind.sample_batches(config, trained.model, n, g, settings, labels, trained.process,
+                                             progress=True):
                 picked = shown[(shown >= first) & (shown < first + len(batch))] - first
                 grid.append(batch[picked])
                 first += len(batch)
@@ -300,27 +301,32 @@ def _check_free_space(path: Path, needed: int) -> None:
 def _parse_labels(text: str, n: int):
     import torch
 
+    from mnistgen.data.mnist import labels_per_digit
+
     if text == "all":
-        return torch.arange(10).repeat_interleave(n)
+        return labels_per_digit(n)
     if len(text) != 1 or text not in "0123456789":
         raise UserError(f"--label must be a digit 0-9 or 'all', got {text!r}")
     return torch.full((n,), int(text), dtype=torch.long)
 
 
 def _evaluate(args) -> int:
-    from mnistgen.evaluation.run_metrics import SamplerSettings, evaluate_run
+    from mnistgen.diffusion.samplers import SamplerSettings
+    from mnistgen.kinds import EvaluationRequest
+    from mnistgen.runs import evaluate_run
     from mnistgen.training.device import pick_device
 
-    sweep = _parse_weights(args.guidance_sweep) if args.guidance_sweep else None
-    settings = SamplerSettings(args.sampler, args.steps, args.eta, args.guidance)
-    metrics = evaluate_run(args.run, pick_device(args.device), args.data_dir, iwae_k=args.iwae_k,
-                           n_images=args.n_images, n_samples=args.n, seed=args.seed, settings=settings,
-                           guidance_sweep=sweep, classifier_path=args.classifier)
-    for key, value in metrics.items():
+    sweep = tuple(_parse_weights(args.guidance_sweep)) if args.guidance_sweep else None
+    request = EvaluationRequest(n_samples=args.n, seed=args.seed,
+                                settings=SamplerSettings(args.sampler, args.steps, args.eta, args.guidance),
+                                iwae_k=args.iwae_k, n_images=args.n_images, guidance_sweep=sweep,
+                                sweep_samples=None, classifier_path=args.classifier)
+    metrics = evaluate_run(args.run, pick_device(args.device), args.data_dir, request)
+    for key, value in metrics.to_json().items():
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
-    for row in metrics.get("guidance_sweep", []) if sweep else []:
-        print(f"w={row['guidance']:g}: mnist_fd {row['mnist_fd']:.2f}, class_accuracy {row['class_accuracy']:.4f}")
+    for p in metrics.guidance_sweep or ():
+        print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}")
     print(f"wrote {Path(args.run) / 'metrics.json'}")
     return 0
 
@@ -336,7 +342,7 @@ def _parse_weights(text: str) -> list[float]:
 
 
 def _figures(args) -> int:
-    from mnistgen.figures.render import render_figures
+    from mnistgen.runs import render_figures
     from mnistgen.training.device import pick_device
 
     paths = render_figures(args.run, pick_device(args.device), args.data_dir)
@@ -346,7 +352,7 @@ def _figures(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from mnistgen.study import SETTINGS, run_study
+    from mnistgen.study import MODELS, SETTINGS, run_study
     from mnistgen.files import check_writable_dir
     from mnistgen.training.device import pick_device
 
@@ -356,7 +362,7 @@ def _reproduce(args) -> int:
     if args.preset is None:  # an existing study continues with its own preset
         args.out = args.out or _only_existing([Path("runs") / f"study-{p}" for p in SETTINGS], device,
                                               lambda p: Path("runs") / f"study-{p}")
-        saved = [c for c in (_saved_config(args.out / kind) for kind in ("vae", "ddpm", "cfg")) if c is not None]
+        saved = [c for c in (_saved_config(args.out / kind) for kind in MODELS) if c is not None]
         args.preset = saved[0].preset if saved else None
         if args.preset is not None:
             print(f"mnistgen: continuing the study in {args.out} (preset {args.preset!r})")

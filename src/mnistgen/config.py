@@ -14,7 +14,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from mnistgen.errors import UserError
 
@@ -101,6 +101,9 @@ class VAEConfig:
     hidden: int = ranged(400, 1, WIDTH)
     latent: int = ranged(20, 1, WIDTH)
 
+    def check(self, run: "RunConfig") -> None:
+        """Nothing joins the VAE's fields beyond their ranges."""
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -113,6 +116,22 @@ class UNetConfig:
     groups: int = ranged(8, 1, WIDTH)  # GroupNorm groups: divide every width
     num_classes: int = ranged(0, 0, 10)  # 10: class-conditional with a learned null label (cfg); 0: not (ddpm)
 
+    def check(self, run: "RunConfig") -> None:
+        """Widths against GroupNorm and attention, depth against the resolution, labels against the process."""
+        _check(len(self.channels) >= 1, "model.channels needs at least one width")
+        _check(self.unshuffle in (1, 2), f"bad model.unshuffle {self.unshuffle}; valid: 1, 2")
+        _check(self.time_dim % 2 == 0, f"bad model.time_dim {self.time_dim}: must be even (sin and cos halves)")
+        size = run.data.resolution // self.unshuffle
+        _check(size % 2 ** (len(self.channels) - 1) == 0,
+               f"resolution {run.data.resolution} / unshuffle {self.unshuffle} is not divisible by "
+               f"2^{len(self.channels) - 1} (one halving per extra level); change data.resolution or model.channels")
+        _check(all(c % self.groups == 0 for c in (*self.channels, self.bottleneck)),
+               f"bad model.groups {self.groups}: must divide every width in model.channels and model.bottleneck")
+        _check(not self.attention or self.bottleneck % 4 == 0,
+               f"bad model.bottleneck {self.bottleneck}: self-attention (4 heads) needs a multiple of 4")
+        wanted = getattr(run.process, "num_labels", 0)
+        _check(self.num_classes == wanted, f"bad model.num_classes {self.num_classes}: the {run.kind} model needs {wanted}")
+
 
 @dataclass(frozen=True)
 class DDPMConfig:
@@ -124,6 +143,15 @@ class DDPMConfig:
     sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
     sample_steps: int = ranged(1000, 1, 100_000)  # DDIM steps, at most timesteps
     eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
+    num_labels: ClassVar[int] = 0  # unconditional
+
+    def check(self) -> None:
+        _check(self.beta_start < self.beta_end, "need process.beta_start < process.beta_end")
+        _choice(self.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
+        _choice(self.sampler, SAMPLERS, "process.sampler")
+        _check(self.sampler != "ddim" or self.sample_steps <= self.timesteps,
+               f"bad process.sample_steps {self.sample_steps}: DDIM steps must be in [1, {self.timesteps}] "
+               f"(process.timesteps)")
 
 
 @dataclass(frozen=True)
@@ -134,6 +162,10 @@ class CFGConfig:
     v: float = ranged(0.3, 0, 1)  # variance interpolation exponent
     guidance: float = ranged(0.3, 0, 100)  # w
     sample_steps: int = ranged(256, 1, 100_000)
+    num_labels: ClassVar[int] = 10  # conditions on the digit class (plus a learned null label)
+
+    def check(self) -> None:
+        _check(self.lambda_min < self.lambda_max, "need process.lambda_min < process.lambda_max")
 
 
 @dataclass(frozen=True)
@@ -141,6 +173,10 @@ class ClassifierConfig:
     width: int = ranged(32, 8, 512)  # channels of the first stage (then 2x, 4x); a multiple of 8 (GroupNorm)
     feature_dim: int = ranged(128, 1, WIDTH)  # penultimate layer: the MNIST-FD feature space
     dropout: float = ranged(0.3, 0, 1, high_open=True)
+
+    def check(self, run: "RunConfig") -> None:
+        _check(self.width % 8 == 0, f"bad model.width {self.width}: must be a multiple of 8 "
+                                    f"(the classifier's GroupNorm has 8 groups)")
 
 
 ModelConfig = VAEConfig | UNetConfig | ClassifierConfig
@@ -171,7 +207,7 @@ class RunConfig:
         train = dict(_section(d, "train"))
         if isinstance(train.get("amp"), bool):  # written by mnistgen 0.1: amp on CUDA or not
             train["amp"] = "auto" if train["amp"] else "off"
-        cfg = RunConfig(
+        config = RunConfig(
             kind=kind,
             preset=str(d.get("preset", "custom")),
             data=_build(DataConfig, _section(d, "data")),
@@ -179,8 +215,8 @@ class RunConfig:
             model=_build(model_cls, _section(d, "model")),
             process=_build(process_cls, _section(d, "process")) if process_cls else None,
         )
-        validate(cfg)
-        return cfg
+        validate(config)
+        return config
 
 
 _COMPONENTS: dict[str, tuple[type, type | None]] = {
@@ -229,8 +265,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         raise UserError(f"bad value {value!r} for {name}: expected {hint.__name__}") from None
 
 
-def _flat(cfg: RunConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
+def _flat(config: RunConfig) -> dict[str, Any]:
+    d = config.to_dict()
     flat = {k: d[k] for k in ("kind", "preset")}
     for section in ("data", "train", "model", "process"):
         flat.update({f"{section}.{k}": v for k, v in (d[section] or {}).items()})
@@ -243,9 +279,9 @@ def differences(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
 
 
-def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Return ``cfg`` with ``{"section.field": value}`` overrides applied (sections: data, train, model, process)."""
-    sections = {"data": cfg.data, "train": cfg.train, "model": cfg.model, "process": cfg.process}
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return ``config`` with ``{"section.field": value}`` overrides applied (sections: data, train, model, process)."""
+    sections = {"data": config.data, "train": config.train, "model": config.model, "process": config.process}
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         target = sections.get(section)
@@ -257,7 +293,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             raise UserError(f"unknown field {name!r} in section {section!r}; valid: {', '.join(names)}")
         hint = typing.get_type_hints(type(target))[name]
         sections[section] = replace(target, **{name: _coerce(value, hint, key)})
-    new = replace(cfg, **sections)
+    new = replace(config, **sections)
     validate(new)
     return new
 
@@ -282,49 +318,20 @@ def _check_ranges(section: str, component) -> None:
             _check(rng is None or rng.holds(v), f"bad {section}.{f.name} {value!r}: must be {rng}")
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(config: RunConfig) -> None:
     """Reject values that cannot work, with one message naming the field: each field's declared range,
-    then the rules that join fields."""
-    _choice(cfg.kind, KINDS, "model kind")
+    then the rules that join fields (each component's ``check``)."""
+    _choice(config.kind, KINDS, "model kind")
     for section in ("data", "train", "model", "process"):
-        if getattr(cfg, section) is not None:
-            _check_ranges(section, getattr(cfg, section))
-    _choice(cfg.data.dataset, DATASETS, "data.dataset")
-    _check(cfg.data.resolution in (28, 32), f"bad data.resolution {cfg.data.resolution}; valid: 28, 32")
-    _choice(cfg.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
-    _choice(cfg.train.amp, AMP_MODES, "train.amp")
-    if isinstance(cfg.model, UNetConfig):
-        _validate_unet(cfg)
-    if isinstance(cfg.model, ClassifierConfig):
-        _check(cfg.model.width % 8 == 0, f"bad model.width {cfg.model.width}: must be a multiple of 8 "
-                                         f"(the classifier's GroupNorm has 8 groups)")
-    if isinstance(cfg.process, DDPMConfig):
-        p = cfg.process
-        _check(p.beta_start < p.beta_end, "need process.beta_start < process.beta_end")
-        _choice(p.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
-        _choice(p.sampler, SAMPLERS, "process.sampler")
-        _check(p.sampler != "ddim" or p.sample_steps <= p.timesteps,
-               f"bad process.sample_steps {p.sample_steps}: DDIM steps must be in [1, {p.timesteps}] "
-               f"(process.timesteps)")
-    if isinstance(cfg.process, CFGConfig):
-        _check(cfg.process.lambda_min < cfg.process.lambda_max, "need process.lambda_min < process.lambda_max")
-
-
-def _validate_unet(cfg: RunConfig) -> None:
-    m = cfg.model
-    _check(len(m.channels) >= 1, "model.channels needs at least one width")
-    _check(m.unshuffle in (1, 2), f"bad model.unshuffle {m.unshuffle}; valid: 1, 2")
-    _check(m.time_dim % 2 == 0, f"bad model.time_dim {m.time_dim}: must be even (sin and cos halves)")
-    size = cfg.data.resolution // m.unshuffle
-    _check(size % 2 ** (len(m.channels) - 1) == 0,
-           f"resolution {cfg.data.resolution} / unshuffle {m.unshuffle} is not divisible by "
-           f"2^{len(m.channels) - 1} (one halving per extra level); change data.resolution or model.channels")
-    _check(all(c % m.groups == 0 for c in (*m.channels, m.bottleneck)),
-           f"bad model.groups {m.groups}: must divide every width in model.channels and model.bottleneck")
-    _check(not m.attention or m.bottleneck % 4 == 0,
-           f"bad model.bottleneck {m.bottleneck}: self-attention (4 heads) needs a multiple of 4")
-    wanted = 10 if cfg.kind == "cfg" else 0
-    _check(m.num_classes == wanted, f"bad model.num_classes {m.num_classes}: the {cfg.kind} model needs {wanted}")
+        if getattr(config, section) is not None:
+            _check_ranges(section, getattr(config, section))
+    _choice(config.data.dataset, DATASETS, "data.dataset")
+    _check(config.data.resolution in (28, 32), f"bad data.resolution {config.data.resolution}; valid: 28, 32")
+    _choice(config.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    _choice(config.train.amp, AMP_MODES, "train.amp")
+    config.model.check(config)
+    if config.process is not None:
+        config.process.check()
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ draws the figures again.
 from __future__ import annotations
 
 import html
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -20,15 +19,17 @@ from pathlib import Path
 
 import torch
 
+from mnistgen import kinds
 from mnistgen.config import preset
 from mnistgen.errors import UserError
-from mnistgen.evaluation.run_metrics import evaluate_run
-from mnistgen.figures.render import render_figures
-from mnistgen.recipes import load_run, train
+from mnistgen.evaluation.metrics import RunMetrics, SampleQuality
+from mnistgen.figures.diffusion import SWEEP_WEIGHTS
+from mnistgen.kinds import EvaluationRequest
+from mnistgen.runs import evaluate_run, render_figures, train
 from mnistgen.training.checkpoint import completed_epochs
 from mnistgen.training.rundir import RunDir
 
-MODELS = ("vae", "ddpm", "cfg")
+MODELS = kinds.GENERATIVE  # one run directory each, in this order
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class StudySettings:
     n_samples: int  # samples judged for MNIST-FD / accuracy
     sweep_samples: int  # samples per guidance weight in the sweep
     iwae_k: int
-    sweep: tuple[float, ...] = (0.0, 0.3, 1.0, 2.0, 4.0)
+    sweep: tuple[float, ...] = SWEEP_WEIGHTS
 
 
 SETTINGS = {
@@ -45,24 +46,7 @@ SETTINGS = {
     "smoke": StudySettings(n_samples=100, sweep_samples=50, iwae_k=10),
 }
 
-CAPTIONS = {
-    "f1_loss.png": "F1. VAE training and validation negative ELBO per epoch; dashed: the 104-nat target.",
-    "f2_samples.png": "F2. 64 VAE samples decoded from z ~ N(0, I).",
-    "f3_traversals_0-9.png": "F3. Latent traversals of dimensions 0-9 (offsets -4..+4) from a prior sample and "
-                             "from an encoded test image.",
-    "f4_traversals_10-19.png": "F4. Latent traversals of dimensions 10-19.",
-    "f5_interpolation.png": "F5. Interpolating two codes in latent space (top) versus in pixel space (bottom).",
-    "f6_interp_4_9.png": "F6. Latent interpolation between real test digits 4 and 9 (pixel blend below).",
-    "f7_interp_5_6.png": "F7. Latent interpolation between real test digits 5 and 6.",
-    "f8_interp_8_2.png": "F8. Latent interpolation between real test digits 8 and 2.",
-    "f9_epochs.png": "F9. DDPM samples from four fixed noise seeds (rows) as training proceeds (columns).",
-    "f10_samples.png": "F10. 64 samples from the final DDPM (EMA weights), the run's default sampler.",
-    "f11_reverse_chain.png": "F11. Four ancestral reverse chains, state after steps t = 999 ... 0.",
-    "ddim_vs_ancestral.png": "DDIM-20, DDIM-50 and ancestral-1000 from the same initial noise.",
-    "f12_epochs.png": "F12. Class-conditional samples for labels 0-9 (rows) as training proceeds (columns).",
-    "guidance_sweep.png": "Guidance sweep: samples per digit for w = 0 ... 4, and MNIST-FD / class accuracy "
-                          "against w.",
-}
+CAPTIONS = {name: caption for kind in MODELS for name, caption in kinds.get(kind).captions.items()}
 
 
 def _finished(run: RunDir, epochs: int) -> bool:
@@ -80,22 +64,19 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
             raise UserError(f"{out} holds a {found!r} study; continue it with --preset {found} or choose another --out")
     for kind in MODELS:
         run = RunDir(out / kind)
-        cfg = run.read_config() if run.config.is_file() else preset(kind, preset_name)  # a run keeps its settings
-        trained = not _finished(run, cfg.train.epochs)
+        config = run.read_config() if run.config.is_file() else preset(kind, preset_name)  # a run keeps its settings
+        trained = not _finished(run, config.train.epochs)
         if trained:
             log(f"[{kind}] training ({preset_name} preset)")
             resume = run.newest_checkpoint() is not None
-            train(cfg, run.root, data_dir, device, resume=resume, show_progress=show_progress)
+            train(config, run.root, data_dir, device, resume=resume, show_progress=show_progress)
         else:
             log(f"[{kind}] trained already, skipping")
-        metrics = run.read_metrics()
-        if trained or "mnist_fd" not in metrics:
+        if trained or RunMetrics.from_json(run.read_metrics()).quality is None:
             log(f"[{kind}] evaluating")
-            start = time.perf_counter()
-            evaluate_run(run.root, device, data_dir, iwae_k=settings.iwae_k, n_samples=settings.n_samples,
-                         guidance_sweep=list(settings.sweep) if kind == "cfg" else None,
-                         sweep_samples=settings.sweep_samples)
-            run.update_metrics(evaluation_seconds=round(time.perf_counter() - start, 1))
+            evaluate_run(run.root, device, data_dir, EvaluationRequest(
+                n_samples=settings.n_samples, iwae_k=settings.iwae_k, sweep_samples=settings.sweep_samples,
+                guidance_sweep=settings.sweep if kinds.get(kind).guided else None))
         log(f"[{kind}] figures")
         render_figures(run.root, device, data_dir)
     report = write_report(out, preset_name, device)
@@ -103,36 +84,37 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
     return report
 
 
-def _sampler_name(m: dict) -> str:
+def _sampler_name(q: SampleQuality) -> str:
     """e.g. 'ddim-50, eta = 1', 'ancestral-1000', 'cfg-64'."""
-    name = m["sampler"] + (f"-{m['steps']}" if m.get("steps") else "")
-    return name + (f", eta = {m['eta']:g}" if m["sampler"] == "ddim" else "")
+    s = q.settings
+    name = s.sampler + (f"-{s.steps}" if s.steps else "")
+    return name + (f", eta = {s.eta:g}" if s.sampler == "ddim" else "")
 
 
 def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for kind in MODELS:
         run = RunDir(out / kind)
-        m = run.read_metrics()
-        history = json.loads(run.history.read_text()) if run.history.is_file() else []
-        if kind == "vae" and "val_neg_elbo" in m:
-            rows.append(("VAE", "validation negative ELBO (nats)", f"{m['val_neg_elbo']:.2f}"))
-            rows.append(("VAE", f"IWAE bound on -log p(x), k={m['iwae_k']} (nats)", f"{m['iwae_nll']:.2f}"))
-        if "mnist_fd" in m:
-            rows.append((kind.upper(), f"MNIST-FD, {m['n_samples']} samples, {_sampler_name(m)}",
-                         f"{m['mnist_fd']:.2f}"))
-            rows.append((kind.upper(), "classifier histogram of samples (digits 0-9)",
-                         " ".join(str(c) for c in m["class_histogram"])))
-            rows.append((kind.upper(), "sampling seconds per 100 samples", f"{m['seconds_per_100_samples']:.2f}"))
-        if "class_accuracy" in m:
-            rows.append(("CFG", f"class accuracy at w = {m['guidance']:g}", f"{100 * m['class_accuracy']:.1f}%"))
-        for row in m.get("guidance_sweep", []):
-            rows.append(("CFG", f"w = {row['guidance']:g}: MNIST-FD / class accuracy ({row['n_samples']} samples)",
-                         f"{row['mnist_fd']:.2f} / {100 * row['class_accuracy']:.1f}%"))
+        title = kinds.get(kind).title
+        m = RunMetrics.from_json(run.read_metrics())
+        if m.likelihood is not None:
+            rows.append((title, "validation negative ELBO (nats)", f"{m.likelihood.val_neg_elbo:.2f}"))
+            rows.append((title, f"IWAE bound on -log p(x), k={m.likelihood.iwae_k} (nats)",
+                         f"{m.likelihood.iwae_nll:.2f}"))
+        if (q := m.quality) is not None:
+            rows.append((title, f"MNIST-FD, {q.n_samples} samples, {_sampler_name(q)}", f"{q.mnist_fd:.2f}"))
+            rows.append((title, "classifier histogram of samples (digits 0-9)", " ".join(map(str, q.class_histogram))))
+            rows.append((title, "sampling seconds per 100 samples", f"{q.seconds_per_100_samples:.2f}"))
+            if q.class_accuracy is not None:
+                rows.append((title, f"class accuracy at w = {q.settings.guidance:g}", f"{100 * q.class_accuracy:.1f}%"))
+        for p in m.guidance_sweep or ():
+            rows.append((title, f"w = {p.guidance:g}: MNIST-FD / class accuracy ({p.n_samples} samples)",
+                         f"{p.mnist_fd:.2f} / {100 * p.class_accuracy:.1f}%"))
+        history = run.read_history()
         if history:
-            seconds = sum(r["seconds"] for r in history)
-            images = sum(r["images_per_s"] * r["seconds"] for r in history)
-            rows.append((kind.upper(), f"training: {len(history)} epochs, seconds / images per s",
+            seconds = sum(r.seconds for r in history)
+            images = sum(r.images_per_s * r.seconds for r in history)
+            rows.append((title, f"training: {len(history)} epochs, seconds / images per s",
                          f"{seconds:.0f} s / {images / max(seconds, 1e-9):.0f}"))
     return rows
 
@@ -140,16 +122,15 @@ def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
 def write_report(out: Path, preset_name: str, device: torch.device) -> Path:
     """DIR/report.html: every figure with a caption, the metrics table, preset and device. Images are relative."""
     sections = []
-    for kind, title in (("vae", "1. Variational autoencoder"), ("ddpm", "2. DDPM"),
-                        ("cfg", "3. Classifier-free guidance")):
+    for number, kind in enumerate(MODELS, start=1):
         figures = RunDir(out / kind).figures
         items = []
-        for name, caption in CAPTIONS.items():
+        for name, caption in kinds.get(kind).captions.items():
             if (figures / name).is_file():
                 rel = f"{kind}/figures/{name}"
                 items.append(f'<figure><img src="{rel}" alt="{html.escape(name)}">'
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        sections.append(f"<h2>{title}</h2>\n" + "\n".join(items))
+        sections.append(f"<h2>{number}. {html.escape(kinds.get(kind).long_title)}</h2>\n" + "\n".join(items))
     rows = "\n".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
                      for a, b, c in _metrics_rows(out))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} " \

@@ -3,22 +3,17 @@ import torch
 
 from mnistgen.config import apply_overrides, preset
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
-from mnistgen.recipes import build_model, build_objective, load_data
-from mnistgen.training.rundir import RunDir
-from mnistgen.training.trainer import Trainer
+from mnistgen.kinds.vae import VAEKind
+from mnistgen.runs import build_trainer
 
 
 @pytest.fixture(scope="module")
 def trained_vae(mnist_dir, tmp_path_factory):
     cfg = apply_overrides(preset("vae", "reference"), {"train.epochs": 2, "data.train_limit": 20_000,
                                                        "data.val_limit": 1000})
-    torch.manual_seed(0)
-    device = torch.device("cpu")
-    model = build_model(cfg)
-    Trainer(model, build_objective(cfg), load_data(cfg, "train", mnist_dir, device),
-            load_data(cfg, "test", mnist_dir, device), cfg, RunDir(tmp_path_factory.mktemp("vae")),
-            show_progress=False).fit()
-    return model.eval(), load_data(cfg, "test", mnist_dir, device).x[:500]
+    trainer = build_trainer(cfg, tmp_path_factory.mktemp("vae"), data_dir=mnist_dir, preview=False)
+    trainer.fit()
+    return trainer.model.eval(), VAEKind().load_data(cfg, "test", mnist_dir, torch.device("cpu")).x[:500]
 
 
 def test_iwae_is_below_the_elbo_and_decreases_with_k(trained_vae):

@@ -24,14 +24,14 @@ if mode == "kill-after-first-checkpoint":
 
     Trainer.save = save_then_die
 elif mode == "raise-on-rank-1":
-    step = Trainer._train_step
+    step = Trainer.train_step
 
     def failing_step(self, idx):
         if self.rank == 1 and self.step == 1:
             raise RuntimeError("injected failure on rank 1")
         step(self, idx)
 
-    Trainer._train_step = failing_step
+    Trainer.train_step = failing_step
 elif mode != "none":
     raise SystemExit(f"unknown mode {mode}")
 sys.exit(main(argv))

@@ -1,7 +1,6 @@
 """Two CPU processes with gloo take the same optimizer step as one process on the same global batch."""
 
 import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -9,9 +8,8 @@ import torch.multiprocessing as mp
 
 from mnistgen.config import apply_overrides, preset
 from mnistgen.data.mnist import TensorData
-from mnistgen.recipes import build_model, build_objective
-from mnistgen.training.rundir import RunDir
-from mnistgen.training.trainer import Trainer
+from mnistgen import kinds
+from mnistgen.runs import build_trainer
 
 PER_RANK_BATCH = 16
 
@@ -29,10 +27,8 @@ def _data():
 
 
 def _one_step(cfg, out):
-    torch.manual_seed(0)
     data = _data()
-    trainer = Trainer(build_model(cfg), build_objective(cfg), data, TensorData(data.x[:4], data.y[:4]), cfg,
-                      RunDir(Path(out)), show_progress=False)
+    trainer = build_trainer(cfg, out, data=(data, TensorData(data.x[:4], data.y[:4])), preview=False)
     trainer.fit()
     assert trainer.step == 1
     return trainer.model.state_dict()
@@ -54,7 +50,7 @@ def test_two_process_gloo_step_equals_single_process_step(tmp_path):
     single = _one_step(_cfg(2 * PER_RANK_BATCH), tmp_path / "single")
     ranks = [torch.load(tmp_path / f"weights{r}.pt") for r in range(2)]
     torch.manual_seed(0)
-    initial = build_model(_cfg(PER_RANK_BATCH)).state_dict()
+    initial = kinds.get("classifier").build_model(_cfg(PER_RANK_BATCH)).state_dict()
     moved = 0
     for name, value in single.items():
         torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -16,7 +16,8 @@ import torch
 from mnistgen.cli import main
 from mnistgen.config import apply_overrides, preset
 from mnistgen.errors import Interrupted, StopNow, UserError
-from mnistgen.recipes import train
+from mnistgen import kinds
+from mnistgen.runs import build_trainer, train
 from mnistgen import files
 from mnistgen.training.checkpoint import load_checkpoint
 from mnistgen.training.rundir import RunDir
@@ -151,24 +152,21 @@ class SignalAt:
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_between_two_steps_and_the_run_resumes_exactly(signal_number, tmp_path, mnist_dir):
-    from mnistgen.recipes import build_model, build_objective, load_data
-
     cfg = _cfg("ddpm", **{"train.epochs": 2, "train.ema_start": 0})
 
     def trainer(out, objective=None):
-        torch.manual_seed(0)
-        return Trainer(build_model(cfg), objective or build_objective(cfg), load_data(cfg, "train", mnist_dir, CPU),
-                       load_data(cfg, "test", mnist_dir, CPU), cfg, RunDir(out), show_progress=False)
+        return build_trainer(cfg, out, CPU, mnist_dir, objective=objective, preview=False)
 
+    before = signal.getsignal(signal_number)  # SIG_IGN for SIGINT when started in the background
     full = trainer(tmp_path / "full")
     full.fit()
-    stopped = trainer(tmp_path / "cut", SignalAt(build_objective(cfg), 3, signal_number))
+    stopped = trainer(tmp_path / "cut", SignalAt(kinds.get("ddpm").build_objective(cfg), 3, signal_number))
     with pytest.raises(Interrupted, match=f"{signal.Signals(signal_number).name}.*--resume") as info:
         stopped.fit()
     assert info.value.exit_status == 128 + signal_number
     state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch"], state["step"]) == (0, 3, 3)  # saved right after the step
-    assert signal.getsignal(signal_number) in (signal.SIG_DFL, signal.default_int_handler)  # handlers restored
+    assert signal.getsignal(signal_number) == before  # handlers restored
     resumed = trainer(tmp_path / "cut")
     assert resumed.resume()
     resumed.fit()
@@ -199,8 +197,6 @@ def test_sigterm_from_outside_ends_the_command_with_one_line(tmp_path):
 
 
 def test_a_second_signal_stops_at_once_without_saving(tmp_path, mnist_dir):
-    from mnistgen.recipes import build_model, build_objective, load_data
-
     cfg = _cfg("ddpm", **{"train.epochs": 2})
 
     class TwoSignals(SignalAt):
@@ -209,10 +205,8 @@ def test_a_second_signal_stops_at_once_without_saving(tmp_path, mnist_dir):
                 os.kill(os.getpid(), signal.SIGTERM)  # the first, noted; the second, inside this step
             return super().loss(model, x, y, generator)
 
-    torch.manual_seed(0)
-    trainer = Trainer(build_model(cfg), TwoSignals(build_objective(cfg), 3, signal.SIGTERM),
-                      load_data(cfg, "train", mnist_dir, CPU), load_data(cfg, "test", mnist_dir, CPU), cfg,
-                      RunDir(tmp_path), show_progress=False)
+    trainer = build_trainer(cfg, tmp_path, CPU, mnist_dir, preview=False,
+                            objective=TwoSignals(kinds.get("ddpm").build_objective(cfg), 3, signal.SIGTERM))
     with pytest.raises(StopNow) as info:  # not an Exception: no `except Exception` on the way can swallow it
         trainer.fit()
     assert info.value.exit_status == 128 + signal.SIGTERM
@@ -228,7 +222,7 @@ def test_a_kill_between_the_epoch_file_and_last_pt_loses_no_work(tmp_path):
     shutil.copy(out / "checkpoints" / "epoch_001.pt", out / "checkpoints" / "last.pt")  # last.pt one epoch behind
     run = RunDir(out)
     assert run.newest_checkpoint() == run.epoch_checkpoint(2)
-    from mnistgen.recipes import load_run
+    from mnistgen.runs import load_run
 
     assert _same(load_run(out).model.state_dict(), final)  # sampling uses the newest weights
     assert main(["train", "vae", "--no-progress", "--out", str(out), "--resume"]) == 0  # nothing left to train

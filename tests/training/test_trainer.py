@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mnistgen.config import apply_overrides, preset
-from mnistgen.recipes import build_model, build_objective, build_preview, load_data
+from mnistgen import kinds
+from mnistgen.runs import build_trainer
 from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint
 from mnistgen.training.rundir import RunDir
 from mnistgen.training.trainer import NonFiniteLossError, Trainer, lr_factor
@@ -25,11 +26,7 @@ class StopAfter:
 
 
 def _trainer(cfg, out: Path, mnist_dir, objective=None) -> Trainer:
-    torch.manual_seed(cfg.train.seed)
-    device = torch.device("cpu")
-    return Trainer(build_model(cfg), objective or build_objective(cfg), load_data(cfg, "train", mnist_dir, device),
-                   load_data(cfg, "test", mnist_dir, device), cfg, RunDir(out), build_preview(cfg),
-                   show_progress=False)
+    return build_trainer(cfg, out, torch.device("cpu"), mnist_dir, objective=objective)
 
 
 def _small(kind, **overrides):
@@ -44,7 +41,7 @@ def test_killed_run_resumes_to_the_same_weights(kind, tmp_path, mnist_dir):
     reference.fit()
     steps_per_run = reference.steps_per_epoch * cfg.train.epochs
 
-    killed = _trainer(cfg, tmp_path / "b", mnist_dir, StopAfter(build_objective(cfg), steps_per_run // 2 + 2))
+    killed = _trainer(cfg, tmp_path / "b", mnist_dir, StopAfter(kinds.get(cfg.kind).build_objective(cfg), steps_per_run // 2 + 2))
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
     resumed = _trainer(cfg, tmp_path / "b", mnist_dir)
@@ -99,7 +96,7 @@ class Exploding:
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, mnist_dir):
     cfg = _small("vae", **{"train.epochs": 3})
     steps = 640 // cfg.train.batch_size
-    trainer = _trainer(cfg, tmp_path, mnist_dir, Exploding(build_objective(cfg), steps + 3))
+    trainer = _trainer(cfg, tmp_path, mnist_dir, Exploding(kinds.get(cfg.kind).build_objective(cfg), steps + 3))
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         trainer.fit()
     state = load_checkpoint(RunDir(tmp_path).last_checkpoint, "vae")
@@ -185,3 +182,31 @@ def test_non_finite_weights_never_reach_a_checkpoint(kind, tmp_path, mnist_dir):
         assert str(RunDir(tmp_path).last_checkpoint) in message
     else:
         assert "no checkpoint had been written" in message and "last.pt" not in message
+
+
+class ZeroLoss:
+    """A loss whose gradient is zero everywhere: only weight decay can move the weights."""
+
+    def loss(self, model, x, y, generator=None):
+        return sum(p.sum() for p in model.parameters()) * 0.0
+
+
+def test_weight_decay_is_decoupled_and_stays_so_on_resume(tmp_path, mnist_dir):
+    """AdamW (Loshchilov & Hutter 2019): with a zero gradient one step scales every weight by exactly
+    1 - lr * wd. Adam's coupled L2 would instead push each weight by about lr (Adam normalises the
+    decay term like any gradient). A checkpoint written by coupled Adam resumes decoupled."""
+    lr, wd = 1e-3, 0.1
+    cfg = _small("vae", **{"train.lr": lr, "train.weight_decay": wd, "train.epochs": 1, "data.train_limit": 64,
+                           "train.batch_size": 64})
+    trainer = _trainer(cfg, tmp_path, mnist_dir, ZeroLoss())
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, before[name] * (1 - lr * wd), rtol=1e-6, atol=1e-9, msg=name)
+    state = load_checkpoint(RunDir(tmp_path).last_checkpoint)
+    for group in state["optimizer"]["param_groups"]:
+        group["decoupled_weight_decay"] = False  # as torch.optim.Adam writes it
+    save_checkpoint(RunDir(tmp_path).last_checkpoint, state)
+    resumed = _trainer(replace(cfg, train=replace(cfg.train, epochs=2)), tmp_path, mnist_dir, ZeroLoss())
+    assert resumed.resume()
+    assert all(g["decoupled_weight_decay"] for g in resumed.optimizer.param_groups)

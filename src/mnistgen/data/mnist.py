@@ -169,3 +169,9 @@ def load(split: str, scale: str, resolution: int = 28, dataset: str = "mnist",
          data_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> TensorData:
     """One call from files to a device-resident :class:`TensorData`."""
     return to_tensor_data(load_split(split, dataset, data_dir), scale, resolution, device)
+
+
+def labels_per_digit(per_digit: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Class labels 0, 0, ..., 1, 1, ..., 9 with ``per_digit`` of each: (10 * per_digit,), int64.
+    The layout of every conditional grid and evaluation (row d holds digit d)."""
+    return torch.arange(10, device=device).repeat_interleave(per_digit)

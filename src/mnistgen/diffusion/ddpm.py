@@ -2,8 +2,8 @@
 
 The schedule is computed once in float64 on the CPU, cast to float32 and moved once to the
 device the process is built for (MPS has no float64; a lookup never copies between
-devices). Nothing here changes after construction, so one process object serves training
-and any number of samplers on that device.
+devices). No method changes the process after construction (the schedule tensors are not
+written to), so one process object serves training and any number of samplers on that device.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mnistgen.config import DDPMConfig
+from mnistgen.diffusion.broadcast import per_example
 
 
 class Schedule(NamedTuple):
@@ -32,8 +33,8 @@ class Schedule(NamedTuple):
     snr: torch.Tensor  # alpha_bar_t / (1 - alpha_bar_t)
 
 
-def linear_schedule(cfg: DDPMConfig) -> Schedule:
-    betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.timesteps, dtype=torch.float64)
+def linear_schedule(config: DDPMConfig) -> Schedule:
+    betas = torch.linspace(config.beta_start, config.beta_end, config.timesteps, dtype=torch.float64)
     alphas = 1.0 - betas
     alpha_bars = torch.cumprod(alphas, 0)
     alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
@@ -50,29 +51,20 @@ def linear_schedule(cfg: DDPMConfig) -> Schedule:
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[t] shaped (B, 1, 1, 1) to broadcast against ``like`` (B, C, H, W); a gather on the
-    device, never a copy between devices."""
-    if values.device != like.device:
-        raise ValueError(f"the process's schedule is on {values.device} but the data on {like.device}; "
-                         f"build the process with device={like.device}")
-    return values[t].view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+    """values[t] shaped (B, 1, 1, 1) against ``like`` (B, C, H, W): a gather on the device, never a copy."""
+    return per_example(values[t], like)
 
 
 class GaussianDiffusion:
     """q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0), the reverse step of eq. 11 and the epsilon loss."""
 
-    def __init__(self, cfg: DDPMConfig = DDPMConfig(), device: torch.device | str = "cpu"):
-        self.cfg = cfg
-        self.T = cfg.timesteps
+    def __init__(self, config: DDPMConfig = DDPMConfig(), device: torch.device | str = "cpu"):
+        self.config = config
+        self.T = config.timesteps
         self.device = torch.device(device)
-        self.schedule = Schedule(*(v.to(self.device) for v in linear_schedule(cfg)))
+        self.schedule = Schedule(*(v.to(self.device) for v in linear_schedule(config)))
 
     # -- forward process ----------------------------------------------------------------
-    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)  (eq. 4)."""
-        s = self.schedule
-        return _at(s.sqrt_alpha_bars, t, x0) * x0, _at(s.sqrt_one_minus_alpha_bars, t, x0).pow(2).expand_as(x0)
-
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
         s = self.schedule
@@ -104,10 +96,10 @@ class GaussianDiffusion:
     # -- training -----------------------------------------------------------------------
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-example weights of ||eps - eps_theta||^2: 1 (DDPM eq. 14), or min(SNR, gamma) / SNR (min-SNR)."""
-        if self.cfg.loss_weighting == "uniform":
+        if self.config.loss_weighting == "uniform":
             return torch.ones(t.shape, device=t.device)
         snr = self.schedule.snr[t]
-        return snr.clamp(max=self.cfg.min_snr_gamma) / snr
+        return snr.clamp(max=self.config.min_snr_gamma) / snr
 
     def loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:

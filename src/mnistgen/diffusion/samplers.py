@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from mnistgen.diffusion.cfg import LogSNRDiffusion
+from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.diffusion.ddpm import GaussianDiffusion
 
 OnStep = Callable[[int, torch.Tensor], None]  # (t, x after the step) -> None
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample: ``sampler`` is ancestral | ddim (DDPM), cfg (guided) or prior (VAE). Fields left
+    None take the run's defaults; a model kind's ``resolve`` fills them in, and fields that do not
+    apply to the model stay None."""
+
+    sampler: str | None = None
+    steps: int | None = None
+    eta: float | None = None  # DDIM
+    guidance: float | None = None  # CFG: w
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Diffusion output in [-1, 1] -> image in [0, 1]."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def run(model: nn.Module, process: GaussianDiffusion | LogSNRDiffusion, noise: torch.Tensor,
+        settings: SamplerSettings, generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The sampler that resolved ``settings`` name, from ``noise`` (B, C, H, W); output in [-1, 1]."""
+    if settings.sampler == "ancestral":
+        return ancestral(model, process, noise, generator)
+    if settings.sampler == "ddim":
+        return ddim(model, process, noise, settings.steps, settings.eta, generator)
+    if settings.sampler == "cfg":
+        return guided(model, process, noise, labels, settings.guidance, settings.steps, generator)
+    raise ValueError(f"unknown sampler {settings.sampler!r}")
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

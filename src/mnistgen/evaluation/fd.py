@@ -38,8 +38,8 @@ def load_classifier(path: Path | None = None, device: torch.device | str = "cpu"
         raise UserError(f"classifier weights {path} not found; create them with `mnistgen train classifier`")
     state = load_checkpoint(path, "classifier")  # a foreign, damaged or other-model file: one line
     try:
-        cfg = RunConfig.from_dict(state["config"])  # every field checked, as for a run
-        model = Classifier(cfg.model)
+        config = RunConfig.from_dict(state["config"])  # every field checked, as for a run
+        model = Classifier(config.model)
         weights = {k: v.float() for k, v in state["model"].items()}
     except UserError as e:
         raise UserError(f"{path}: {e}") from None

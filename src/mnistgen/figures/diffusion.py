@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from mnistgen.config import RunConfig
+from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion import samplers
-from mnistgen.images import save_grid
+from mnistgen.diffusion.ddpm import GaussianDiffusion
+from mnistgen.diffusion.samplers import SamplerSettings, to_unit
+from mnistgen.evaluation.metrics import SweepPoint
 from mnistgen.figures.plotting import plt, save_figure, show_images
-from mnistgen.recipes import build_process, generate, image_shape, to_unit
+from mnistgen.images import save_grid
 from mnistgen.training.rundir import RunDir
+
+Draw = Callable[..., torch.Tensor]
+"""A trained model's sampler, as its model kind hands it to the figures:
+``draw(n, generator, settings=SamplerSettings(), labels=None)`` -> (n, 1, H, W) in [0, 1]."""
 
 STUDY_EPOCHS = (5, 9, 15, 19)
 CHAIN_STEPS = (999, 500, 200, 100, 25, 0)  # for T = 1000; scaled for another T
-SWEEP_WEIGHTS = (0.0, 0.3, 1.0, 2.0, 4.0)
+SWEEP_WEIGHTS = (0.0, 0.3, 1.0, 2.0, 4.0)  # the study's guidance weights (SPEC section 3)
 
 
 def nearest_epochs(available: list[int], wanted=STUDY_EPOCHS, study_length: int = 20) -> list[int]:
@@ -45,11 +52,12 @@ def epochs_grid(run: RunDir, rows: list[int], path: Path, title: str, row_names:
 
 
 @torch.no_grad()
-def reverse_chain(cfg: RunConfig, model: nn.Module, path: Path, seed: int = 0, chains: int = 4) -> Path:
-    """F11: ancestral sampling, the state after steps t = 999, 500, 200, 100, 25, 0 for ``chains`` chains."""
+def reverse_chain(model: nn.Module, process: GaussianDiffusion, shape: tuple[int, int, int], path: Path,
+                  seed: int = 0, chains: int = 4) -> Path:
+    """F11: ancestral sampling, the state after steps t = 999, 500, 200, 100, 25, 0 for ``chains`` chains
+    of images of ``shape`` (C, H, W)."""
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
-    process = build_process(cfg, device)
     steps = list(dict.fromkeys(round(t * (process.T - 1) / 999) for t in CHAIN_STEPS))
     kept: dict[int, torch.Tensor] = {}
 
@@ -57,7 +65,7 @@ def reverse_chain(cfg: RunConfig, model: nn.Module, path: Path, seed: int = 0, c
         if t in steps:
             kept[t] = to_unit(x)
 
-    samplers.ancestral(model, process, torch.randn(chains, *image_shape(cfg), generator=g, device=device), g, keep)
+    samplers.ancestral(model, process, torch.randn(chains, *shape, generator=g, device=device), g, keep)
     images = torch.stack([kept[t] for t in steps], dim=1).flatten(0, 1)  # (chains * 6, 1, H, W)
     fig, ax = plt.subplots(figsize=(7, 5))
     show_images(ax, images, len(steps), "F11  reverse process (ancestral), state after step t")
@@ -67,58 +75,57 @@ def reverse_chain(cfg: RunConfig, model: nn.Module, path: Path, seed: int = 0, c
 
 
 @torch.no_grad()
-def render_ddpm(cfg: RunConfig, model: nn.Module, run: RunDir, seed: int = 0) -> list[Path]:
+def render_ddpm(draw: Draw, model: nn.Module, process: GaussianDiffusion, shape: tuple[int, int, int], run: RunDir,
+                device: torch.device, seed: int = 0) -> list[Path]:
+    """F9 (from the per-epoch previews), F10 (the run's default sampler), F11 and DDIM against ancestral."""
     out = run.figures
     paths = [epochs_grid(run, [0, 1, 2, 3], out / "f9_epochs.png", "F9  samples from fixed noise per epoch",
                          [f"seed {i}" for i in range(4)])]
-    device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
-    save_grid(generate(cfg, model, 64, g), out / "f10_samples.png", nrow=8)
+    save_grid(draw(64, g), out / "f10_samples.png", nrow=8)
     paths.append(out / "f10_samples.png")
-    paths.append(reverse_chain(cfg, model, out / "f11_reverse_chain.png", seed))
-    paths.append(ddim_vs_ancestral(cfg, model, out / "ddim_vs_ancestral.png"))
+    paths.append(reverse_chain(model, process, shape, out / "f11_reverse_chain.png", seed))
+    paths.append(ddim_vs_ancestral(draw, process.T, device, out / "ddim_vs_ancestral.png"))
     return paths
 
 
 @torch.no_grad()
-def ddim_vs_ancestral(cfg: RunConfig, model: nn.Module, path: Path, n: int = 8, seed: int = 7) -> Path:
+def ddim_vs_ancestral(draw: Draw, T: int, device: torch.device, path: Path, n: int = 8, seed: int = 7) -> Path:
     """Rows: DDIM-20, DDIM-50 and ancestral sampling (all T steps) from the same x_T."""
-    device = next(model.parameters()).device
-    T = cfg.process.timesteps
     rows = []
-    for sampler, steps in (("ddim", min(20, T)), ("ddim", min(50, T)), ("ancestral", None)):
+    for settings in (SamplerSettings("ddim", min(20, T)), SamplerSettings("ddim", min(50, T)),
+                     SamplerSettings("ancestral")):
         g = torch.Generator(device).manual_seed(seed)
-        rows.append(generate(cfg, model, n, g, sampler=sampler, steps=steps))
+        rows.append(draw(n, g, settings))
     save_grid(torch.cat(rows), path, nrow=n)
     return path
 
 
 @torch.no_grad()
-def class_grid(cfg: RunConfig, model: nn.Module, w: float, per_class: int, seed: int) -> torch.Tensor:
+def class_grid(draw: Draw, device: torch.device, w: float, per_class: int, seed: int) -> torch.Tensor:
     """Samples for labels 0-9 (``per_class`` each, same noise for every w): (10 * per_class, 1, H, W)."""
-    device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
-    labels = torch.arange(10, device=device).repeat_interleave(per_class)
-    return generate(cfg, model, len(labels), g, labels=labels, guidance=w)
+    labels = labels_per_digit(per_class, device)
+    return draw(len(labels), g, SamplerSettings(guidance=w), labels)
 
 
 @torch.no_grad()
-def guidance_sweep(cfg: RunConfig, model: nn.Module, path: Path, metrics: list[dict] | None = None,
+def guidance_sweep(draw: Draw, device: torch.device, path: Path, metrics: tuple[SweepPoint, ...] | None = None,
                    per_class: int = 4, seed: int = 0) -> Path:
     """Sample grids (rows = digits 0-9) for w in SWEEP_WEIGHTS and, when given, MNIST-FD and accuracy against w."""
     panels = len(SWEEP_WEIGHTS) + (1 if metrics else 0)
     fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels + (1.5 if metrics else 0), 5.2),
                              gridspec_kw={"wspace": 0.45 if metrics else 0.2})
     for ax, w in zip(axes, SWEEP_WEIGHTS):
-        show_images(ax, class_grid(cfg, model, w, per_class, seed), per_class, f"w = {w:g}")
+        show_images(ax, class_grid(draw, device, w, per_class, seed), per_class, f"w = {w:g}")
     if metrics:
         ax = axes[-1]
-        ws = [m["guidance"] for m in metrics]
-        ax.plot(ws, [m["mnist_fd"] for m in metrics], "o-", color="C0")
+        ws = [m.guidance for m in metrics]
+        ax.plot(ws, [m.mnist_fd for m in metrics], "o-", color="C0")
         ax.set_xlabel("guidance weight w")
         ax.set_ylabel("MNIST-FD (lower is better)", color="C0")
         twin = ax.twinx()
-        twin.plot(ws, [100 * m["class_accuracy"] for m in metrics], "s--", color="C1")
+        twin.plot(ws, [100 * m.class_accuracy for m in metrics], "s--", color="C1")
         twin.set_ylabel("class accuracy (%)", color="C1")
         ax.set_title("quality vs w", fontsize=9)
         ax.set_box_aspect(1.2)
@@ -126,10 +133,11 @@ def guidance_sweep(cfg: RunConfig, model: nn.Module, path: Path, metrics: list[d
     return save_figure(fig, path)
 
 
-def render_cfg(cfg: RunConfig, model: nn.Module, run: RunDir, seed: int = 0) -> list[Path]:
+def render_cfg(draw: Draw, run: RunDir, device: torch.device, sweep: tuple[SweepPoint, ...] | None,
+               seed: int = 0) -> list[Path]:
+    """F12 (from the per-epoch previews: two per digit, the first of each row shown) and the guidance sweep."""
     out = run.figures
     paths = [epochs_grid(run, list(range(0, 20, 2)), out / "f12_epochs.png",
                          "F12  class-conditional samples per epoch", [f"label {d}" for d in range(10)])]
-    sweep = run.read_metrics().get("guidance_sweep")
-    paths.append(guidance_sweep(cfg, model, out / "guidance_sweep.png", sweep, seed=seed))
+    paths.append(guidance_sweep(draw, device, out / "guidance_sweep.png", sweep, seed=seed))
     return paths

@@ -10,6 +10,7 @@ from mnistgen.data.mnist import TensorData
 from mnistgen.figures.plotting import plt, save_figure, show_images
 from mnistgen.images import save_grid
 from mnistgen.models.vae import VAE
+from mnistgen.training.rundir import EpochRecord
 
 TARGET_NATS = 104.0
 OFFSETS = (-2, -1, 0, 1, 2)
@@ -18,11 +19,11 @@ ALPHAS = [i / 10 for i in range(11)]
 PAIRS = ((4, 9), (5, 6), (8, 2))
 
 
-def loss_curve(history: list[dict], path: Path) -> Path:
+def loss_curve(history: list[EpochRecord], path: Path) -> Path:
     """F1: train and validation loss per epoch, the 104-nat target dashed, final values annotated."""
-    epochs = [r["epoch"] for r in history]
-    train = [r["train_loss"] for r in history]
-    val = [r["val_loss"] for r in history]
+    epochs = [r.epoch for r in history]
+    train = [r.train_loss for r in history]
+    val = [r.val_loss for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, train, "o-", ms=3, label="train")
     ax.plot(epochs, val, "s-", ms=3, label="validation (MNIST test set)")
@@ -82,11 +83,11 @@ def first_of_class(test: TensorData, digit: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render(model: VAE, history: list[dict], test: TensorData, out: Path, seed: int = 0) -> list[Path]:
+def render(model: VAE, history: list[EpochRecord], test: TensorData, out: Path, seed: int = 0) -> list[Path]:
     """All VAE figures into ``out``; returns their paths."""
     device = test.x.device
     g = torch.Generator(device).manual_seed(seed)
-    latent = model.cfg.latent
+    latent = model.config.latent
     paths = [loss_curve(history, out / "f1_loss.png")]
     samples = model.decode(torch.randn(64, latent, generator=g, device=device))
     save_grid(samples, out / "f2_samples.png", nrow=8)

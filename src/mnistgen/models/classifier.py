@@ -21,14 +21,14 @@ class Classifier(nn.Module):
     32x32 inputs are centre-cropped to 28x28 first.
     """
 
-    def __init__(self, cfg: ClassifierConfig = ClassifierConfig()):
+    def __init__(self, config: ClassifierConfig = ClassifierConfig()):
         super().__init__()
-        self.cfg = cfg
-        w = cfg.width
+        self.config = config
+        w = config.width
         self.body = nn.Sequential(_stage(1, w), _stage(w, 2 * w), _stage(2 * w, 4 * w), nn.Flatten())
-        self.hidden = nn.Linear(4 * w * 9, cfg.feature_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.feature_dim, 10)
+        self.hidden = nn.Linear(4 * w * 9, config.feature_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(config.feature_dim, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == 32:

@@ -81,10 +81,10 @@ class UNet(nn.Module):
     up concatenates each skip after a bilinear 2x upsampling.
     """
 
-    def __init__(self, cfg: UNetConfig = UNetConfig(), in_channels: int = 1):
+    def __init__(self, config: UNetConfig = UNetConfig(), in_channels: int = 1):
         super().__init__()
-        self.cfg = cfg
-        ch, s, emb, gr = cfg.channels, cfg.unshuffle, cfg.time_dim, cfg.groups
+        self.config = config
+        ch, s, emb, gr = config.channels, config.unshuffle, config.time_dim, config.groups
         self.time_embedding = TimeEmbedding(emb)
         self.unshuffle = nn.PixelUnshuffle(s) if s > 1 else nn.Identity()
         self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
@@ -92,15 +92,15 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         for i, c in enumerate(ch):
             c_prev = ch[max(i - 1, 0)]
-            self.down.append(nn.ModuleList(ConvBlock(c_prev if j == 0 else c, c, emb, gr) for j in range(cfg.blocks)))
-        self.mid = nn.ModuleList([ConvBlock(ch[-1], cfg.bottleneck, emb, gr), ConvBlock(cfg.bottleneck, cfg.bottleneck,
+            self.down.append(nn.ModuleList(ConvBlock(c_prev if j == 0 else c, c, emb, gr) for j in range(config.blocks)))
+        self.mid = nn.ModuleList([ConvBlock(ch[-1], config.bottleneck, emb, gr), ConvBlock(config.bottleneck, config.bottleneck,
                                                                                      emb, gr),
-                                  ConvBlock(cfg.bottleneck, ch[-1], emb, gr)])
-        self.attention = SelfAttention(cfg.bottleneck, gr) if cfg.attention else None
+                                  ConvBlock(config.bottleneck, ch[-1], emb, gr)])
+        self.attention = SelfAttention(config.bottleneck, gr) if config.attention else None
         self.up = nn.ModuleList()
         for i in reversed(range(len(ch) - 1)):
             self.up.append(nn.ModuleList([ConvBlock(ch[i + 1] + ch[i], ch[i], emb, gr)]
-                                         + [ConvBlock(ch[i], ch[i], emb, gr) for _ in range(cfg.blocks - 1)]))
+                                         + [ConvBlock(ch[i], ch[i], emb, gr) for _ in range(config.blocks - 1)]))
         self.head = nn.Conv2d(ch[0], in_channels * s * s, 1)
 
     def embed_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -138,14 +138,14 @@ class ConditionalUNet(nn.Module):
     that classifier-free guidance trains with probability p_uncond and uses for eps(z, null).
     """
 
-    def __init__(self, cfg: UNetConfig, in_channels: int = 1):
+    def __init__(self, config: UNetConfig, in_channels: int = 1):
         super().__init__()
-        if cfg.num_classes < 1:
-            raise ValueError("ConditionalUNet needs cfg.num_classes >= 1")
-        self.cfg = cfg
-        self.null_label = cfg.num_classes
-        self.unet = UNet(cfg, in_channels)
-        self.label_embedding = nn.Embedding(cfg.num_classes + 1, cfg.time_dim)
+        if config.num_classes < 1:
+            raise ValueError("ConditionalUNet needs config.num_classes >= 1")
+        self.config = config
+        self.null_label = config.num_classes
+        self.unet = UNet(config, in_channels)
+        self.label_embedding = nn.Embedding(config.num_classes + 1, config.time_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         emb = self.unet.embed_time(t) + self.label_embedding(labels)  # (B, time_dim)

@@ -77,15 +77,15 @@ class VAEOutput(NamedTuple):
 class VAE(nn.Module):
     """Encoder 784-400(ReLU)-{mu, logvar}; decoder latent-400(ReLU)-784(sigmoid)."""
 
-    def __init__(self, cfg: VAEConfig = VAEConfig(), image_size: int = 28):
+    def __init__(self, config: VAEConfig = VAEConfig(), image_size: int = 28):
         super().__init__()
-        self.cfg = cfg
+        self.config = config
         self.image_size = image_size
         pixels = image_size * image_size
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, cfg.hidden), nn.ReLU())
-        self.to_mu = nn.Linear(cfg.hidden, cfg.latent)
-        self.to_logvar = nn.Linear(cfg.hidden, cfg.latent)
-        self.decoder = nn.Sequential(nn.Linear(cfg.latent, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, pixels))
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, config.hidden), nn.ReLU())
+        self.to_mu = nn.Linear(config.hidden, config.latent)
+        self.to_logvar = nn.Linear(config.hidden, config.latent)
+        self.decoder = nn.Sequential(nn.Linear(config.latent, config.hidden), nn.ReLU(), nn.Linear(config.hidden, pixels))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)  # (B, hidden)

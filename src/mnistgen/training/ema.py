@@ -69,3 +69,17 @@ class EMA(AveragedModel):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._count, self._pairs = None, None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def ema_in_use(step: int, ema_start: int) -> bool:
+    """Whether the EMA weights are the ones to sample from after ``step`` optimizer steps: updates
+    begin at step ``ema_start``, so past it the average holds at least one update."""
+    return step > ema_start
+
+
+def sampling_weights(state: dict, ema_start: int) -> dict:
+    """A checkpoint's weights to sample from: the EMA copy once it is in use (its AveragedModel
+    ``module.`` prefix removed), else the raw weights."""
+    if state["ema"] is None or not ema_in_use(state["step"], ema_start):
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}

@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +27,26 @@ from mnistgen.errors import UserError
 from mnistgen.images import save_grid
 from mnistgen.files import remove_stale_temp_files, write_atomic, write_json
 from mnistgen.training.checkpoint import completed_epochs, describe_error
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One line of history.json: what an epoch of training did."""
+
+    epoch: int  # 1-based
+    step: int  # optimizer steps so far
+    train_loss: float
+    val_loss: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict) -> "EpochRecord":
+        return EpochRecord(**d)
 
 
 @dataclass(frozen=True)
@@ -113,8 +133,8 @@ class RunDir:
         with np.load(self.epoch_samples(epoch)) as f:
             return torch.from_numpy(f["images"])
 
-    def write_config(self, cfg: RunConfig) -> None:
-        write_json(self.config, cfg.to_dict())
+    def write_config(self, config: RunConfig) -> None:
+        write_json(self.config, config.to_dict())
 
     def read_config(self) -> RunConfig:
         if not self.config.is_file():
@@ -128,6 +148,15 @@ class RunDir:
             raise UserError(f"{self.config}: {e}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as e:
             raise UserError(f"{self.config} is unreadable ({describe_error(e)}); restore it or start a new run") from None
+
+    def write_history(self, history: list[EpochRecord]) -> None:
+        write_json(self.history, [r.to_json() for r in history])
+
+    def read_history(self) -> list[EpochRecord]:
+        """history.json's records (none before the first epoch ends)."""
+        if not self.history.is_file():
+            return []
+        return [EpochRecord.from_json(r) for r in json.loads(self.history.read_text())]
 
     def has_checkpoint(self) -> bool:
         return self.last_checkpoint.is_file() or bool(self.epoch_checkpoints())

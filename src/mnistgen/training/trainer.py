@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
@@ -34,10 +33,9 @@ from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
-from mnistgen.training.ema import EMA
-from mnistgen.files import write_json
+from mnistgen.training.ema import EMA, ema_in_use
 from mnistgen.training.checkpoint import describe_error, load_checkpoint, save_checkpoint
-from mnistgen.training.rundir import RunDir
+from mnistgen.training.rundir import EpochRecord, RunDir
 
 
 class Objective(Protocol):
@@ -80,27 +78,16 @@ class StopRequest:
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: set outside Python
 
 
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int  # 1-based
-    step: int  # optimizer steps so far
-    train_loss: float
-    val_loss: float
-    lr: float
-    seconds: float
-    images_per_s: float
-
-
-def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """LR multiplier at optimizer step ``s``: linear warm-up, then constant, step decay or cosine to 0."""
-    total = cfg.epochs * steps_per_epoch
+    total = config.epochs * steps_per_epoch
 
     def factor(s: int) -> float:
-        warm = min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        if cfg.lr_schedule == "step":
-            return warm * cfg.lr_gamma ** (s // (cfg.lr_step_epochs * steps_per_epoch))
-        if cfg.lr_schedule == "cosine":
-            progress = min(1.0, max(0.0, (s - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
+        warm = min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "step":
+            return warm * config.lr_gamma ** (s // (config.lr_step_epochs * steps_per_epoch))
+        if config.lr_schedule == "cosine":
+            progress = min(1.0, max(0.0, (s - config.warmup_steps) / max(1, total - config.warmup_steps)))
             return warm * 0.5 * (1 + math.cos(math.pi * progress))
         return warm
 
@@ -139,8 +126,8 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
 
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train_data: TensorData, val_data: TensorData,
-                 cfg: RunConfig, run: RunDir, preview: Preview | None = None, show_progress: bool = True):
-        self.cfg, self.tc = cfg, cfg.train
+                 config: RunConfig, run: RunDir, preview: Preview | None = None, show_progress: bool = True):
+        self.config, self.tc = config, config.train
         self.run, self.objective, self.preview = run, objective, preview
         self.train_data, self.val_data = train_data, val_data
         self.device = train_data.x.device
@@ -169,7 +156,7 @@ class Trainer:
     @property
     def sampling_model(self) -> nn.Module:
         """The EMA weights once EMA has started, else the raw weights."""
-        if self.ema is not None and self.step > self.tc.ema_start:
+        if self.ema is not None and ema_in_use(self.step, self.tc.ema_start):
             return self.ema.module
         return self.model
 
@@ -185,14 +172,14 @@ class Trainer:
     def state_dict(self) -> dict:
         ranks = self._rank_states()
         return {
-            "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+            "config": self.config.to_dict(), "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "world_size": self.world,
             "generator": [r["generator"] for r in ranks], "rng": [r["rng"] for r in ranks],
             "step": self.step, "epoch": self.epoch, "batch": self.batch,
             "epoch_loss": self.epoch_loss.item(), "epoch_count": self.epoch_count,
-            "epoch_seconds": self.epoch_seconds, "history": [asdict(r) for r in self.history],
+            "epoch_seconds": self.epoch_seconds, "history": [r.to_json() for r in self.history],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -220,7 +207,7 @@ class Trainer:
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
         self.epoch_loss.fill_(state["epoch_loss"])
         self.epoch_count, self.epoch_seconds = state["epoch_count"], state["epoch_seconds"]
-        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.history = [EpochRecord.from_json(r) for r in state["history"]]
 
     def _restore_generator(self, saved: torch.Tensor, step: int) -> None:
         """This rank's stream continues where it stopped. A state saved by another kind of device
@@ -239,7 +226,7 @@ class Trainer:
         path = self.run.newest_checkpoint()
         if path is None:
             return False
-        state = load_checkpoint(path, self.cfg.kind)
+        state = load_checkpoint(path, self.config.kind)
         try:
             self.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
@@ -257,7 +244,7 @@ class Trainer:
         save_checkpoint(self.run.last_checkpoint, state)
 
     # -- loop ---------------------------------------------------------------------------
-    def _batches(self) -> list[torch.Tensor]:
+    def epoch_batches(self) -> list[torch.Tensor]:
         """This rank's index batches for the current epoch, shuffled by (seed, epoch)."""
         g = torch.Generator().manual_seed(self.tc.seed * 100_003 + self.epoch)
         perm = torch.randperm(len(self.train_data), generator=g)
@@ -291,7 +278,7 @@ class Trainer:
         if self.ema is not None and self.step >= self.tc.ema_start:
             self.ema.update_parameters(self.model)
 
-    def _train_step(self, idx: torch.Tensor) -> None:
+    def train_step(self, idx: torch.Tensor) -> None:
         x, y = self.batch_at(idx)
         loss = self.forward(x, y)
         self.backward(loss)
@@ -356,7 +343,7 @@ class Trainer:
                 with torch.no_grad():
                     self.run.save_epoch_samples(self.epoch, self.preview.draw(model), self.preview.nrow)
                 model.train()
-            write_json(self.run.history, [asdict(r) for r in self.history])
+            self.run.write_history(self.history)
         self.save(epoch_file=True)
         return record
 
@@ -389,7 +376,7 @@ class Trainer:
                           f"continue with --resume", signal_number)
 
     def fit(self, stop: StopRequest | None = None) -> list[EpochRecord]:
-        """Train until ``cfg.train.epochs`` epochs are complete; returns the per-epoch history.
+        """Train until ``config.train.epochs`` epochs are complete; returns the per-epoch history.
         SIGINT / SIGTERM (noted by ``stop``, or by this call's own :class:`StopRequest`) save a
         checkpoint between two steps or epochs and raise :class:`Interrupted`; a failed write (a full
         disk) raises :class:`RunStopped` naming the checkpoint that is kept."""
@@ -400,7 +387,7 @@ class Trainer:
                     self._interrupt_if_signalled(stop)  # noted before training or during an epoch's end
                     record = self._fit_epoch(stop)
                     if self.show_progress:
-                        tqdm.write(f"{self.cfg.kind} epoch {record.epoch}: train {record.train_loss:.4f}  "
+                        tqdm.write(f"{self.config.kind} epoch {record.epoch}: train {record.train_loss:.4f}  "
                                    f"val {record.val_loss:.4f}  {record.images_per_s:.0f} img/s  {record.seconds:.1f}s")
                 self._interrupt_if_signalled(stop)  # a signal during the last epoch's end still stops the command
             except OSError as e:
@@ -409,12 +396,12 @@ class Trainer:
         return self.history
 
     def _fit_epoch(self, stop: StopRequest) -> EpochRecord:
-        batches = self._batches()
+        batches = self.epoch_batches()
         bar = tqdm(total=len(batches), initial=self.batch, disable=not self.show_progress, leave=False,
-                   desc=f"{self.cfg.kind} epoch {self.epoch + 1}/{self.tc.epochs}", dynamic_ncols=True)
+                   desc=f"{self.config.kind} epoch {self.epoch + 1}/{self.tc.epochs}", dynamic_ncols=True)
         last_save, tick, tick_images = time.monotonic(), time.perf_counter(), 0
         for idx in batches[self.batch:]:
-            self._train_step(idx)
+            self.train_step(idx)
             self.batch += 1
             tick_images += len(idx) * self.world
             log_step = self.batch % self.tc.log_every == 0 or self.batch == len(batches)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mnistgen.config import CFGConfig
+from mnistgen.diffusion.broadcast import per_example
 
 
 class Gaussian(NamedTuple):
@@ -22,18 +23,12 @@ class Gaussian(NamedTuple):
     variance: torch.Tensor
 
 
-def _b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) or () -> broadcastable against ``like`` (B, C, H, W)."""
-    v = v.to(device=like.device, dtype=like.dtype)
-    return v.view(-1, *([1] * (like.dim() - 1))) if v.dim() else v
-
-
 class LogSNRDiffusion:
-    def __init__(self, cfg: CFGConfig = CFGConfig()):
-        self.cfg = cfg
-        self.b = math.atan(math.exp(-cfg.lambda_max / 2))
-        self.a = math.atan(math.exp(-cfg.lambda_min / 2)) - self.b
-        self.c = math.atan(math.exp(cfg.lambda_min / 2))  # pi/2 - a - b, computed without cancellation
+    def __init__(self, config: CFGConfig = CFGConfig()):
+        self.config = config
+        self.b = math.atan(math.exp(-config.lambda_max / 2))
+        self.a = math.atan(math.exp(-config.lambda_min / 2)) - self.b
+        self.c = math.atan(math.exp(config.lambda_min / 2))  # pi/2 - a - b, computed without cancellation
 
     # -- schedule -----------------------------------------------------------------------
     def log_snr(self, u: torch.Tensor) -> torch.Tensor:
@@ -59,14 +54,14 @@ class LogSNRDiffusion:
 
     def model_time(self, lam: torch.Tensor) -> torch.Tensor:
         """The network's time input: lambda mapped linearly onto [0, 1000] (0 = clean, 1000 = noise)."""
-        c = self.cfg
+        c = self.config
         return 1000.0 * (c.lambda_max - lam.float()) / (c.lambda_max - c.lambda_min)
 
     # -- forward process, transitions and posterior ------------------------------------
     def q_sample(self, x: torch.Tensor, lam: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """z_lambda = alpha_lambda x + sigma_lambda eps."""
         alpha, sigma = self.alpha_sigma(lam)
-        return _b(alpha, x) * x + _b(sigma, x) * noise
+        return per_example(alpha, x) * x + per_example(sigma, x) * noise
 
     def transition_variance(self, lam: torch.Tensor, lam_next: torch.Tensor) -> torch.Tensor:
         """sigma^2_{lambda|lambda'} = (1 - e^{lambda - lambda'}) sigma_lambda^2 (variance of z_lambda given z_lambda')."""
@@ -78,13 +73,13 @@ class LogSNRDiffusion:
         r = torch.exp(lam - lam_next)  # e^{lambda - lambda'} < 1
         alpha, _ = self.alpha_sigma(lam)
         alpha_next, sigma_next = self.alpha_sigma(lam_next)
-        mean = _b(r * alpha_next / alpha, z) * z + _b((1 - r) * alpha_next, z) * x
-        return Gaussian(mean, _b(-torch.expm1(lam - lam_next) * sigma_next.pow(2), z).expand_as(z))
+        mean = per_example(r * alpha_next / alpha, z) * z + per_example((1 - r) * alpha_next, z) * x
+        return Gaussian(mean, per_example(-torch.expm1(lam - lam_next) * sigma_next.pow(2), z).expand_as(z))
 
     def predict_x(self, z: torch.Tensor, lam: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_theta = (z_lambda - sigma_lambda eps) / alpha_lambda."""
         alpha, sigma = self.alpha_sigma(lam)
-        return (z - _b(sigma, z) * eps) / _b(alpha, z)
+        return (z - per_example(sigma, z) * eps) / per_example(alpha, z)
 
     def p_step(self, z: torch.Tensor, lam: torch.Tensor, lam_next: torch.Tensor, eps: torch.Tensor,
                clip_x: bool = True) -> Gaussian:
@@ -94,10 +89,10 @@ class LogSNRDiffusion:
         if clip_x:
             x = x.clamp(-1.0, 1.0)
         posterior = self.q_posterior(z, x, lam, lam_next)
-        v = self.cfg.v
+        v = self.config.v
         tilde = -torch.expm1(lam - lam_next) * torch.sigmoid(-lam_next)
         variance = tilde.pow(1 - v) * self.transition_variance(lam, lam_next).pow(v)
-        return Gaussian(posterior.mean, _b(variance, z).expand_as(z))
+        return Gaussian(posterior.mean, per_example(variance, z).expand_as(z))
 
     # -- model predictions ---------------------------------------------------------------
     def guided_eps(self, model: nn.Module, z: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor,
@@ -113,7 +108,7 @@ class LogSNRDiffusion:
     # -- training -----------------------------------------------------------------------
     def drop_labels(self, labels: torch.Tensor, null_label: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Replace each label by ``null_label`` independently with probability p_uncond."""
-        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.cfg.p_uncond
+        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.config.p_uncond
         return torch.where(drop, torch.full_like(labels, null_label), labels)
 
     def loss(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,

@@ -6,7 +6,7 @@ from torch import nn
 
 from mnistgen.config import CFGConfig
 from mnistgen.diffusion import samplers
-from mnistgen.diffusion.cfg import LogSNRDiffusion
+from mnistgen.diffusion.logsnr import LogSNRDiffusion
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ class Oracle(nn.Module):
         self.process, self.target = process, target
 
     def forward(self, z, t, labels):
-        c = self.process.cfg
+        c = self.process.config
         lam = c.lambda_max - t.double() / 1000.0 * (c.lambda_max - c.lambda_min)  # invert model_time
         alpha, sigma = self.process.alpha_sigma(lam)
         return ((z - alpha.view(-1, 1, 1, 1) * self.target) / sigma.view(-1, 1, 1, 1)).float()

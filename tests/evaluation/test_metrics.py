@@ -1,5 +1,11 @@
 from mnistgen.config import preset
-from mnistgen.evaluation.run_metrics import SampleQuality, SamplerSettings, resolve
+from mnistgen import kinds
+from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.evaluation.metrics import SampleQuality
+
+
+def resolve(config, settings):
+    return kinds.get(config.kind).resolve(config, settings)
 
 
 def test_resolve_fills_the_runs_defaults_and_keeps_what_was_asked():
@@ -14,8 +20,8 @@ def test_resolve_fills_the_runs_defaults_and_keeps_what_was_asked():
 
 def test_record_is_the_metrics_json_form():
     q = SampleQuality(SamplerSettings("cfg", 64, guidance=0.3), 200, 12.5, [20] * 10, 8.0, 0.9, [0.9] * 10)
-    record = q.record()
+    record = q.to_json()
     assert record["sampler"] == "cfg" and record["guidance"] == 0.3 and "eta" not in record
     assert record["seconds_per_100_samples"] == 4.0 and record["class_accuracy"] == 0.9
-    plain = SampleQuality(SamplerSettings("prior"), 100, 3.0, [10] * 10, 1.0).record()
+    plain = SampleQuality(SamplerSettings("prior"), 100, 3.0, [10] * 10, 1.0).to_json()
     assert "steps" not in plain and "class_accuracy" not in plain and plain["n_samples"] == 100

@@ -1,0 +1,204 @@
+"""What a model kind is: everything that differs between the VAE, the DDPM, the CFG model and the
+judge classifier, behind one interface. The registry (``mnistgen.kinds``) holds one instance per kind;
+the run workflow, the study, the command line and the public API ask it, and compare no kind names.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mnistgen.config import RunConfig, range_of
+from mnistgen.data.mnist import TensorData, labels_per_digit, load
+from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.errors import UserError
+from mnistgen.evaluation.fd import FeatureStats
+from mnistgen.evaluation.metrics import RunMetrics, SampleQuality, sample_quality
+from mnistgen.training.rundir import EpochRecord, RunDir
+from mnistgen.training.trainer import Objective, Preview
+
+PREVIEW_SEED = 1234  # fixed noise for the per-epoch grids (F9, F12)
+SAMPLE_BATCH = 500  # samples drawn at once: memory stays bounded for any n
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A run's settings and its sampling weights, ready to use: what figures and evaluation receive."""
+
+    config: RunConfig
+    model: nn.Module  # EMA weights when the run has them, eval mode
+    process: object | None  # the noise process on the model's device (None without one)
+    history: tuple[EpochRecord, ...]
+    run: RunDir
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What ``evaluate`` measures and with how much effort (the defaults of ``mnistgen evaluate``)."""
+
+    n_samples: int = 1000  # samples judged (conditional models: n_samples // 10 per digit)
+    seed: int = 0
+    settings: SamplerSettings = SamplerSettings()  # None fields: the run's defaults
+    iwae_k: int = 500  # importance samples per test image (likelihood models)
+    n_images: int = 10_000  # test images for the IWAE bound
+    guidance_sweep: tuple[float, ...] | None = None  # guided models: also these weights
+    sweep_samples: int | None = None  # samples per sweep weight (default n_samples)
+    classifier_path: Path | None = None  # judge weights (default: the bundled classifier)
+
+
+class ModelKind:
+    """The base of every kind: a generative model sampled in one pass unless a subclass says otherwise."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]  # as the report's metrics table names it
+    long_title: ClassVar[str]  # as the report's section heading names it
+    generative: ClassVar[bool] = True
+    data_scale: ClassVar[str] = "signed"  # pixels in [-1, 1] (diffusion, DDPM section 3.3) or "unit" [0, 1]
+    takes_labels: ClassVar[bool] = False  # sampling needs a class label per sample
+    sampler_options: ClassVar[tuple[str, ...]] = ()  # the command-line sampler options that apply
+    guided: ClassVar[bool] = False  # has a guidance weight to sweep
+    preview_nrow: ClassVar[int] = 8
+    captions: ClassVar[dict[str, str]] = {}  # figure file -> caption, in report order
+
+    # -- building -------------------------------------------------------------------------
+    def build_model(self, config: RunConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def build_process(self, config: RunConfig, device: torch.device | str = "cpu"):
+        """The run's noise process on ``device`` (None for kinds without one); it never owns the network."""
+        return None
+
+    def build_objective(self, config: RunConfig, device: torch.device | str = "cpu") -> Objective:
+        raise NotImplementedError
+
+    def load_data(self, config: RunConfig, split: str, data_dir: str | os.PathLike | None,
+                  device: torch.device) -> TensorData:
+        """The split as device-resident tensors in this kind's pixel scale, cut to the config's limits."""
+        data = load(split, self.data_scale, config.data.resolution, config.data.dataset, data_dir, device)
+        limit = config.data.train_limit if split == "train" else config.data.val_limit
+        return TensorData(data.x[:limit], data.y[:limit]) if limit else data
+
+    @staticmethod
+    def image_shape(config: RunConfig) -> tuple[int, int, int]:
+        return (1, config.data.resolution, config.data.resolution)
+
+    # -- sampling -------------------------------------------------------------------------
+    def resolve(self, config: RunConfig, settings: SamplerSettings) -> SamplerSettings:
+        """The settings actually used: the run's defaults filled in, options that do not apply dropped."""
+        return SamplerSettings("prior")
+
+    def check_settings(self, config: RunConfig, settings: SamplerSettings) -> None:
+        """Refuse, in one line, sampler options that do not apply to this kind or lie out of range."""
+        given = [name for name, v in (("--sampler", settings.sampler), ("--steps", settings.steps),
+                                      ("--eta", settings.eta), ("--guidance", settings.guidance)) if v is not None]
+        extra = [name for name in given if name not in self.sampler_options]
+        if extra:
+            takes = ", ".join(self.sampler_options) or "none of the sampler options (it samples in one pass)"
+            raise UserError(f"{', '.join(extra)} does not apply to the {self.name} model; it takes {takes}")
+
+    def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
+               settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
+               process=None) -> torch.Tensor:
+        """``n`` samples in [0, 1], (n, 1, H, W), on the model's device; ``process``: the run's noise
+        process on that device (built here when not given)."""
+        raise NotImplementedError
+
+    def sample_batches(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
+                       settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
+                       process=None, batch_size: int = SAMPLE_BATCH, progress: bool = False) -> Iterator[torch.Tensor]:
+        """``n`` samples (``len(labels)`` when labelled) as CPU batches of at most ``batch_size``."""
+        process = process if process is not None else self.build_process(config, next(model.parameters()).device)
+        bar = tqdm(total=n, disable=not progress or n <= batch_size, desc="sampling", unit="img", dynamic_ncols=True)
+        for first in range(0, n, batch_size):
+            count = min(batch_size, n - first)
+            chunk = labels[first: first + count] if labels is not None else None
+            yield self.sample(config, model, count, generator, settings, chunk, process).cpu()
+            bar.update(count)
+        bar.close()
+
+    def draw(self, trained: TrainedModel):
+        """``draw(n, generator, settings=SamplerSettings(), labels=None)``: the trained model's sampler
+        with everything else bound, as the figures take it."""
+        return functools.partial(self.sample, trained.config, trained.model, process=trained.process)
+
+    def preview_labels(self, device: torch.device) -> torch.Tensor | None:
+        return None
+
+    def preview_count(self) -> int:
+        return 64
+
+    def preview(self, config: RunConfig, process=None) -> Preview | None:
+        """The per-epoch grid (F9 and F12 read it back): fixed noise, this kind's layout."""
+
+        def draw(model: nn.Module) -> torch.Tensor:
+            device = next(model.parameters()).device
+            g = torch.Generator(device).manual_seed(PREVIEW_SEED)
+            labels = self.preview_labels(device)
+            n = len(labels) if labels is not None else self.preview_count()
+            return self.sample(config, model, n, g, labels=labels, process=process)
+
+        return Preview(draw, self.preview_nrow)
+
+    # -- evaluation and figures -------------------------------------------------------------
+    def evaluation_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
+        """The labels to request when ``n`` samples are judged (None: unlabelled)."""
+        return None
+
+    def check_request(self, config: RunConfig, request: EvaluationRequest) -> None:
+        """The request's sampler settings, and each end of its guidance sweep, as :meth:`check_settings`."""
+        self.check_settings(config, request.settings)
+        for w in (min(request.guidance_sweep), max(request.guidance_sweep)) if request.guidance_sweep else ():
+            self.check_settings(config, SamplerSettings(guidance=w))
+
+    def sample_quality(self, trained: TrainedModel, classifier, reference: FeatureStats, n: int, seed: int,
+                       settings: SamplerSettings) -> SampleQuality:
+        """MNIST-FD, class histogram and (labelled kinds) class accuracy of ``n`` fresh samples."""
+        g = torch.Generator(trained.device).manual_seed(seed)
+        labels = self.evaluation_labels(n, trained.device)
+        count = len(labels) if labels is not None else n
+        batches = self.sample_batches(trained.config, trained.model, count, g, settings, labels, trained.process,
+                                      progress=True)
+        return sample_quality(batches, labels, classifier, reference, self.resolve(trained.config, settings))
+
+    def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
+                    metrics: RunMetrics) -> RunMetrics:
+        """What only this kind measures (the VAE's likelihood, the classifier's accuracy)."""
+        return metrics
+
+    def sweep(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: FeatureStats,
+              metrics: RunMetrics) -> RunMetrics:
+        return metrics
+
+    def export(self, trained: TrainedModel) -> list[Path]:
+        """Files this kind's evaluation leaves next to metrics.json (the classifier's compact weights)."""
+        return []
+
+    def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
+        raise NotImplementedError
+
+
+def conditional_labels(n: int, device: torch.device) -> torch.Tensor:
+    """n // 10 of each digit (at least one): the labels a conditional model is judged on."""
+    return labels_per_digit(max(1, n // 10), device)
+
+
+def in_range(flag: str, value: float | None, component: type, name: str) -> None:
+    """A command-line option against the range its config field declares."""
+    if value is not None and not range_of(component, name).holds(value):
+        raise UserError(f"{flag} must be {range_of(component, name)}, got {value}")
+
+
+def with_defaults(settings: SamplerSettings, **defaults) -> SamplerSettings:
+    """``settings`` with each None field among ``defaults`` set to its default."""
+    return replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})

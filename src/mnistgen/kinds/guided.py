@@ -1,0 +1,90 @@
+"""The class-conditional model with classifier-free guidance (SPEC section 3), model name ``cfg``:
+a label-conditioned U-Net on the continuous log-SNR process, guided sampling with weight w."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnistgen.config import CFGConfig, RunConfig
+from mnistgen.data.mnist import labels_per_digit
+from mnistgen.diffusion import samplers
+from mnistgen.diffusion.logsnr import LogSNRDiffusion
+from mnistgen.diffusion.samplers import SamplerSettings, to_unit
+from mnistgen.evaluation.fd import FeatureStats
+from mnistgen.evaluation.metrics import RunMetrics, SweepPoint
+from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel, conditional_labels, in_range
+from mnistgen.models.unet import ConditionalUNet
+
+PREVIEW_PER_DIGIT = 2  # the per-epoch grid: two samples per digit, one row per digit (F12 shows the first)
+
+
+class GuidedKind(ModelKind):
+    name = "cfg"
+    title = "CFG"
+    long_title = "Classifier-free guidance"
+    takes_labels = True
+    guided = True
+    sampler_options = ("--steps", "--guidance")
+    preview_nrow = PREVIEW_PER_DIGIT
+    captions = {
+        "f12_epochs.png": "F12. Class-conditional samples for labels 0-9 (rows) as training proceeds (columns).",
+        "guidance_sweep.png": "Guidance sweep: samples per digit for w = 0 ... 4, and MNIST-FD / class accuracy "
+                              "against w.",
+    }
+
+    def build_model(self, config: RunConfig) -> nn.Module:
+        return ConditionalUNet(config.model)
+
+    def build_process(self, config: RunConfig, device: torch.device | str = "cpu") -> LogSNRDiffusion:
+        return LogSNRDiffusion(config.process)
+
+    def build_objective(self, config: RunConfig, device: torch.device | str = "cpu") -> LogSNRDiffusion:
+        return self.build_process(config, device)
+
+    def preview_labels(self, device: torch.device) -> torch.Tensor:
+        return labels_per_digit(PREVIEW_PER_DIGIT, device)  # (20,) 0, 0, 1, 1, ...
+
+    def resolve(self, config: RunConfig, settings: SamplerSettings) -> SamplerSettings:
+        p = config.process
+        guidance = p.guidance if settings.guidance is None else settings.guidance
+        return SamplerSettings("cfg", settings.steps or p.sample_steps, guidance=guidance)
+
+    def check_settings(self, config: RunConfig, settings: SamplerSettings) -> None:
+        super().check_settings(config, settings)
+        in_range("--steps", settings.steps, CFGConfig, "sample_steps")
+        in_range("--guidance", settings.guidance, CFGConfig, "guidance")
+
+    def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
+               settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
+               process=None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("the conditional model needs labels")
+        device = next(model.parameters()).device
+        process = process or self.build_process(config, device)
+        noise = torch.randn(n, *self.image_shape(config), generator=generator, device=device)  # z at lambda_min
+        x = samplers.run(model, process, noise, self.resolve(config, settings), generator, labels.to(device))
+        return to_unit(x)
+
+    def evaluation_labels(self, n: int, device: torch.device) -> torch.Tensor:
+        return conditional_labels(n, device)
+
+    def sweep(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: FeatureStats,
+              metrics: RunMetrics) -> RunMetrics:
+        """MNIST-FD and class accuracy at each weight of ``request.guidance_sweep``."""
+        if not request.guidance_sweep:
+            return metrics
+        points = tuple(SweepPoint.of(self.sample_quality(
+            trained, classifier, reference, request.sweep_samples or request.n_samples, request.seed,
+            SamplerSettings(steps=request.settings.steps, guidance=w))) for w in request.guidance_sweep)
+        return replace(metrics, guidance_sweep=points)
+
+    def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
+        from mnistgen.figures import diffusion
+
+        sweep = RunMetrics.from_json(trained.run.read_metrics()).guidance_sweep
+        return diffusion.render_cfg(self.draw(trained), trained.run, trained.device, sweep)

@@ -1,0 +1,65 @@
+"""The variational autoencoder (SPEC section 1): Bernoulli decoder, samples from z ~ N(0, I)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnistgen.config import RunConfig
+from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
+from mnistgen.evaluation.metrics import Likelihood, RunMetrics
+from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel
+from mnistgen.models.vae import VAE, VAEObjective
+
+
+class VAEKind(ModelKind):
+    name = "vae"
+    title = "VAE"
+    long_title = "Variational autoencoder"
+    data_scale = "unit"  # the Bernoulli likelihood needs pixels in [0, 1]
+    preview_nrow = 8
+    captions = {
+        "f1_loss.png": "F1. VAE training and validation negative ELBO per epoch; dashed: the 104-nat target.",
+        "f2_samples.png": "F2. 64 VAE samples decoded from z ~ N(0, I).",
+        "f3_traversals_0-9.png": "F3. Latent traversals of dimensions 0-9 (offsets -4..+4) from a prior sample "
+                                 "and from an encoded test image.",
+        "f4_traversals_10-19.png": "F4. Latent traversals of dimensions 10-19.",
+        "f5_interpolation.png": "F5. Interpolating two codes in latent space (top) versus in pixel space (bottom).",
+        "f6_interp_4_9.png": "F6. Latent interpolation between real test digits 4 and 9 (pixel blend below).",
+        "f7_interp_5_6.png": "F7. Latent interpolation between real test digits 5 and 6.",
+        "f8_interp_8_2.png": "F8. Latent interpolation between real test digits 8 and 2.",
+    }
+
+    def build_model(self, config: RunConfig) -> nn.Module:
+        return VAE(config.model, image_size=config.data.resolution)
+
+    def build_objective(self, config: RunConfig, device: torch.device | str = "cpu") -> VAEObjective:
+        return VAEObjective()
+
+    def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
+               settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
+               process=None) -> torch.Tensor:
+        """Decode z ~ N(0, I): (n, 1, 28, 28) Bernoulli means in [0, 1]."""
+        z = torch.randn(n, config.model.latent, generator=generator, device=next(model.parameters()).device)
+        return model.decode(z)
+
+    def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
+                    metrics: RunMetrics) -> RunMetrics:
+        """The validation negative ELBO and the IWAE bound on -log p(x) of the test images."""
+        test = self.load_data(trained.config, "test", data_dir, device)
+        g = torch.Generator(device).manual_seed(request.seed)
+        likelihood = Likelihood(neg_elbo_mean(trained.model, test.x, g),
+                                iwae_nll_mean(trained.model, test.x[:request.n_images], request.iwae_k, g),
+                                request.iwae_k, min(request.n_images, len(test)), len(test))
+        return replace(metrics, likelihood=likelihood)
+
+    def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
+        from mnistgen.figures import vae
+
+        test = self.load_data(trained.config, "test", data_dir, trained.device)
+        return vae.render(trained.model, list(trained.history), test, trained.run.figures)
