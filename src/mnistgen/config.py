@@ -82,7 +82,7 @@ class TrainConfig:
     lr_step_epochs: int = ranged(10, 1, 100_000)  # "step": multiply by lr_gamma every this many epochs
     lr_gamma: float = ranged(0.1, 0, 1, low_open=True)
     warmup_steps: int = ranged(0, 0, BIG)  # linear warm-up from 0 to lr
-    weight_decay: float = ranged(0.0, 0, 1)
+    weight_decay: float = ranged(0.0, 0, 1)  # AdamW's decoupled decay
     grad_clip: float = ranged(0.0, 0)  # max global grad norm, 0 = off
     ema_decay: float = ranged(0.0, 0, 1, high_open=True)  # 0 = no EMA
     ema_start: int = ranged(0, 0, BIG)  # EMA copies the weights until this many optimizer steps

@@ -113,7 +113,8 @@ def _set_rng_state(state: dict) -> None:
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load Adam's moments, keeping this device's kernel choice (fused or not): a checkpoint from
-    another device may carry flags this device has no kernel for."""
+    another device may carry flags this device has no kernel for. (AdamW itself keeps its weight
+    decay decoupled when it loads a checkpoint written by mnistgen 0.1's coupled Adam.)"""
     flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, own in zip(optimizer.param_groups, flags):
