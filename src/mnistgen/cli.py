@@ -183,6 +183,7 @@ def _sample(args) -> int:
 
     from mnistgen import api
     from mnistgen.arrays import ArraySpec, npz_size, write_npz
+    from mnistgen.data.mnist import labels_per_digit
     from mnistgen.diffusion.samplers import SamplerSettings
     from mnistgen.files import check_writable_dir
     from mnistgen.images import save_grid
@@ -203,14 +204,18 @@ def _sample(args) -> int:
         raise UserError(f"--label applies to the {labelled} model; {args.run} holds a {model.config.kind!r} model")
     if model.kind.takes_labels and args.label is None:
         raise UserError(f"the {model.config.kind} model needs --label 0-9 or --label all")
-    labels = _parse_labels(args.label, args.n) if model.kind.takes_labels else None
-    n = len(labels) if labels is not None else args.n
-    batches = model.sample_batches(n, labels=labels, generator=torch.Generator(model.device).manual_seed(args.seed),
-                                   **options)  # every option is checked here, before the first sample
+    digit = _parse_label(args.label) if model.kind.takes_labels else None
+    n = args.n * 10 if digit == "all" else args.n
     specs = {"images": ArraySpec(np.float32, (n, 1, 28, 28), ())}
-    if labels is not None:
-        specs = {"labels": ArraySpec(np.int64, (n,), [labels.numpy()]), **specs}
+    if digit is not None:
+        specs = {"labels": ArraySpec(np.int64, (n,), ()), **specs}
     _check_free_space(stem.with_suffix(".npz"), npz_size(specs))  # before anything of size n exists
+    labels = None
+    if digit is not None:
+        labels = labels_per_digit(args.n) if digit == "all" else torch.full((n,), digit, dtype=torch.long)
+        specs["labels"] = specs["labels"]._replace(chunks=[labels.numpy()])
+    batches = model.sample_batches(n, labels=labels, generator=torch.Generator(model.device).manual_seed(args.seed),
+                                   **options)
     shown = _grid_indices(n, args.n if args.label == "all" else None)
     grid: list[torch.Tensor] = []
 
@@ -261,16 +266,13 @@ def _check_free_space(path: Path, needed: int) -> None:
                         f"lower --n or choose another --out")
 
 
-def _parse_labels(text: str, n: int):
-    import torch
-
-    from mnistgen.data.mnist import labels_per_digit
-
+def _parse_label(text: str) -> int | str:
+    """``--label``: a digit 0-9, or ``"all"`` (``--n`` samples of each digit)."""
     if text == "all":
-        return labels_per_digit(n)
+        return text
     if len(text) != 1 or text not in "0123456789":
         raise UserError(f"--label must be a digit 0-9 or 'all', got {text!r}")
-    return torch.full((n,), int(text), dtype=torch.long)
+    return int(text)
 
 
 def _evaluate(args) -> int:
