@@ -316,7 +316,7 @@ def test_resume_without_preset_or_out_finds_the_run_started_under_another_defaul
     assert load_checkpoint(tmp_path / "runs" / "vae-smoke" / "checkpoints" / "last.pt")["epoch"] == 2
 
     seen = []
-    monkeypatch.setattr("mnistgen.study.run_study", lambda name, out, *a, **k: seen.append((name, out)) or out)
+    monkeypatch.setattr("mnistgen.api.run_study", lambda name, out, *a, **k: seen.append((name, out)) or out)
     shutil.copytree(tmp_path / "runs" / "vae-smoke", tmp_path / "runs" / "study-smoke" / "vae")  # a study begun
     assert main(["reproduce", "--device", "cpu", "--no-progress"]) == 0
     assert seen == [("smoke", Path("runs") / "study-smoke")]

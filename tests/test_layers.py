@@ -18,7 +18,8 @@ LAYERS = {  # bottom (0) to top
     "kinds": 5,
     "runs": 6,
     "study": 7,
-    "cli": 8, "__main__": 8, "__init__": 8,
+    "api": 8,
+    "cli": 9, "__main__": 9, "__init__": 9,
 }
 
 
@@ -79,3 +80,12 @@ def _holds_a_kind_name(node: ast.AST) -> bool:
     from mnistgen.config import KINDS
 
     return any(isinstance(n, ast.Constant) and n.value in KINDS for n in ast.walk(node))
+
+
+def test_no_module_imports_a_private_name_of_another():
+    private = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnistgen"):
+                private += [f"{_module(path)}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == []

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnistgen.config import DATASETS, KINDS, PRESETS, apply_overrides, preset
+from mnistgen.config import DATASETS, KINDS
 from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 
 
@@ -82,7 +82,7 @@ def _sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run",
                        description="Draw samples: writes FILE.png (a grid) and FILE.npz (images float32 in [0, 1], "
                                    "shape (N, 1, H, W); labels for the conditional model).")
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, help="a run directory, or pretrained:vae | pretrained:ddpm | pretrained:cfg")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (per class with --label all)")
     p.add_argument("--out", type=Path, required=True, help="FILE, FILE.png or FILE.npz: both files are written")
     p.add_argument("--sampler", choices=("ancestral", "ddim"), default=None, help="DDPM only (default: the run's)")
@@ -91,12 +91,16 @@ def _sample_parser(sub) -> None:
     p.add_argument("--label", default=None, help="CFG only: a digit 0-9 or 'all'")
     p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
     p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--animate", type=Path, default=None, metavar="FILE.gif",
+                   help="diffusion models: also an animated GIF of the reverse process of the first samples")
     p.add_argument("--device", default="auto")
 
 
 def _run_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description)
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, help="a run directory, or pretrained:vae | pretrained:ddpm | pretrained:cfg")
+    p.add_argument("--out", type=Path, default=None,
+                   help="pretrained models only: the directory to write into (a copy of the model's run)")
     _add_common(p)
     return p
 
@@ -132,19 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-PRESET)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
+    p = sub.add_parser("export", help="write a finished study's models in the form mnistgen ships them",
+                       description="Write the VAE, DDPM and CFG runs of a finished study as the pretrained models "
+                                   "(float16 sampling weights, config, history, metrics, the previews the figures "
+                                   "read, MODEL_CARD.md) into DEST/vae, DEST/ddpm, DEST/cfg.")
+    p.add_argument("study", type=Path, help="a study directory written by mnistgen reproduce")
+    p.add_argument("--to", type=Path, default=None, help="default: the package's pretrained/ folder")
+    p.add_argument("--commit", default=None, help="the commit that trained it (default: the study's provenance)")
+    p.add_argument("--trained-on", default=None, help="the device it was trained on (default: the study's provenance)")
     return parser
-
-
-def _preset_name(requested: str | None, device, log: bool) -> str:
-    """The named preset, or the device's default (with a line saying which and why when ``log``)."""
-    from mnistgen.training.device import default_preset
-
-    if requested is not None:
-        return requested
-    choice = default_preset(device)
-    if log:
-        print(f"mnistgen: no --preset given: using {choice.name!r} because {choice.reason}")
-    return choice.name
 
 
 def _overrides(args) -> dict[str, str]:
@@ -159,124 +159,92 @@ def _overrides(args) -> dict[str, str]:
     return overrides
 
 
-def _only_existing(candidates: list[Path], device, default_for) -> Path:
-    """The device's default run directory, unless it does not exist and exactly one other candidate
-    does (a run started under another default, e.g. on the CPU before a GPU was attached)."""
-    from mnistgen.training.device import default_preset
-
-    from mnistgen.training.rundir import RunDir
-
-    default = default_for(default_preset(device).name)
-    started = [c for c in candidates if c.is_dir() and any(RunDir(p).has_checkpoint() for p in (c, *c.iterdir()))]
-    return started[0] if default not in started and len(started) == 1 else default
-
-
-def _saved_config(out: Path | None):
-    """The config.json of the run at ``out`` (None when there is none to read)."""
-    from mnistgen.training.rundir import RunDir
-
-    if out is None or not (Path(out) / "config.json").is_file():
-        return None
-    return RunDir(Path(out)).read_config()
-
-
 def _train(args) -> int:
-    from mnistgen.runs import check_resume, train
+    from mnistgen import api
     from mnistgen.training import distributed
-    from mnistgen.training.device import pick_device
-    from mnistgen.training.rundir import RunDir
 
-    device = pick_device(args.device)
-    main_process = distributed.rank() == 0
-    overrides = _overrides(args)
-    if args.resume and args.preset is None and args.out is None:
-        args.out = _only_existing([Path("runs") / f"{args.kind}-{p}" for p in PRESETS[args.kind]], device,
-                                  lambda p: Path("runs") / f"{args.kind}-{p}")
-    saved = _saved_config(args.out) if args.resume and args.preset is None else None
-    if saved is not None:  # --resume: the run's own settings, with the overrides given (check_resume judges them)
-        if saved.kind != args.kind:
-            raise UserError(f"{args.out} holds a {saved.kind!r} run, not {args.kind!r}")
-        config = apply_overrides(saved, overrides)
-        check_resume(RunDir(args.out), config)  # refused before a word about resuming
-        if main_process:
-            print(f"mnistgen: resuming {args.out} with its own settings (preset {saved.preset!r})")
-    else:
-        name = _preset_name(args.preset, device, log=main_process)
-        config = apply_overrides(preset(args.kind, name), overrides)  # every check before any work
-    out = args.out or Path("runs") / f"{config.kind}-{config.preset}"
-    device = distributed.setup(device)
-    try:
-        history = train(config, out, args.data_dir, device, args.resume, not args.no_progress)
-    except BaseException:
-        distributed.abort()  # no barrier: the other ranks may wait inside a collective
-        raise
-    distributed.teardown()
-    last = history[-1]
-    if main_process:
-        print(f"{config.kind} trained: {last.epoch} epochs, train loss {last.train_loss:.4f}, "
-              f"val loss {last.val_loss:.4f}; run directory {out}")
+    result = api.train(args.kind, args.preset, args.out, overrides=_overrides(args), resume=args.resume,
+                       device=args.device, data_dir=args.data_dir, progress=not args.no_progress)
+    last = result.history[-1]
+    if distributed.rank() == 0:
+        print(f"{result.config.kind} trained: {last.epoch} epochs, train loss {last.train_loss:.4f}, "
+              f"val loss {last.val_loss:.4f}; run directory {result.path}")
     return 0
 
 
 GRID_PER_CLASS = 16  # --label all: the PNG shows this many per digit at most
 GRID_MAX = 400  # otherwise: the first 400 samples
+ANIMATE_MAX = 64  # --animate shows the reverse process of the first 64 samples at most
 
 
 def _sample(args) -> int:
     import numpy as np
     import torch
 
-    from mnistgen import kinds
+    from mnistgen import api
     from mnistgen.arrays import ArraySpec, npz_size, write_npz
+    from mnistgen.data.mnist import labels_per_digit
     from mnistgen.diffusion.samplers import SamplerSettings
     from mnistgen.files import check_writable_dir
     from mnistgen.images import save_grid
-    from mnistgen.runs import load_run
-    from mnistgen.training.device import pick_device
 
     stem = args.out.with_suffix("") if args.out.suffix in (".png", ".npz") else args.out
     if stem.is_dir() or args.out.is_dir():
         raise UserError(f"--out {args.out} is a directory; give a file name such as {args.out / 'samples'}")
     check_writable_dir(stem.parent, "--out's folder")
-    device = pick_device(args.device)
-    trained = load_run(args.run, device, generative=True)
-    config, kind = trained.config, kinds.get(trained.config.kind)
-    settings = SamplerSettings(args.sampler, args.steps, args.eta, args.guidance)
-    kind.check_settings(config, settings)
-    if not kind.takes_labels and args.label is not None:
-        labelled = " or ".join(name for name, k in kinds.REGISTRY.items() if k.takes_labels)
-        raise UserError(f"--label applies to the {labelled} model; {args.run} holds a {config.kind!r} model")
-    if kind.takes_labels and args.label is None:
-        raise UserError(f"the {config.kind} model needs --label 0-9 or --label all")
-    n = args.n * (10 if args.label == "all" else 1)
-    specs = {"images": ArraySpec(np.float32, (n, *kind.image_shape(config)), ())}
-    if kind.takes_labels:
+    if args.animate is not None:
+        if args.animate.suffix.lower() != ".gif":
+            raise UserError(f"--animate writes a GIF; give a file name ending in .gif, got {args.animate}")
+        check_writable_dir(args.animate.parent, "--animate's folder")
+    model = api.load(args.run, args.device)
+    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance)
+    model.kind.check_settings(model.config, SamplerSettings(**options))
+    if not model.kind.takes_labels and args.label is not None:
+        labelled = " or ".join(name for name, k in kinds_registry().items() if k.takes_labels)
+        raise UserError(f"--label applies to the {labelled} model; {args.run} holds a {model.config.kind!r} model")
+    if model.kind.takes_labels and args.label is None:
+        raise UserError(f"the {model.config.kind} model needs --label 0-9 or --label all")
+    digit = _parse_label(args.label) if model.kind.takes_labels else None
+    n = args.n * 10 if digit == "all" else args.n
+    specs = {"images": ArraySpec(np.float32, (n, 1, 28, 28), ())}
+    if digit is not None:
         specs = {"labels": ArraySpec(np.int64, (n,), ()), **specs}
     _check_free_space(stem.with_suffix(".npz"), npz_size(specs))  # before anything of size n exists
-    labels = _parse_labels(args.label, args.n) if kind.takes_labels else None
-    if labels is not None:
+    labels = None
+    if digit is not None:
+        labels = labels_per_digit(args.n) if digit == "all" else torch.full((n,), digit, dtype=torch.long)
         specs["labels"] = specs["labels"]._replace(chunks=[labels.numpy()])
+    batches = model.sample_batches(n, labels=labels, generator=torch.Generator(model.device).manual_seed(args.seed),
+                                   **options)
     shown = _grid_indices(n, args.n if args.label == "all" else None)
     grid: list[torch.Tensor] = []
 
-    def batches():
+    def chunks():
         first = 0
-        g = torch.Generator(device).manual_seed(args.seed)
-        with torch.no_grad():
-            for batch in kind.sample_batches(config, trained.model, n, g, settings, labels, trained.process,
-                                             progress=True):
-                picked = shown[(shown >= first) & (shown < first + len(batch))] - first
-                grid.append(batch[picked])
-                first += len(batch)
-                yield batch.numpy()
+        for batch in batches:
+            picked = shown[(shown >= first) & (shown < first + len(batch))] - first
+            grid.append(batch[picked])
+            first += len(batch)
+            yield batch.numpy()
 
-    specs["images"] = specs["images"]._replace(chunks=batches())
+    specs["images"] = specs["images"]._replace(chunks=chunks())
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_npz(stem.with_suffix(".npz"), specs)
     per_row = min(args.n, GRID_PER_CLASS) if args.label == "all" else None
     save_grid(torch.cat(grid), stem.with_suffix(".png"), nrow=per_row)
     print(f"wrote {n} samples to {stem.with_suffix('.npz')} and a grid of {len(shown)} to {stem.with_suffix('.png')}")
+    if args.animate is not None:
+        shown_n = min(n, ANIMATE_MAX)
+        model.animate(args.animate, shown_n, labels=labels[:shown_n] if labels is not None else None,
+                      generator=torch.Generator(model.device).manual_seed(args.seed), **options)
+        print(f"wrote the reverse process of the first {shown_n} samples to {args.animate}")
     return 0
+
+
+def kinds_registry():
+    from mnistgen import kinds
+
+    return kinds.REGISTRY
 
 
 def _grid_indices(n: int, per_class: int | None):
@@ -298,36 +266,29 @@ def _check_free_space(path: Path, needed: int) -> None:
                         f"lower --n or choose another --out")
 
 
-def _parse_labels(text: str, n: int):
-    import torch
-
-    from mnistgen.data.mnist import labels_per_digit
-
+def _parse_label(text: str) -> int | str:
+    """``--label``: a digit 0-9, or ``"all"`` (``--n`` samples of each digit)."""
     if text == "all":
-        return labels_per_digit(n)
+        return text
     if len(text) != 1 or text not in "0123456789":
         raise UserError(f"--label must be a digit 0-9 or 'all', got {text!r}")
-    return torch.full((n,), int(text), dtype=torch.long)
+    return int(text)
 
 
 def _evaluate(args) -> int:
-    from mnistgen.diffusion.samplers import SamplerSettings
-    from mnistgen.kinds import EvaluationRequest
-    from mnistgen.runs import evaluate_run
-    from mnistgen.training.device import pick_device
+    from mnistgen import api
 
-    sweep = tuple(_parse_weights(args.guidance_sweep)) if args.guidance_sweep else None
-    request = EvaluationRequest(n_samples=args.n, seed=args.seed,
-                                settings=SamplerSettings(args.sampler, args.steps, args.eta, args.guidance),
-                                iwae_k=args.iwae_k, n_images=args.n_images, guidance_sweep=sweep,
-                                sweep_samples=None, classifier_path=args.classifier)
-    metrics = evaluate_run(args.run, pick_device(args.device), args.data_dir, request)
+    sweep = _parse_weights(args.guidance_sweep) if args.guidance_sweep else None
+    metrics = api.evaluate(args.run, out=args.out, n=args.n, seed=args.seed, sampler=args.sampler,
+                           steps=args.steps, eta=args.eta, guidance=args.guidance, guidance_sweep=sweep,
+                           iwae_k=args.iwae_k, n_images=args.n_images, classifier=args.classifier,
+                           device=args.device, data_dir=args.data_dir)
     for key, value in metrics.to_json().items():
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
     for p in metrics.guidance_sweep or ():
         print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}")
-    print(f"wrote {Path(args.run) / 'metrics.json'}")
+    print(f"wrote {Path(args.out or args.run) / 'metrics.json'}")
     return 0
 
 
@@ -342,38 +303,29 @@ def _parse_weights(text: str) -> list[float]:
 
 
 def _figures(args) -> int:
-    from mnistgen.runs import render_figures
-    from mnistgen.training.device import pick_device
+    from mnistgen import api
 
-    paths = render_figures(args.run, pick_device(args.device), args.data_dir)
-    for p in paths:
-        print(p)
+    for path in api.draw_figures(args.run, out=args.out, device=args.device, data_dir=args.data_dir):
+        print(path)
     return 0
 
 
 def _reproduce(args) -> int:
-    from mnistgen.study import MODELS, SETTINGS, run_study
-    from mnistgen.files import check_writable_dir
-    from mnistgen.training.device import pick_device
+    from mnistgen import api
 
-    if args.preset is not None and args.preset not in SETTINGS:
-        raise UserError(f"bad preset {args.preset!r}; valid: {', '.join(SETTINGS)}")
-    device = pick_device(args.device)
-    if args.preset is None:  # an existing study continues with its own preset
-        args.out = args.out or _only_existing([Path("runs") / f"study-{p}" for p in SETTINGS], device,
-                                              lambda p: Path("runs") / f"study-{p}")
-        saved = [c for c in (_saved_config(args.out / kind) for kind in MODELS) if c is not None]
-        args.preset = saved[0].preset if saved else None
-        if args.preset is not None:
-            print(f"mnistgen: continuing the study in {args.out} (preset {args.preset!r})")
-    if args.preset not in (None, *SETTINGS):
-        raise UserError(f"bad preset {args.preset!r} in the study's config.json; valid: {', '.join(SETTINGS)}")
-    name = _preset_name(args.preset, device, log=True)
-    out = args.out or Path("runs") / f"study-{name}"
-    check_writable_dir(out, "study directory")
     start = time.perf_counter()
-    report = run_study(name, out, args.data_dir, device, not args.no_progress)
+    report = api.reproduce(args.preset, args.out, device=args.device, data_dir=args.data_dir,
+                           progress=not args.no_progress)
     print(f"study done in {time.perf_counter() - start:.0f} s; open {report}")
+    return 0
+
+
+def _export(args) -> int:
+    from mnistgen import api
+
+    for card in api.export_pretrained(args.study, args.to or api.PRETRAINED_DIR, commit=args.commit,
+                                      trained_on=args.trained_on):
+        print(f"wrote {card.parent}")
     return 0
 
 
@@ -383,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
         return int(e.code or 0)
     handlers = {"train": _train, "sample": _sample, "evaluate": _evaluate, "figures": _figures,
-                "reproduce": _reproduce}
+                "reproduce": _reproduce, "export": _export}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -25,3 +25,14 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     write_atomic(Path(path), buffer.getvalue())
+
+
+def save_animation(frames: list[torch.Tensor], path: Path, nrow: int | None = None, frame_ms: int = 60,
+                   hold_ms: int = 1500) -> None:
+    """An animated GIF (Pillow), one grid per frame; each frame (N, 1, H, W) in [0, 1]. The last
+    frame is held for ``hold_ms`` before the loop starts again."""
+    images = [Image.fromarray(grid_image(f, nrow)[0].mul(255).round().byte().numpy(), mode="L") for f in frames]
+    buffer = io.BytesIO()
+    durations = [frame_ms] * (len(images) - 1) + [hold_ms]
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    write_atomic(Path(path), buffer.getvalue())

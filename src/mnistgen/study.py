@@ -12,7 +12,9 @@ draws the figures again.
 from __future__ import annotations
 
 import html
+import json
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import torch
 from mnistgen import kinds
 from mnistgen.config import preset
 from mnistgen.errors import UserError
+from mnistgen.files import write_json
 from mnistgen.evaluation.metrics import RunMetrics, SampleQuality
 from mnistgen.figures.diffusion import SWEEP_WEIGHTS
 from mnistgen.kinds import EvaluationRequest
@@ -49,6 +52,35 @@ SETTINGS = {
 CAPTIONS = {name: caption for kind in MODELS for name, caption in kinds.get(kind).captions.items()}
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def _git_commit() -> str | None:
+    """The commit of the source tree mnistgen runs from, when it is a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def write_provenance(out: Path, preset_name: str, device: torch.device) -> None:
+    """DIR/provenance.json, once, when the study starts: what made it (shipped models cite it)."""
+    path = out / "provenance.json"
+    if not path.is_file():
+        write_json(path, {"command": f"mnistgen reproduce --preset {preset_name}", "commit": _git_commit(),
+                          "device": f"{device_name(device)}, torch {torch.__version__}",
+                          "started": time.strftime("%Y-%m-%d %H:%M")})
+
+
+def read_provenance(out: Path) -> dict:
+    path = Path(out) / "provenance.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _finished(run: RunDir, epochs: int) -> bool:
     """Trained to the end, by the checkpoint (history.json may run ahead of it after a kill)."""
     newest = run.newest_checkpoint()
@@ -62,6 +94,7 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
         run = RunDir(out / kind)
         if run.config.is_file() and (found := run.read_config().preset) != preset_name:
             raise UserError(f"{out} holds a {found!r} study; continue it with --preset {found} or choose another --out")
+    write_provenance(out, preset_name, device)
     for kind in MODELS:
         run = RunDir(out / kind)
         config = run.read_config() if run.config.is_file() else preset(kind, preset_name)  # a run keeps its settings
@@ -133,8 +166,6 @@ def write_report(out: Path, preset_name: str, device: torch.device) -> Path:
         sections.append(f"<h2>{number}. {html.escape(kinds.get(kind).long_title)}</h2>\n" + "\n".join(items))
     rows = "\n".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
                      for a, b, c in _metrics_rows(out))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} " \
-        f"({torch.get_num_threads()} threads)"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mnistgen study ({html.escape(preset_name)})</title>
 <style>
@@ -144,7 +175,7 @@ figure {{ display: inline-block; margin: 0.6em; vertical-align: top; max-width: 
 figure img {{ width: 100%; image-rendering: pixelated; }} figcaption {{ font-size: 0.85em; color: #444; }}
 </style></head><body>
 <h1>mnistgen study</h1>
-<p>Preset <b>{html.escape(preset_name)}</b> on <b>{html.escape(device_name)}</b>, torch {torch.__version__},
+<p>Preset <b>{html.escape(preset_name)}</b> on <b>{html.escape(device_name(device))}</b>, torch {torch.__version__},
 written {time.strftime('%Y-%m-%d %H:%M')}. MNIST-FD is the Fr&eacute;chet distance between features of
 mnistgen's own MNIST classifier (not Inception FID); compare it only with other mnistgen numbers.</p>
 <h2>Metrics</h2>

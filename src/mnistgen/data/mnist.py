@@ -175,3 +175,10 @@ def labels_per_digit(per_digit: int, device: torch.device | str = "cpu") -> torc
     """Class labels 0, 0, ..., 1, 1, ..., 9 with ``per_digit`` of each: (10 * per_digit,), int64.
     The layout of every conditional grid and evaluation (row d holds digit d)."""
     return torch.arange(10, device=device).repeat_interleave(per_digit)
+
+
+def native_size(x: torch.Tensor) -> torch.Tensor:
+    """Images padded to 32x32 for the U-Net back to MNIST's 28x28 (the 2-pixel border dropped);
+    28x28 images unchanged. (..., 32, 32) or (..., 28, 28) -> (..., 28, 28)."""
+    border = (x.shape[-1] - 28) // 2
+    return x[..., border: border + 28, border: border + 28] if border else x

@@ -11,7 +11,7 @@ from torch import nn
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.diffusion.ddpm import GaussianDiffusion
 
-OnStep = Callable[[int, torch.Tensor], None]  # (t, x after the step) -> None
+OnStep = Callable[[int, torch.Tensor], None]  # (t, x after the step at t) -> None; t counts down to 0, the last
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,14 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 def run(model: nn.Module, process: GaussianDiffusion | LogSNRDiffusion, noise: torch.Tensor,
         settings: SamplerSettings, generator: torch.Generator | None = None,
-        labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels: torch.Tensor | None = None, on_step: OnStep | None = None) -> torch.Tensor:
     """The sampler that resolved ``settings`` name, from ``noise`` (B, C, H, W); output in [-1, 1]."""
     if settings.sampler == "ancestral":
-        return ancestral(model, process, noise, generator)
+        return ancestral(model, process, noise, generator, on_step)
     if settings.sampler == "ddim":
-        return ddim(model, process, noise, settings.steps, settings.eta, generator)
+        return ddim(model, process, noise, settings.steps, settings.eta, generator, on_step=on_step)
     if settings.sampler == "cfg":
-        return guided(model, process, noise, labels, settings.guidance, settings.steps, generator)
+        return guided(model, process, noise, labels, settings.guidance, settings.steps, generator, on_step=on_step)
     raise ValueError(f"unknown sampler {settings.sampler!r}")
 
 
@@ -118,5 +118,5 @@ def guided(model: nn.Module, process: LogSNRDiffusion, z: torch.Tensor, labels: 
         mean, variance = process.p_step(z, lam, lam_next, eps, clip_x)
         z = mean + variance.sqrt().to(z.dtype) * _randn_like(z, generator) if i + 1 < steps else mean
         if on_step is not None:
-            on_step(i, z)
+            on_step(steps - 1 - i, z)  # steps still to go
     return z

@@ -6,11 +6,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from mnistgen.data.mnist import labels_per_digit
-from mnistgen.diffusion import samplers
-from mnistgen.diffusion.ddpm import GaussianDiffusion
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
 from mnistgen.evaluation.metrics import SweepPoint
 from mnistgen.figures.plotting import plt, save_figure, show_images
@@ -51,21 +48,23 @@ def epochs_grid(run: RunDir, rows: list[int], path: Path, title: str, row_names:
     return save_figure(fig, path)
 
 
+def chain_steps(T: int) -> list[int]:
+    """The study's t = 999, 500, 200, 100, 25, 0 for T = 1000, the same fractions of another T."""
+    return list(dict.fromkeys(round(t * (T - 1) / 999) for t in CHAIN_STEPS))
+
+
 @torch.no_grad()
-def reverse_chain(model: nn.Module, process: GaussianDiffusion, shape: tuple[int, int, int], path: Path,
-                  seed: int = 0, chains: int = 4) -> Path:
-    """F11: ancestral sampling, the state after steps t = 999, 500, 200, 100, 25, 0 for ``chains`` chains
-    of images of ``shape`` (C, H, W)."""
-    device = next(model.parameters()).device
+def reverse_chain(draw: Draw, T: int, device: torch.device, path: Path, seed: int = 0, chains: int = 4) -> Path:
+    """F11: ancestral sampling, the state after steps t = 999, 500, 200, 100, 25, 0 for ``chains`` chains."""
     g = torch.Generator(device).manual_seed(seed)
-    steps = list(dict.fromkeys(round(t * (process.T - 1) / 999) for t in CHAIN_STEPS))
+    steps = chain_steps(T)
     kept: dict[int, torch.Tensor] = {}
 
     def keep(t: int, x: torch.Tensor) -> None:
         if t in steps:
             kept[t] = to_unit(x)
 
-    samplers.ancestral(model, process, torch.randn(chains, *shape, generator=g, device=device), g, keep)
+    draw(chains, g, SamplerSettings("ancestral"), on_step=keep)
     images = torch.stack([kept[t] for t in steps], dim=1).flatten(0, 1)  # (chains * 6, 1, H, W)
     fig, ax = plt.subplots(figsize=(7, 5))
     show_images(ax, images, len(steps), "F11  reverse process (ancestral), state after step t")
@@ -75,8 +74,7 @@ def reverse_chain(model: nn.Module, process: GaussianDiffusion, shape: tuple[int
 
 
 @torch.no_grad()
-def render_ddpm(draw: Draw, model: nn.Module, process: GaussianDiffusion, shape: tuple[int, int, int], run: RunDir,
-                device: torch.device, seed: int = 0) -> list[Path]:
+def render_ddpm(draw: Draw, T: int, run: RunDir, device: torch.device, seed: int = 0) -> list[Path]:
     """F9 (from the per-epoch previews), F10 (the run's default sampler), F11 and DDIM against ancestral."""
     out = run.figures
     paths = [epochs_grid(run, [0, 1, 2, 3], out / "f9_epochs.png", "F9  samples from fixed noise per epoch",
@@ -84,8 +82,8 @@ def render_ddpm(draw: Draw, model: nn.Module, process: GaussianDiffusion, shape:
     g = torch.Generator(device).manual_seed(seed)
     save_grid(draw(64, g), out / "f10_samples.png", nrow=8)
     paths.append(out / "f10_samples.png")
-    paths.append(reverse_chain(model, process, shape, out / "f11_reverse_chain.png", seed))
-    paths.append(ddim_vs_ancestral(draw, process.T, device, out / "ddim_vs_ancestral.png"))
+    paths.append(reverse_chain(draw, T, device, out / "f11_reverse_chain.png", seed))
+    paths.append(ddim_vs_ancestral(draw, T, device, out / "ddim_vs_ancestral.png"))
     return paths
 
 

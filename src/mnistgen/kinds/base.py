@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from mnistgen.config import RunConfig, range_of
 from mnistgen.data.mnist import TensorData, labels_per_digit, load
-from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.diffusion.samplers import OnStep, SamplerSettings
 from mnistgen.errors import UserError
 from mnistgen.evaluation.fd import FeatureStats
 from mnistgen.evaluation.metrics import RunMetrics, SampleQuality, sample_quality
@@ -68,6 +68,8 @@ class ModelKind:
     takes_labels: ClassVar[bool] = False  # sampling needs a class label per sample
     sampler_options: ClassVar[tuple[str, ...]] = ()  # the command-line sampler options that apply
     guided: ClassVar[bool] = False  # has a guidance weight to sweep
+    iterative: ClassVar[bool] = False  # samples by a reverse process of many steps
+    figures_read_previews: ClassVar[bool] = False  # its figures show the per-epoch previews (F9, F12)
     preview_nrow: ClassVar[int] = 8
     captions: ClassVar[dict[str, str]] = {}  # figure file -> caption, in report order
 
@@ -109,11 +111,17 @@ class ModelKind:
 
     def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
-               process=None) -> torch.Tensor:
+               process=None, on_step: OnStep | None = None) -> torch.Tensor:
         """``n`` samples in [0, 1], (n, 1, H, W), on the model's device; ``process``: the run's noise
-        process on that device (built here when not given)."""
+        process on that device (built here when not given); ``on_step(t, x)`` sees each state of an
+        iterative sampler, x in the model's scale."""
         raise NotImplementedError
 
+    def step_times(self, config: RunConfig, settings: SamplerSettings) -> list[int]:
+        """The t that ``sample``'s ``on_step(t, x)`` reports, in order (none for one-pass samplers)."""
+        return []
+
+    @torch.no_grad()
     def sample_batches(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                        settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
                        process=None, batch_size: int = SAMPLE_BATCH, progress: bool = False) -> Iterator[torch.Tensor]:

@@ -11,7 +11,7 @@ from torch import nn
 from mnistgen.config import DDPMConfig, RunConfig
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.ddpm import GaussianDiffusion
-from mnistgen.diffusion.samplers import SamplerSettings, to_unit
+from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.kinds.base import ModelKind, TrainedModel, in_range
 from mnistgen.models.unet import UNet
@@ -22,6 +22,8 @@ class DDPMKind(ModelKind):
     title = "DDPM"
     long_title = "DDPM"
     sampler_options = ("--sampler", "--steps", "--eta")
+    iterative = True
+    figures_read_previews = True
     preview_nrow = 4
     captions = {
         "f9_epochs.png": "F9. DDPM samples from four fixed noise seeds (rows) as training proceeds (columns).",
@@ -63,16 +65,22 @@ class DDPMKind(ModelKind):
                             f"timesteps; pass --steps in [1, {T}]")
         in_range("--eta", settings.eta, DDPMConfig, "eta")
 
+    def step_times(self, config: RunConfig, settings: SamplerSettings) -> list[int]:
+        """The timesteps the sampler visits: all T for ancestral sampling, DDIM's subsequence."""
+        resolved = self.resolve(config, settings)
+        if resolved.sampler == "ancestral":
+            return list(range(config.process.timesteps - 1, -1, -1))
+        return samplers.ddim_timesteps(config.process.timesteps, resolved.steps)
+
     def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
-               process=None) -> torch.Tensor:
+               process=None, on_step: OnStep | None = None) -> torch.Tensor:
         device = next(model.parameters()).device
         process = process or self.build_process(config, device)
         noise = torch.randn(n, *self.image_shape(config), generator=generator, device=device)  # x_T
-        return to_unit(samplers.run(model, process, noise, self.resolve(config, settings), generator))
+        return to_unit(samplers.run(model, process, noise, self.resolve(config, settings), generator, on_step=on_step))
 
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import diffusion
 
-        return diffusion.render_ddpm(self.draw(trained), trained.model, trained.process,
-                                     self.image_shape(trained.config), trained.run, trained.device)
+        return diffusion.render_ddpm(self.draw(trained), trained.process.T, trained.run, trained.device)

@@ -14,7 +14,7 @@ from mnistgen.config import CFGConfig, RunConfig
 from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
-from mnistgen.diffusion.samplers import SamplerSettings, to_unit
+from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
 from mnistgen.evaluation.fd import FeatureStats
 from mnistgen.evaluation.metrics import RunMetrics, SweepPoint
 from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel, conditional_labels, in_range
@@ -29,6 +29,8 @@ class GuidedKind(ModelKind):
     long_title = "Classifier-free guidance"
     takes_labels = True
     guided = True
+    iterative = True
+    figures_read_previews = True
     sampler_options = ("--steps", "--guidance")
     preview_nrow = PREVIEW_PER_DIGIT
     captions = {
@@ -59,15 +61,19 @@ class GuidedKind(ModelKind):
         in_range("--steps", settings.steps, CFGConfig, "sample_steps")
         in_range("--guidance", settings.guidance, CFGConfig, "guidance")
 
+    def step_times(self, config: RunConfig, settings: SamplerSettings) -> list[int]:
+        """The guided sampler's steps still to go after each step: S - 1, ..., 0."""
+        return list(range(self.resolve(config, settings).steps - 1, -1, -1))
+
     def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
-               process=None) -> torch.Tensor:
+               process=None, on_step: OnStep | None = None) -> torch.Tensor:
         if labels is None:
             raise ValueError("the conditional model needs labels")
         device = next(model.parameters()).device
         process = process or self.build_process(config, device)
         noise = torch.randn(n, *self.image_shape(config), generator=generator, device=device)  # z at lambda_min
-        x = samplers.run(model, process, noise, self.resolve(config, settings), generator, labels.to(device))
+        x = samplers.run(model, process, noise, self.resolve(config, settings), generator, labels.to(device), on_step)
         return to_unit(x)
 
     def evaluation_labels(self, n: int, device: torch.device) -> torch.Tensor:

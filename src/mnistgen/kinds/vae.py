@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mnistgen.config import RunConfig
-from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.diffusion.samplers import OnStep, SamplerSettings
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
 from mnistgen.evaluation.metrics import Likelihood, RunMetrics
 from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel
@@ -43,8 +43,8 @@ class VAEKind(ModelKind):
 
     def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
-               process=None) -> torch.Tensor:
-        """Decode z ~ N(0, I): (n, 1, 28, 28) Bernoulli means in [0, 1]."""
+               process=None, on_step: OnStep | None = None) -> torch.Tensor:
+        """Decode z ~ N(0, I): (n, 1, 28, 28) Bernoulli means in [0, 1], in one pass (no steps to see)."""
         z = torch.randn(n, config.model.latent, generator=generator, device=next(model.parameters()).device)
         return model.decode(z)
 

@@ -1,0 +1,162 @@
+"""The public Python API: load, sample (always 28x28 in [0, 1]), reverse chains and animations,
+the VAE's latent space, and train / evaluate / draw_figures / export as the CLI uses them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import mnistgen
+from mnistgen import api
+from mnistgen.errors import UserError
+
+SMALL = {"data.train_limit": 512, "data.val_limit": 128}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, mnist_dir):
+    """Smoke runs of the three generative models; the DDPM at 32x32 (padded) like the cpu preset."""
+    root = tmp_path_factory.mktemp("api")
+    made = {}
+    for kind, extra in (("vae", {}), ("ddpm", {"data.resolution": 32}), ("cfg", {})):
+        made[kind] = mnistgen.train(kind, "smoke", root / kind, overrides={**SMALL, **extra, "train.epochs": 1},
+                                    progress=False, log=None, data_dir=mnist_dir)
+    return made
+
+
+def _generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_importing_mnistgen_loads_no_torch():
+    code = "import sys, mnistgen; assert 'torch' not in sys.modules; mnistgen.load; assert 'torch' in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_train_returns_the_run_and_its_history(runs):
+    run = runs["ddpm"]
+    assert run.path.is_dir() and run.config.kind == "ddpm" and [r.epoch for r in run.history] == [1]
+    assert isinstance(run.load(), mnistgen.Model)
+
+
+@pytest.mark.parametrize("kind", ["vae", "ddpm", "cfg"])
+def test_samples_are_28x28_in_unit_range_and_repeatable(runs, kind):
+    model = mnistgen.load(runs[kind].path, device="cpu")
+    labels = 3 if kind == "cfg" else None
+    a = model.sample(5, labels=labels, generator=_generator(1), progress=False)
+    b = model.sample(5, labels=labels, generator=_generator(1), progress=False)
+    assert a.shape == (5, 1, 28, 28) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, model.sample(5, labels=labels, generator=_generator(2), progress=False))
+
+
+def test_batches_stream_the_same_samples(runs):
+    model = mnistgen.load(runs["ddpm"].path, device="cpu")
+    whole = model.sample(7, generator=_generator(3), steps=3, progress=False)
+    parts = list(model.sample_batches(7, generator=_generator(3), steps=3, batch_size=3, progress=False))
+    assert [len(p) for p in parts] == [3, 3, 1]
+    assert torch.cat(parts).shape == whole.shape
+
+
+def test_labels_are_checked(runs):
+    cfg, vae = mnistgen.load(runs["cfg"].path, "cpu"), mnistgen.load(runs["vae"].path, "cpu")
+    with pytest.raises(UserError, match="needs labels"):
+        cfg.sample(2)
+    with pytest.raises(UserError, match="digits 0-9"):
+        cfg.sample(2, labels=[1, 12])
+    with pytest.raises(UserError, match="2 of them"):
+        cfg.sample(2, labels=[1, 2, 3])
+    with pytest.raises(UserError, match="takes no labels"):
+        vae.sample(2, labels=1)
+    with pytest.raises(UserError, match="--guidance does not apply"):
+        vae.sample(2, guidance=1.0)
+    with pytest.raises(UserError, match="n must be"):
+        vae.sample(0)
+    per_sample = cfg.sample(3, labels=[0, 1, 2], generator=_generator(), steps=3, progress=False)
+    assert per_sample.shape == (3, 1, 28, 28)
+
+
+@pytest.mark.parametrize("kind, options", [("ddpm", {"sampler": "ancestral"}), ("ddpm", {"steps": 5}),
+                                           ("cfg", {"labels": 4, "steps": 6})])
+def test_the_reverse_chain_ends_in_the_sample(runs, kind, options):
+    """The chain's last state (t = 0) is the sample drawn from the same generator; its first state
+    is still nearly noise (far from it)."""
+    model = mnistgen.load(runs[kind].path, "cpu")
+    chain = model.reverse_chain(3, generator=_generator(5), **options)
+    assert chain.shape == (3, 6, 1, 28, 28)
+    sample = model.sample(3, generator=_generator(5), progress=False, **options)
+    torch.testing.assert_close(chain[:, -1], sample)
+    assert (chain[:, 0] - sample).abs().mean() > 0.05
+
+
+def test_reverse_chain_at_chosen_steps_and_its_checks(runs):
+    model = mnistgen.load(runs["ddpm"].path, "cpu")
+    chain = model.reverse_chain(2, at=[999, 500, 0], sampler="ancestral", generator=_generator())
+    assert chain.shape == (2, 3, 1, 28, 28)
+    with pytest.raises(UserError, match=r"in \[0, 999\]"):
+        model.reverse_chain(2, at=[1000])
+    with pytest.raises(UserError, match="one pass"):
+        mnistgen.load(runs["vae"].path, "cpu").reverse_chain(2)
+
+
+def test_animation_is_a_gif_that_ends_in_the_samples(runs, tmp_path):
+    model = mnistgen.load(runs["cfg"].path, "cpu")
+    path = model.animate(tmp_path / "chain.gif", 4, frames=5, labels=[1, 2, 3, 4], steps=8, generator=_generator(9))
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 5
+        gif.seek(gif.n_frames - 1)
+        last = torch.tensor(list(gif.convert("L").tobytes()), dtype=torch.float32).view(gif.size[1], gif.size[0])
+    sample = model.sample(4, labels=[1, 2, 3, 4], steps=8, generator=_generator(9), progress=False)
+    first_digit = last[2:30, 2:30] / 255  # the grid's first image, after its 2-pixel border
+    torch.testing.assert_close(first_digit, sample[0, 0], atol=1 / 255 + 1e-6, rtol=0)
+
+
+def test_the_vae_latent_space(runs, mnist_test_unit):
+    model = mnistgen.load(runs["vae"].path, "cpu")
+    a, b = mnist_test_unit.x[0], mnist_test_unit.x[1]
+    codes = model.encode(torch.stack([a, b]))
+    assert codes.shape == (2, model.config.model.latent)
+    path = model.interpolate(a, b, steps=5)
+    assert path.shape == (5, 1, 28, 28)
+    torch.testing.assert_close(path[0], model.decode(codes[:1])[0])
+    torch.testing.assert_close(path[-1], model.decode(codes[1:])[0])
+    grid = model.traverse(codes[0], dims=[0, 3], offsets=(-2, 0, 2))
+    assert grid.shape == (2, 3, 1, 28, 28)
+    torch.testing.assert_close(grid[1, 1], model.decode(codes[:1])[0])  # offset 0: the code itself
+    assert not torch.equal(grid[1, 0], grid[1, 2])
+    with pytest.raises(UserError, match="no latent space"):
+        mnistgen.load(runs["ddpm"].path, "cpu").encode(a[None])
+
+
+def test_unknown_pretrained_names_list_the_valid_ones():
+    with pytest.raises(UserError, match="pretrained:cfg"):
+        mnistgen.load("pretrained:gan")
+
+
+def test_export_writes_loadable_models_with_cards(runs, tmp_path, mnist_dir):
+    study = tmp_path / "study"
+    study.mkdir()
+    for kind, run in runs.items():
+        mnistgen.evaluate(run.path, n=50, iwae_k=2, n_images=50, device="cpu", data_dir=mnist_dir,
+                          guidance_sweep=(0, 1) if kind == "cfg" else None, sweep_samples=20)
+        (study / kind).symlink_to(run.path)
+    (study / "provenance.json").write_text(json.dumps({"commit": "abc123", "device": "a test CPU"}))
+    cards = api.export_pretrained(study, tmp_path / "shipped")
+    assert [c.parent.name for c in cards] == ["vae", "ddpm", "cfg"]
+    for card in cards:
+        text = card.read_text()
+        assert "abc123" in text and "a test CPU" in text and "MNIST-FD" in text
+        shipped = mnistgen.load(card.parent, "cpu")
+        original = mnistgen.load(runs[card.parent.name].path, "cpu")
+        labels = 2 if shipped.kind.takes_labels else None
+        a = shipped.sample(3, labels=labels, generator=_generator(), progress=False)
+        b = original.sample(3, labels=labels, generator=_generator(), progress=False)
+        assert (a - b).abs().mean() < 0.005 and (a - b).abs().max() < 0.2  # float16 weights: nearly the same samples
+        weights = torch.load(card.parent / "checkpoints" / "last.pt", weights_only=False)["model"]
+        assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    assert "val neg" not in cards[0].read_text() and "ELBO" in cards[0].read_text()
+    assert (tmp_path / "shipped" / "ddpm" / "samples").is_dir()  # F9 can be drawn from the shipped run
+    assert mnistgen.draw_figures(tmp_path / "shipped" / "ddpm", device="cpu")
