@@ -130,9 +130,22 @@ def test_ddim_eta_zero_is_deterministic_and_generator_controls_noise(process):
 
 
 def test_min_snr_weights(process):
-    t = torch.tensor([0, 500, 999])
-    w = GaussianDiffusion(DDPMConfig(loss_weighting="min-snr", min_snr_gamma=5.0)).loss_weights(t)
-    snr = process.schedule.snr[t]
-    torch.testing.assert_close(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
-    assert w[0] < 0.01 and w[2] == 1.0
-    assert torch.equal(process.loss_weights(t), torch.ones(3))
+    """Min-SNR-gamma (Hang et al. 2023) weights the x_0 error by min(SNR, gamma). Since
+    x_0 - x0_theta = sqrt(1 - ab) / sqrt(ab) (eps_theta - eps), the eps loss must equal that
+    x_0-space loss; checked by redoing the step's draws and working in x_0 space, in float64."""
+    gamma = 5.0
+    weighted = GaussianDiffusion(DDPMConfig(loss_weighting="min-snr", min_snr_gamma=gamma))
+    model = lambda x, t: 0.7 * x + 0.001 * t.view(-1, 1, 1, 1)  # noqa: E731
+    x0 = torch.rand(512, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    loss = weighted.loss(model, x0, generator=torch.Generator().manual_seed(1)).item()
+    g = torch.Generator().manual_seed(1)  # the same draws, in the same order: t, then the noise
+    t = torch.randint(0, 1000, (512,), generator=g).numpy()
+    noise = torch.randn(x0.shape, generator=g).double().numpy()
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[t].reshape(-1, 1, 1, 1)
+    x = x0.double().numpy()
+    xt = np.sqrt(ab) * x + np.sqrt(1 - ab) * noise
+    x0_hat = (xt - np.sqrt(1 - ab) * (0.7 * xt + 0.001 * t.reshape(-1, 1, 1, 1))) / np.sqrt(ab)
+    snr = ab[:, 0, 0, 0] / (1 - ab[:, 0, 0, 0])
+    expected = np.mean(np.minimum(snr, gamma) * ((x - x0_hat) ** 2).mean(axis=(1, 2, 3)))
+    assert loss == pytest.approx(expected, rel=1e-4)
+    assert torch.equal(process.loss_weights(torch.tensor([0, 500, 999])), torch.ones(3))  # uniform: eq. 14

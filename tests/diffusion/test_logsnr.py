@@ -57,12 +57,15 @@ def test_posterior_and_transition_equal_gaussian_conditioning(process, lam, lam_
 
 
 def test_model_step_variance_interpolates(process):
-    L, L2 = torch.tensor(-1.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+    """(sigma~^2_{lambda'|lambda})^(1-v) (sigma^2_{lambda|lambda'})^v, both from the joint Gaussian."""
+    lam, lam_next = -1.0, 0.5
+    _, tilde, transition = _joint_conditioning(lam, lam_next, 0.0, 0.0)
+    v = process.config.v
     z = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
-    step = process.p_step(z, L, L2, torch.zeros_like(z))
-    tilde = process.q_posterior(z, z, L, L2).variance.item()
-    assert step.variance.item() == pytest.approx(tilde**0.7 * process.transition_variance(L, L2).item() ** 0.3)
-    assert tilde < step.variance.item() < process.transition_variance(L, L2).item()
+    step = process.p_step(z, torch.tensor(lam, dtype=torch.float64), torch.tensor(lam_next, dtype=torch.float64),
+                          torch.zeros_like(z))
+    assert step.variance.item() == pytest.approx(math.exp((1 - v) * math.log(tilde) + v * math.log(transition)))
+    assert tilde < step.variance.item() < transition
 
 
 class Recorder(nn.Module):

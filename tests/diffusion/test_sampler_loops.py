@@ -1,0 +1,275 @@
+"""The sampling loops against computations that share no code with them.
+
+* Per-step variances: with a linear "network" each step is x' = c x + s z, so regressing the
+  next state on the current one over many draws gives the step's noise variance s^2 without
+  knowing c; it is compared with the papers' closed forms, computed here in float64.
+* Full loops: a small nonlinear elementwise network, and each sampler written again below in
+  NumPy float64 from the papers' equations, fed the same noise draws (same generator seed,
+  same order); plus the sum of each result as a golden number.
+* The guided combination: a label-dependent oracle whose guided prediction is the exact noise
+  of a known image, run in float32.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mnistgen.config import CFGConfig, DDPMConfig
+from mnistgen.diffusion import samplers
+from mnistgen.diffusion.ddpm import GaussianDiffusion
+from mnistgen.diffusion.logsnr import LogSNRDiffusion
+
+T = 1000
+BETAS = np.linspace(1e-4, 0.02, T)  # the DDPM schedule, independently, in float64
+ALPHA_BARS = np.cumprod(1 - BETAS)
+V = CFGConfig().v  # the CFG variance interpolation exponent
+
+
+@pytest.fixture(scope="module")
+def ddpm():
+    return GaussianDiffusion(DDPMConfig())
+
+
+@pytest.fixture(scope="module")
+def logsnr():
+    return LogSNRDiffusion(CFGConfig())
+
+
+# -- per-step variances ----------------------------------------------------------------------------
+class ZeroImage(nn.Module):
+    """The exact noise for the one-image data set {0}: eps = x_t / sqrt(1 - alpha_bar_t). Every
+    sampler step is then linear in x_t (the predicted x_0 is 0, inside the clipping range)."""
+
+    null_label = 10
+
+    def __init__(self, std):
+        super().__init__()
+        self.std = std  # t (model time) -> sqrt(1 - alpha_bar) or sigma_lambda
+
+    def forward(self, x, t, labels=None):
+        return x / self.std(t).view(-1, 1, 1, 1).to(x.dtype)
+
+
+def _step_variances(run) -> dict[int, float]:
+    """Noise variance of every step, by regressing each state on the one before over many draws."""
+    states = []
+    run(lambda t, x: states.append((t, x.double().flatten())))
+    out = {}
+    for (_, before), (t, after) in zip(states, states[1:]):
+        c = (before @ after) / (before @ before)
+        out[t] = ((after - c * before) ** 2).mean().item()
+    return out
+
+
+def _start(n=2000):
+    return torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+
+def _ddpm_std(t):
+    return torch.from_numpy(np.sqrt(1 - ALPHA_BARS))[t.long()]
+
+
+def test_ancestral_step_variance_is_beta_t(ddpm):
+    """DDPM algorithm 2 adds sigma_t^2 = beta_t; at small t this is twice the posterior beta~_t, so
+    the two cannot be confused."""
+    g = torch.Generator().manual_seed(1)
+    found = _step_variances(lambda on_step: samplers.ancestral(ZeroImage(_ddpm_std), ddpm, _start(), g, on_step))
+    for t in (1, 2, 5, 50, 400, 998):
+        assert found[t] == pytest.approx(BETAS[t], rel=0.05), t
+    assert found[0] < 1e-12  # no noise at the last step
+    assert BETAS[1] * (1 - ALPHA_BARS[0]) / (1 - ALPHA_BARS[1]) < 0.6 * BETAS[1]
+
+
+def _ddim_grid(steps):
+    grid = np.round(np.linspace(T - 1, 0, steps)).astype(int)
+    return list(dict.fromkeys(grid.tolist()))
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_variance_is_eq_16(ddpm, eta):
+    """sigma^2 = eta^2 (1 - ab') / (1 - ab) (1 - ab / ab') (DDIM eq. 16) between grid points."""
+    g = torch.Generator().manual_seed(2)
+    steps = 20
+    found = _step_variances(lambda on_step: samplers.ddim(ZeroImage(_ddpm_std), ddpm, _start(), steps, eta, g,
+                                                           on_step=on_step))
+    grid = _ddim_grid(steps)
+    for t, t_next in zip(grid[1:], grid[2:]):  # the state after the step at t is x_{t_next}
+        ab, ab_next = ALPHA_BARS[t], ALPHA_BARS[t_next]
+        expected = eta**2 * (1 - ab_next) / (1 - ab) * (1 - ab / ab_next)
+        assert found[t] == pytest.approx(expected, rel=0.05, abs=1e-10), (t, eta)
+    assert found[0] < 1e-12
+
+
+def _log_snr(u):
+    """lambda(u) = -2 log tan(a u + b) (CFG paper, section 2), float64."""
+    c = CFGConfig()
+    b = math.atan(math.exp(-c.lambda_max / 2))
+    a = math.atan(math.exp(-c.lambda_min / 2)) - b
+    return -2 * np.log(np.tan(a * np.asarray(u, dtype=np.float64) + b))
+
+
+def _sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def _cfg_step_variance(lam, lam_next):
+    """(sigma~^2_{lambda'|lambda})^(1-v) (sigma^2_{lambda|lambda'})^v from VDM's conditionals."""
+    r = np.exp(lam - lam_next)
+    tilde = (1 - r) * _sigmoid(-lam_next)
+    transition = (1 - r) * _sigmoid(-lam)
+    return tilde ** (1 - V) * transition**V
+
+
+def _lambda_of_model_time(t):
+    c = CFGConfig()
+    return c.lambda_max - t.double() / 1000.0 * (c.lambda_max - c.lambda_min)
+
+
+def test_guided_step_variance_interpolates_the_two_variances(logsnr):
+    g = torch.Generator().manual_seed(3)
+    steps = 16
+    std = lambda t: torch.sigmoid(-_lambda_of_model_time(t)).sqrt()  # noqa: E731
+    labels = torch.randint(0, 10, (2000,), generator=g)
+    found = _step_variances(lambda on_step: samplers.guided(ZeroImage(std), logsnr, _start(), labels, 1.0, steps, g,
+                                                             on_step=on_step))
+    lam = _log_snr([1 - i / steps for i in range(steps + 1)])
+    for i in range(1, steps - 1):  # the state after step i (steps - 1 - i still to go)
+        assert found[steps - 1 - i] == pytest.approx(_cfg_step_variance(lam[i], lam[i + 1]), rel=0.05), i
+    assert found[0] < 1e-12
+
+
+# -- full loops against NumPy, same noise -------------------------------------------------------
+def _net_np(x, t, labels=None):
+    shift = 0.0 if labels is None else 0.05 * labels.reshape(-1, 1, 1, 1)
+    return 0.8 * x + 0.3 * np.tanh(1.3 * x + 0.7 * t / 1000 - 0.2 + shift)
+
+
+class Net(nn.Module):
+    """A fixed nonlinear elementwise 'network': 0.8 x + 0.3 tanh(1.3 x + 0.7 t / 1000 - 0.2 + 0.05 label)."""
+
+    null_label = 10
+
+    def forward(self, x, t, labels=None):
+        shift = 0.0 if labels is None else 0.05 * labels.view(-1, 1, 1, 1).float()
+        return 0.8 * x + 0.3 * torch.tanh(1.3 * x + 0.7 * t.view(-1, 1, 1, 1) / 1000 - 0.2 + shift)
+
+
+SHAPE = (3, 1, 5, 5)
+
+
+def _draws(seed):
+    """The noise a sampler draws from a generator seeded ``seed``, in order, as float64 arrays."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randn(SHAPE, generator=g).double().numpy()
+
+
+def _ancestral_np(x, seed):
+    z = _draws(seed)
+    for t in reversed(range(T)):
+        eps = _net_np(x, float(t))
+        x = (x - BETAS[t] / np.sqrt(1 - ALPHA_BARS[t]) * eps) / np.sqrt(1 - BETAS[t])  # DDPM eq. 11
+        if t > 0:
+            x = x + np.sqrt(BETAS[t]) * next(z)
+    return x
+
+
+def _ddim_np(x, steps, eta, seed):
+    z = _draws(seed)
+    grid = _ddim_grid(steps)
+    for i, t in enumerate(grid):
+        ab = ALPHA_BARS[t]
+        ab_next = ALPHA_BARS[grid[i + 1]] if i + 1 < len(grid) else 1.0
+        eps = _net_np(x, float(t))
+        x0 = np.clip((x - np.sqrt(1 - ab) * eps) / np.sqrt(ab), -1, 1)
+        eps = (x - np.sqrt(ab) * x0) / np.sqrt(1 - ab)
+        sigma = eta * np.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
+        x = np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next - sigma**2) * eps  # DDIM eq. 12
+        if i + 1 < len(grid):
+            x = x + sigma * next(z)
+    return x
+
+
+def _guided_np(x, labels, w, steps, seed):
+    z = _draws(seed)
+    c = CFGConfig()
+    lam = _log_snr([1 - i / steps for i in range(steps + 1)])
+    for i in range(steps):
+        l, l2 = lam[i], lam[i + 1]
+        t = 1000 * (c.lambda_max - l) / (c.lambda_max - c.lambda_min)
+        eps = (1 + w) * _net_np(x, t, labels) - w * _net_np(x, t, np.full_like(labels, 10))
+        alpha, sigma, alpha2 = np.sqrt(_sigmoid(l)), np.sqrt(_sigmoid(-l)), np.sqrt(_sigmoid(l2))
+        x0 = np.clip((x - sigma * eps) / alpha, -1, 1)
+        r = np.exp(l - l2)
+        x = r * alpha2 / alpha * x + (1 - r) * alpha2 * x0  # the posterior mean with x_theta
+        if i + 1 < steps:
+            x = x + np.sqrt(_cfg_step_variance(l, l2)) * next(z)
+    return x
+
+
+def _noise():
+    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+
+
+def test_ancestral_loop_matches_numpy(ddpm):
+    out = samplers.ancestral(Net(), ddpm, _noise(), torch.Generator().manual_seed(11))
+    expected = _ancestral_np(_noise().double().numpy(), 11)
+    np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-4, rtol=0)
+    assert out.sum().item() == pytest.approx(GOLDEN["ancestral"], abs=2e-3)
+
+
+@pytest.mark.parametrize("steps, eta", [(20, 0.0), (20, 0.5), (50, 1.0)])
+def test_ddim_loop_matches_numpy(ddpm, steps, eta):
+    out = samplers.ddim(Net(), ddpm, _noise(), steps, eta, torch.Generator().manual_seed(12))
+    expected = _ddim_np(_noise().double().numpy(), steps, eta, 12)
+    np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-4, rtol=0)
+    assert out.sum().item() == pytest.approx(GOLDEN[f"ddim-{steps}-{eta}"], abs=2e-3)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3, 2.0])
+def test_guided_loop_matches_numpy_in_float32(logsnr, w):
+    labels = torch.tensor([0, 4, 9])
+    out = samplers.guided(Net(), logsnr, _noise(), labels, w, 32, torch.Generator().manual_seed(13))
+    assert out.dtype == torch.float32
+    expected = _guided_np(_noise().double().numpy(), labels.numpy(), w, 32, 13)
+    np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-4, rtol=0)
+    assert out.sum().item() == pytest.approx(GOLDEN[f"guided-{w}"], abs=2e-3)
+
+
+GOLDEN = {  # sums of the results above (the CPU generator's draws); the NumPy loops agree with them
+    "ancestral": -0.5168, "ddim-20-0.0": -5.7027, "ddim-20-0.5": -5.7726, "ddim-50-1.0": 1.1393,
+    "guided-0.0": -7.2952, "guided-0.3": -5.7582, "guided-2.0": 2.4174,
+}
+
+
+# -- the guided combination, float32 ----------------------------------------------------------
+class TwoImages(nn.Module):
+    """Label c: the exact noise for the data set {x_c}; the null label: for {x_null}. Since the
+    exact noise is affine in the image, the guided prediction (1 + w) eps_c - w eps_null is the
+    exact noise for (1 + w) x_c - w x_null, which the sampler must then return."""
+
+    null_label = 10
+
+    def __init__(self, images):
+        super().__init__()
+        self.images = images  # (11, 1, H, W): digits 0-9, then the null image
+
+    def forward(self, z, t, labels):
+        lam = _lambda_of_model_time(t).float().view(-1, 1, 1, 1)
+        alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+        return (z - alpha * self.images[labels]) / sigma
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3, 1.0, 4.0])
+def test_guided_sampler_returns_the_guided_combination(logsnr, w):
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(11, 1, 6, 6, generator=g) * 0.2 - 0.1  # |(1 + w) x_c - w x_null| <= 0.9 at w = 4
+    labels = torch.tensor([3, 7, 7, 0])
+    z = torch.randn(4, 1, 6, 6, generator=g)
+    out = samplers.guided(TwoImages(images), logsnr, z, labels, w, 64, g)
+    assert out.dtype == torch.float32
+    expected = (1 + w) * images[labels] - w * images[10]
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=0)
