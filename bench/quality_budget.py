@@ -29,7 +29,7 @@ from mnistgen.config import apply_overrides, preset  # noqa: E402
 from mnistgen.evaluation.fd import load_classifier  # noqa: E402
 from mnistgen import kinds  # noqa: E402
 from mnistgen.diffusion.samplers import SamplerSettings  # noqa: E402
-from mnistgen.evaluation.metrics import reference_stats  # noqa: E402
+from mnistgen.evaluation.metrics import reference_set  # noqa: E402
 from mnistgen.runs import build_trainer, load_run, train  # noqa: E402
 from mnistgen.training.rundir import RunDir  # noqa: E402
 from results_io import result_path, stamp, write_results  # noqa: E402
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--name", default="quality", help="results: bench/results/<name>-<minutes>min-<date>-<host>")
     args = parser.parse_args()
     classifier = load_classifier()
-    reference = reference_stats(classifier, None, "cpu")
+    reference = reference_set(classifier, None, "cpu")
     results = {**stamp(), "minutes": args.minutes, "n_samples": args.n, "sampler": asdict(JUDGED_BY),
                "recipe": BUDGET_RECIPE, "candidates": []}
     for name in args.candidates.split(","):

@@ -16,7 +16,7 @@ import re
 from mnistgen.evaluation.fd import load_classifier
 from mnistgen import kinds
 from mnistgen.diffusion.samplers import SamplerSettings
-from mnistgen.evaluation.metrics import reference_stats
+from mnistgen.evaluation.metrics import reference_set
 from mnistgen.runs import load_run
 from results_io import stamp, write_results
 
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     trained = load_run(args.run, kind="ddpm")
     classifier = load_classifier()
-    reference = reference_stats(classifier, None, "cpu")
+    reference = reference_set(classifier, None, "cpu")
     rows = []
     print(f"{'sampler':12s} {'steps':>6s} {'MNIST-FD':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
     for name in args.samplers.split(","):

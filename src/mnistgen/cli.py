@@ -111,10 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _sample_parser(sub)
     p = _run_parser(sub, "evaluate", "compute a run's metrics into RUN/metrics.json",
-                    "Evaluate a run. Every generating model: MNIST-FD of N samples against the MNIST test set and "
-                    "the class histogram of its samples, judged by mnistgen's classifier (not Inception FID). "
-                    "VAE: also the validation negative ELBO and the IWAE bound on -log p(x). CFG: also class "
-                    "accuracy. Classifier runs: test accuracy, and RUN/classifier.pt (compact weights).")
+                    "Evaluate a run. Every generating model: MNIST-FD of N samples against the MNIST test set (with "
+                    "its bootstrap std and FD_inf), KID, precision / recall / density / coverage and the class "
+                    "histogram of its samples, all in the features of mnistgen's classifier (not Inception). "
+                    "VAE: also the negative ELBO and the IWAE bound on -log p(x), on grey-level and on "
+                    "dynamically binarized test images. CFG: also class accuracy and per-digit coverage. "
+                    "Classifier runs: test accuracy, and RUN/classifier.pt (compact weights).")
     p.add_argument("--n", type=_positive_int, default=1000, help="samples to judge (CFG: N // 10 per digit)")
     p.add_argument("--sampler", choices=("ancestral", "ddim"), default=None, help="DDPM sampler (default: the run's)")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDIM or CFG grid)")
@@ -287,7 +289,8 @@ def _evaluate(args) -> int:
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
     for p in metrics.guidance_sweep or ():
-        print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}")
+        kid = f", kid {p.kid:.4f}" if p.kid is not None else ""
+        print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}{kid}")
     print(f"wrote {Path(args.out or args.run) / 'metrics.json'}")
     return 0
 

@@ -21,7 +21,7 @@ from mnistgen.config import RunConfig, differences
 from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, UserError
 from mnistgen.evaluation.fd import load_classifier
-from mnistgen.evaluation.metrics import RunMetrics, reference_stats
+from mnistgen.evaluation.metrics import RunMetrics, reference_set
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest, TrainedModel
 from mnistgen.training import device as policy
@@ -158,7 +158,7 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
                                                                               trained.config.preset))
     if kind.generative and trained.config.data.dataset == "mnist":  # the judge knows digits only
         classifier = load_classifier(request.classifier_path, device)
-        reference = reference_stats(classifier, data_dir, device)
+        reference = reference_set(classifier, data_dir, device)
         quality = kind.sample_quality(trained, classifier, reference, request.n_samples, request.seed,
                                       request.settings)
         metrics = kind.sweep(trained, request, classifier, reference, replace(metrics, quality=quality))

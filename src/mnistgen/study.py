@@ -25,7 +25,7 @@ from mnistgen import kinds
 from mnistgen.config import preset
 from mnistgen.errors import UserError
 from mnistgen.files import write_json
-from mnistgen.evaluation.metrics import RunMetrics, SampleQuality
+from mnistgen.evaluation.metrics import Likelihood, RunMetrics, SampleQuality
 from mnistgen.figures.diffusion import SWEEP_WEIGHTS
 from mnistgen.kinds import EvaluationRequest
 from mnistgen.runs import evaluate_run, render_figures, train
@@ -124,25 +124,51 @@ def _sampler_name(q: SampleQuality) -> str:
     return name + (f", eta = {s.eta:g}" if s.sampler == "ddim" else "")
 
 
+def _likelihood_rows(title: str, like: Likelihood) -> list[tuple[str, str, str]]:
+    rows = [(title, "validation negative ELBO, grey-level test images (nats)", f"{like.val_neg_elbo:.2f}"),
+            (title, f"IWAE bound on -log p(x), k={like.iwae_k}, grey-level test images (nats)", f"{like.iwae_nll:.2f}")]
+    if like.binarized_iwae_nll is not None:
+        rows += [(title, "negative ELBO, dynamically binarized test images (nats)", f"{like.binarized_neg_elbo:.2f}"),
+                 (title, f"IWAE bound, k={like.iwae_k}, dynamically binarized test images (nats; the "
+                         f"literature's setting)", f"{like.binarized_iwae_nll:.2f}")]
+    return rows
+
+
+def _quality_rows(title: str, q: SampleQuality) -> list[tuple[str, str, str]]:
+    fd = f"{q.mnist_fd:.2f}"
+    if q.fd_spread is not None:
+        fd += f" ± {q.fd_spread.std:.2f}" + (f" (FD_inf {q.fd_spread.at_infinity:.2f})"
+                                                  if q.fd_spread.at_infinity is not None else "")
+    rows = [(title, f"MNIST-FD ± bootstrap std, {q.n_samples} samples, {_sampler_name(q)}", fd)]
+    if q.kid is not None:
+        rows.append((title, f"KID ± std over {q.kid.subsets} subsets of {q.kid.subset_size}",
+                     f"{q.kid.mean:.3f} ± {q.kid.std:.3f}"))
+    if q.prdc is not None:
+        p = q.prdc
+        rows.append((title, f"precision / recall / density / coverage (k = {p.k})",
+                     f"{p.precision:.3f} / {p.recall:.3f} / {p.density:.3f} / {p.coverage:.3f}"))
+    rows.append((title, "classifier histogram of samples (digits 0-9)", " ".join(map(str, q.class_histogram))))
+    rows.append((title, "sampling seconds per 100 samples", f"{q.seconds_per_100_samples:.2f}"))
+    if q.class_accuracy is not None:
+        rows.append((title, f"class accuracy at w = {q.settings.guidance:g}", f"{100 * q.class_accuracy:.1f}%"))
+    if q.coverage_per_class is not None:
+        rows.append((title, "coverage of each digit's test images (0-9)",
+                     " ".join(f"{c:.2f}" for c in q.coverage_per_class)))
+    return rows
+
+
 def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for kind in MODELS:
         run = RunDir(out / kind)
         title = kinds.get(kind).title
         m = RunMetrics.from_json(run.read_metrics())
-        if m.likelihood is not None:
-            rows.append((title, "validation negative ELBO (nats)", f"{m.likelihood.val_neg_elbo:.2f}"))
-            rows.append((title, f"IWAE bound on -log p(x), k={m.likelihood.iwae_k} (nats)",
-                         f"{m.likelihood.iwae_nll:.2f}"))
-        if (q := m.quality) is not None:
-            rows.append((title, f"MNIST-FD, {q.n_samples} samples, {_sampler_name(q)}", f"{q.mnist_fd:.2f}"))
-            rows.append((title, "classifier histogram of samples (digits 0-9)", " ".join(map(str, q.class_histogram))))
-            rows.append((title, "sampling seconds per 100 samples", f"{q.seconds_per_100_samples:.2f}"))
-            if q.class_accuracy is not None:
-                rows.append((title, f"class accuracy at w = {q.settings.guidance:g}", f"{100 * q.class_accuracy:.1f}%"))
+        rows += _likelihood_rows(title, m.likelihood) if m.likelihood is not None else []
+        rows += _quality_rows(title, m.quality) if m.quality is not None else []
         for p in m.guidance_sweep or ():
-            rows.append((title, f"w = {p.guidance:g}: MNIST-FD / class accuracy ({p.n_samples} samples)",
-                         f"{p.mnist_fd:.2f} / {100 * p.class_accuracy:.1f}%"))
+            kid = f", KID {p.kid:.3f} ± {p.kid_std:.3f}" if p.kid is not None else ""
+            rows.append((title, f"w = {p.guidance:g}: MNIST-FD / class accuracy{' / KID' if kid else ''} "
+                                f"({p.n_samples} samples)", f"{p.mnist_fd:.2f} / {100 * p.class_accuracy:.1f}%{kid}"))
         history = run.read_history()
         if history:
             seconds = sum(r.seconds for r in history)
@@ -177,7 +203,10 @@ figure img {{ width: 100%; image-rendering: pixelated; }} figcaption {{ font-siz
 <h1>mnistgen study</h1>
 <p>Preset <b>{html.escape(preset_name)}</b> on <b>{html.escape(device_name(device))}</b>, torch {torch.__version__},
 written {time.strftime('%Y-%m-%d %H:%M')}. MNIST-FD is the Fr&eacute;chet distance between features of
-mnistgen's own MNIST classifier (not Inception FID); compare it only with other mnistgen numbers.</p>
+mnistgen's own MNIST classifier (not Inception FID); compare it only with other mnistgen numbers. KID,
+precision, recall, density and coverage use the same features; KID does not depend on the sample count.
+The VAE's grey-level likelihoods score grey pixels under a Bernoulli decoder and are not comparable with
+published numbers; the binarized ones are.</p>
 <h2>Metrics</h2>
 <table><tr><th>model</th><th>metric</th><th>value</th></tr>
 {rows}

@@ -1,4 +1,7 @@
-"""The bundled judge classifier and MNIST-FD behave as a metric should on real, blurred and noise images."""
+"""The bundled judge classifier and every sample metric behave as metrics should on real, blurred,
+noise and mode-dropped images."""
+
+import pytest
 
 from mnistgen.data import load
 from mnistgen.evaluation.anchors import anchors
@@ -11,7 +14,29 @@ def test_bundled_classifier_reaches_99_percent(mnist_dir):
     assert (predictions == test.y).float().mean().item() >= 0.99
 
 
-def test_fd_orders_real_blurred_and_noise(mnist_dir):
-    a = anchors(n=3000, data_dir=mnist_dir)
-    assert a.train_vs_test < 0.1 * a.blurred
-    assert a.blurred < 0.5 * a.noise
+@pytest.fixture(scope="module")
+def scores(mnist_dir):
+    return anchors(n=3000, data_dir=mnist_dir)
+
+
+def test_fd_and_kid_order_real_blurred_and_noise(scores):
+    real, blurred, noise = scores["train_vs_test"], scores["blurred"], scores["noise"]
+    assert real.mnist_fd < 0.1 * blurred.mnist_fd and blurred.mnist_fd < 0.5 * noise.mnist_fd
+    assert real.kid.mean < 0.1 * blurred.kid.mean and blurred.kid.mean < 0.5 * noise.kid.mean
+    assert abs(real.kid.mean) < 3 * real.kid.std  # KID is unbiased: real digits score about 0
+    assert real.fd_spread.std < 0.2 * blurred.mnist_fd
+
+
+def test_real_digits_score_high_fidelity_and_diversity(scores):
+    real, noise = scores["train_vs_test"].prdc, scores["noise"].prdc
+    assert min(real.precision, real.recall, real.coverage) > 0.9 and 0.8 < real.density < 1.2
+    assert noise.recall < 0.05 and noise.coverage < 0.05 and noise.density < 0.5 * real.density
+    # Precision alone is fooled here (about 1.0): the noise images' features collapse to one point that
+    # lies in the large balls of a few outlying real digits. Density, which counts balls, is not.
+
+
+def test_dropping_two_digits_lowers_recall_and_coverage_but_not_precision(scores):
+    full, dropped = scores["train_vs_test"].prdc, scores["mode_dropped"].prdc
+    assert dropped.recall < full.recall - 0.08 and dropped.coverage < full.coverage - 0.1
+    assert dropped.precision > 0.97 * full.precision
+    assert scores["mode_dropped"].class_histogram[0] < 15 and scores["mode_dropped"].class_histogram[1] < 15

@@ -25,3 +25,21 @@ def test_record_is_the_metrics_json_form():
     assert record["seconds_per_100_samples"] == 4.0 and record["class_accuracy"] == 0.9
     plain = SampleQuality(SamplerSettings("prior"), 100, 3.0, [10] * 10, 1.0).to_json()
     assert "steps" not in plain and "class_accuracy" not in plain and plain["n_samples"] == 100
+
+
+def test_every_part_of_a_sample_quality_survives_metrics_json():
+    from mnistgen.evaluation.fd import FDSpread
+    from mnistgen.evaluation.kid import KID
+    from mnistgen.evaluation.metrics import RunMetrics, SweepPoint
+    from mnistgen.evaluation.prdc import PRDC
+
+    q = SampleQuality(SamplerSettings("cfg", 64, guidance=0.3), 200, 12.5, [20] * 10, 8.0, 0.9, [0.9] * 10,
+                      FDSpread(0.4, 100, 11.9), KID(0.02, 0.003, 100, 200), PRDC(0.8, 0.7, 0.95, 0.6, 5),
+                      [0.5] * 10)
+    metrics = RunMetrics("cfg", "smoke", quality=q, guidance_sweep=(SweepPoint.of(q),))
+    again = RunMetrics.from_json(metrics.to_json())
+    assert again == metrics
+    assert again.guidance_sweep[0].kid == 0.02
+    old = {k: v for k, v in metrics.to_json().items() if k in ("model", "preset", "n_samples", "mnist_fd",
+                                                                 "class_histogram", "sample_seconds")}
+    assert RunMetrics.from_json(old).quality.kid is None  # files from before these metrics still read

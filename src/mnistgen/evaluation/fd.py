@@ -8,6 +8,7 @@ with other MNIST-FD numbers from the same classifier weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,3 +83,39 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
 
 def class_histogram(predictions: torch.Tensor) -> list[int]:
     return torch.bincount(predictions, minlength=10).tolist()
+
+
+@dataclass(frozen=True)
+class FDSpread:
+    """How far an MNIST-FD from n samples can be trusted."""
+
+    std: float  # bootstrap standard error: the std of the FD over resamples of the generated features
+    resamples: int
+    at_infinity: float | None  # FD_inf (Chong & Forsyth 2020); None where n is too small to extrapolate
+
+
+def fd_spread(features: torch.Tensor, reference: FeatureStats, resamples: int = 100,
+              generator: torch.Generator | None = None) -> FDSpread:
+    """The bootstrap std of the FD of ``features`` (n, D) against ``reference``, and FD_inf."""
+    n = len(features)
+    values = torch.tensor([frechet_distance(feature_stats(features[torch.randint(n, (n,), generator=generator)]),
+                                            reference) for _ in range(resamples)])
+    return FDSpread(values.std().item(), resamples, fd_infinity(features, reference, generator=generator))
+
+
+def fd_infinity(features: torch.Tensor, reference: FeatureStats, points: int = 10,
+                generator: torch.Generator | None = None) -> float | None:
+    """FD_inf (Chong & Forsyth 2020, "Effectively Unbiased FID", section 3): the FD of random subsets of
+    sizes from n / 5 to n is linear in 1 / size; the line's value at 1 / size = 0. None when fewer than
+    twice the feature dimension would be left in the smallest subset (a singular covariance)."""
+    n, d = features.shape
+    smallest = max(n // 5, 2 * d)
+    if smallest > n // 2:
+        return None
+    sizes = torch.linspace(smallest, n, points).round().long().tolist()
+    fds = [frechet_distance(feature_stats(features[torch.randperm(n, generator=generator)[:size]]), reference)
+           for size in sizes]
+    inverse = torch.tensor([1.0 / size for size in sizes], dtype=torch.float64)
+    design = torch.stack([torch.ones_like(inverse), inverse], 1)  # (points, 2): intercept, slope
+    coef = torch.linalg.lstsq(design, torch.tensor(fds, dtype=torch.float64)[:, None]).solution
+    return float(coef[0, 0])

@@ -10,20 +10,24 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
 from mnistgen.config import RunConfig
 from mnistgen.data.mnist import load
 from mnistgen.diffusion.samplers import SamplerSettings
-from mnistgen.evaluation.fd import FeatureStats, Judgement, class_histogram, feature_stats, frechet_distance, judge
+from mnistgen.evaluation.fd import (FDSpread, FeatureStats, Judgement, class_histogram, fd_spread, feature_stats,
+                                   frechet_distance, judge)
+from mnistgen.evaluation.kid import KID, kid
+from mnistgen.evaluation.prdc import PRDC, prdc
 from mnistgen.training.checkpoint import save_checkpoint
 
 
 @dataclass(frozen=True)
 class SampleQuality:
-    """What ``n_samples`` fresh samples scored, judged by mnistgen's classifier."""
+    """What ``n_samples`` fresh samples scored, judged by mnistgen's classifier. The parts after
+    ``class_histogram`` are None in metrics files written before mnistgen measured them."""
 
     settings: SamplerSettings  # resolved
     n_samples: int
@@ -32,6 +36,10 @@ class SampleQuality:
     sample_seconds: float
     class_accuracy: float | None = None  # conditional models: the judge agrees with the requested label
     class_accuracy_per_class: list[float] | None = None
+    fd_spread: FDSpread | None = None
+    kid: KID | None = None
+    prdc: PRDC | None = None  # against as many real test features as there are samples
+    coverage_per_class: list[float] | None = None  # conditional models: coverage of each digit's real images
 
     @property
     def seconds_per_100_samples(self) -> float:
@@ -43,31 +51,50 @@ class SampleQuality:
                       sample_seconds=self.sample_seconds, seconds_per_100_samples=self.seconds_per_100_samples)
         if self.class_accuracy is not None:
             values.update(class_accuracy=self.class_accuracy, class_accuracy_per_class=self.class_accuracy_per_class)
+        if self.fd_spread is not None:
+            values.update(mnist_fd_std=self.fd_spread.std, mnist_fd_resamples=self.fd_spread.resamples,
+                          mnist_fd_inf=self.fd_spread.at_infinity)
+        if self.kid is not None:
+            values.update(kid=self.kid.mean, kid_std=self.kid.std, kid_subsets=self.kid.subsets,
+                          kid_subset_size=self.kid.subset_size)
+        if self.prdc is not None:
+            values.update(precision=self.prdc.precision, recall=self.prdc.recall, density=self.prdc.density,
+                          coverage=self.prdc.coverage, prdc_k=self.prdc.k)
+        if self.coverage_per_class is not None:
+            values.update(coverage_per_class=self.coverage_per_class)
         return values
 
     @staticmethod
     def from_json(d: dict) -> "SampleQuality":
         settings = SamplerSettings(**{f.name: d.get(f.name) for f in fields(SamplerSettings)})
+        spread = FDSpread(d["mnist_fd_std"], d["mnist_fd_resamples"], d["mnist_fd_inf"]) if "mnist_fd_std" in d else None
+        kid_ = KID(d["kid"], d["kid_std"], d["kid_subsets"], d["kid_subset_size"]) if "kid" in d else None
+        prdc_ = (PRDC(d["precision"], d["recall"], d["density"], d["coverage"], d["prdc_k"])
+                 if "precision" in d else None)
         return SampleQuality(settings, d["n_samples"], d["mnist_fd"], d["class_histogram"], d["sample_seconds"],
-                             d.get("class_accuracy"), d.get("class_accuracy_per_class"))
+                             d.get("class_accuracy"), d.get("class_accuracy_per_class"), spread, kid_, prdc_,
+                             d.get("coverage_per_class"))
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One guidance weight of a conditional model's sweep."""
+    """One guidance weight of a conditional model's sweep; KID (None in older files) reads across sample counts."""
 
     guidance: float
     steps: int
     n_samples: int
     mnist_fd: float
     class_accuracy: float
+    kid: float | None = None
+    kid_std: float | None = None
 
     @staticmethod
     def of(q: SampleQuality) -> "SweepPoint":
-        return SweepPoint(q.settings.guidance, q.settings.steps, q.n_samples, q.mnist_fd, q.class_accuracy)
+        return SweepPoint(q.settings.guidance, q.settings.steps, q.n_samples, q.mnist_fd, q.class_accuracy,
+                          q.kid.mean if q.kid else None, q.kid.std if q.kid else None)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @staticmethod
     def from_json(d: dict) -> "SweepPoint":
@@ -76,20 +103,25 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class Likelihood:
-    """The VAE's bounds on the test set, in nats per image."""
+    """The VAE's bounds on the test set, in nats per image. The first two score the grey-level test
+    images under the Bernoulli decoder (not a normalised density of grey levels, and not comparable
+    with the literature); the binarized ones score dynamically binarized test images (each pixel
+    drawn 1 with its grey level as probability), the setting of the published 80-90 nats."""
 
     val_neg_elbo: float
     iwae_nll: float  # IWAE bound on -log p(x)
     iwae_k: int
     iwae_n_images: int
     n_test_images: int
+    binarized_neg_elbo: float | None = None  # None in files written before mnistgen measured it
+    binarized_iwae_nll: float | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @staticmethod
     def from_json(d: dict) -> "Likelihood":
-        return Likelihood(**{f.name: d[f.name] for f in fields(Likelihood)})
+        return Likelihood(**{f.name: d.get(f.name) for f in fields(Likelihood)})
 
 
 @dataclass(frozen=True)
@@ -130,11 +162,20 @@ class RunMetrics:
             test_accuracy=d.get("test_accuracy"), evaluation_seconds=d.get("evaluation_seconds"))
 
 
+class Reference(NamedTuple):
+    """The MNIST test set as the judge sees it: what samples are compared with."""
+
+    features: torch.Tensor  # (N, D) float32, on the CPU
+    labels: torch.Tensor  # (N,) int64: the true digits
+    stats: FeatureStats
+
+
 def sample_quality(batches: Iterator[torch.Tensor], labels: torch.Tensor | None, classifier,
-                   reference: FeatureStats, settings: SamplerSettings) -> SampleQuality:
-    """MNIST-FD, class histogram and (given the requested ``labels``) class accuracy of the samples
-    that ``batches`` yields, (B, 1, H, W) in [0, 1] on the CPU. Each batch is judged as it comes, so
-    memory does not grow with the number of images; the seconds spent sampling are counted apart."""
+                   reference: Reference, settings: SamplerSettings, seed: int = 0) -> SampleQuality:
+    """MNIST-FD (with its bootstrap std and FD_inf), KID, precision / recall / density / coverage, the
+    class histogram and (given the requested ``labels``) class accuracy and per-class coverage of the
+    samples that ``batches`` yields, (B, 1, H, W) in [0, 1] on the CPU. Each batch is judged as it
+    comes, so memory holds features, not images; the seconds spent sampling are counted apart."""
     verdicts, seconds = [], 0.0
     while True:
         start = time.perf_counter()
@@ -144,20 +185,47 @@ def sample_quality(batches: Iterator[torch.Tensor], labels: torch.Tensor | None,
             break
         verdicts.append(judge(classifier, batch))
     verdict = Judgement(torch.cat([v.features for v in verdicts]), torch.cat([v.predictions for v in verdicts]))
-    accuracy = per_class = None
+    g = torch.Generator().manual_seed(seed)  # the subsets and resamples of every statistic below
+    accuracy = per_class = coverage = None
     if labels is not None:
-        correct = verdict.predictions == labels.cpu()
+        labels = labels.cpu()
+        correct = verdict.predictions == labels
         accuracy = correct.float().mean().item()
-        per_class = [correct[labels.cpu() == d].float().mean().item() for d in range(10)]
-    fd = frechet_distance(feature_stats(verdict.features), reference)
+        per_class = [correct[labels == d].float().mean().item() for d in range(10)]
+        coverage = per_class_coverage(verdict.features, labels, reference, g)
+    fd = frechet_distance(feature_stats(verdict.features), reference.stats)
     return SampleQuality(settings, len(verdict.predictions), fd, class_histogram(verdict.predictions),
-                         round(seconds, 3), accuracy, per_class)
+                         round(seconds, 3), accuracy, per_class, fd_spread(verdict.features, reference.stats,
+                                                                           generator=g),
+                         kid(reference.features, verdict.features, generator=g),
+                         prdc(_real_subset(reference.features, len(verdict.features), g), verdict.features, PRDC_K),
+                         coverage)
 
 
-def reference_stats(classifier, data_dir: str | os.PathLike | None, device) -> FeatureStats:
-    """Classifier feature statistics of the 10,000 MNIST test images."""
+PRDC_K = 5  # Naeem et al.'s choice
+
+
+def _real_subset(real: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """As many real features as there are generated ones (PRDC compares sets of equal size)."""
+    return real[torch.randperm(len(real), generator=generator)[:n]]
+
+
+def per_class_coverage(features: torch.Tensor, labels: torch.Tensor, reference: Reference,
+                       generator: torch.Generator) -> list[float] | None:
+    """For each digit d: the coverage of real test images of d by the samples requested as d
+    (None when a digit has too few samples for k-nearest-neighbour balls)."""
+    counts = [int((labels == d).sum()) for d in range(10)]
+    if min(counts) <= PRDC_K:
+        return None
+    return [prdc(_real_subset(reference.features[reference.labels == d], counts[d], generator),
+                 features[labels == d], PRDC_K).coverage for d in range(10)]
+
+
+def reference_set(classifier, data_dir: str | os.PathLike | None, device) -> Reference:
+    """The judge's features of the 10,000 MNIST test images, their labels and their statistics."""
     test = load("test", "unit", 28, "mnist", data_dir, device)
-    return feature_stats(judge(classifier, test.x).features)
+    features = judge(classifier, test.x).features
+    return Reference(features, test.y.cpu(), feature_stats(features))
 
 
 def export_classifier(config: RunConfig, model: torch.nn.Module, path: Path) -> Path:

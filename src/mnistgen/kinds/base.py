@@ -19,8 +19,7 @@ from mnistgen.config import RunConfig, range_of
 from mnistgen.data.mnist import TensorData, labels_per_digit, load
 from mnistgen.diffusion.samplers import OnStep, SamplerSettings
 from mnistgen.errors import UserError
-from mnistgen.evaluation.fd import FeatureStats
-from mnistgen.evaluation.metrics import RunMetrics, SampleQuality, sample_quality
+from mnistgen.evaluation.metrics import Reference, RunMetrics, SampleQuality, sample_quality
 from mnistgen.training.rundir import EpochRecord, RunDir
 from mnistgen.training.trainer import Objective, Preview
 
@@ -169,7 +168,7 @@ class ModelKind:
         for w in (min(request.guidance_sweep), max(request.guidance_sweep)) if request.guidance_sweep else ():
             self.check_settings(config, SamplerSettings(guidance=w))
 
-    def sample_quality(self, trained: TrainedModel, classifier, reference: FeatureStats, n: int, seed: int,
+    def sample_quality(self, trained: TrainedModel, classifier, reference: Reference, n: int, seed: int,
                        settings: SamplerSettings) -> SampleQuality:
         """MNIST-FD, class histogram and (labelled kinds) class accuracy of ``n`` fresh samples."""
         g = torch.Generator(trained.device).manual_seed(seed)
@@ -177,14 +176,14 @@ class ModelKind:
         count = len(labels) if labels is not None else n
         batches = self.sample_batches(trained.config, trained.model, count, g, settings, labels, trained.process,
                                       progress=True)
-        return sample_quality(batches, labels, classifier, reference, self.resolve(trained.config, settings))
+        return sample_quality(batches, labels, classifier, reference, self.resolve(trained.config, settings), seed)
 
     def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
                     metrics: RunMetrics) -> RunMetrics:
         """What only this kind measures (the VAE's likelihood, the classifier's accuracy)."""
         return metrics
 
-    def sweep(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: FeatureStats,
+    def sweep(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: Reference,
               metrics: RunMetrics) -> RunMetrics:
         return metrics
 

@@ -15,8 +15,7 @@ from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
-from mnistgen.evaluation.fd import FeatureStats
-from mnistgen.evaluation.metrics import RunMetrics, SweepPoint
+from mnistgen.evaluation.metrics import Reference, RunMetrics, SweepPoint
 from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel, conditional_labels, in_range
 from mnistgen.models.unet import ConditionalUNet
 
@@ -79,7 +78,7 @@ class GuidedKind(ModelKind):
     def evaluation_labels(self, n: int, device: torch.device) -> torch.Tensor:
         return conditional_labels(n, device)
 
-    def sweep(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: FeatureStats,
+    def sweep(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: Reference,
               metrics: RunMetrics) -> RunMetrics:
         """MNIST-FD and class accuracy at each weight of ``request.guidance_sweep``."""
         if not request.guidance_sweep:

@@ -50,12 +50,15 @@ class VAEKind(ModelKind):
 
     def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
                     metrics: RunMetrics) -> RunMetrics:
-        """The validation negative ELBO and the IWAE bound on -log p(x) of the test images."""
+        """The negative ELBO and the IWAE bound on -log p(x) of the test images, as they are (grey
+        levels) and dynamically binarized (one Bernoulli draw per pixel, seeded)."""
         test = self.load_data(trained.config, "test", data_dir, device)
         g = torch.Generator(device).manual_seed(request.seed)
-        likelihood = Likelihood(neg_elbo_mean(trained.model, test.x, g),
-                                iwae_nll_mean(trained.model, test.x[:request.n_images], request.iwae_k, g),
-                                request.iwae_k, min(request.n_images, len(test)), len(test))
+        n = min(request.n_images, len(test))
+        grey = neg_elbo_mean(trained.model, test.x, g), iwae_nll_mean(trained.model, test.x[:n], request.iwae_k, g)
+        binary = torch.bernoulli(test.x, generator=g)  # (N, 1, 28, 28) in {0, 1}
+        likelihood = Likelihood(*grey, request.iwae_k, n, len(test), neg_elbo_mean(trained.model, binary, g),
+                                iwae_nll_mean(trained.model, binary[:n], request.iwae_k, g))
         return replace(metrics, likelihood=likelihood)
 
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
