@@ -15,7 +15,7 @@ from collections import defaultdict
 
 from torch.profiler import ProfilerActivity, profile
 
-from run import _trainer  # bench/run.py
+from run import bench_trainer  # bench/run.py
 
 GROUPS = {  # operator-name fragments -> group
     "convolution": ("conv", "mkldnn_convolution"),
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    trainer, batches = _trainer(args.kind, args.preset, args.steps)
+    trainer, batches = bench_trainer(args.kind, args.preset, args.steps)
     for idx in batches[:3]:
         trainer.train_step(idx)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -69,7 +69,7 @@ VARIANTS = {  # name -> overrides
 }
 
 
-def _trainer(kind: str, name: str, steps: int, variant: str = "preset") -> tuple[Trainer, list[torch.Tensor]]:
+def bench_trainer(kind: str, name: str, steps: int, variant: str = "preset") -> tuple[Trainer, list[torch.Tensor]]:
     """A trainer on random data with EMA from step 0, in one of the memory-format / compile variants."""
     cfg = apply_overrides(preset(kind, name), {"train.ema_start": 0, **VARIANTS[variant]})
     bs = cfg.train.batch_size
@@ -81,7 +81,7 @@ def _trainer(kind: str, name: str, steps: int, variant: str = "preset") -> tuple
 def train_throughput(kind: str, name: str, steps: int, variant: str = "preset") -> dict:
     """Images/s of full optimizer steps (forward, backward, Adam, clipping, EMA) through the real trainer,
     and the mean seconds per step spent in each phase."""
-    trainer, batches = _trainer(kind, name, steps, variant)
+    trainer, batches = bench_trainer(kind, name, steps, variant)
     for idx in batches[:3]:  # warm-up (and compilation)
         trainer.train_step(idx)
     split = dict.fromkeys(PHASES, 0.0)
@@ -116,7 +116,7 @@ def compare_variants(kind: str, name: str, variants: list[str], steps: int, roun
     trainers = {}
     for variant in variants:
         try:
-            trainers[variant] = _trainer(kind, name, steps * rounds, variant)
+            trainers[variant] = bench_trainer(kind, name, steps * rounds, variant)
             for idx in trainers[variant][1][:3]:  # warm-up (and compilation)
                 trainers[variant][0].train_step(idx)
         except Exception as error:  # e.g. torch.compile without a working C++ toolchain

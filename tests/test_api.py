@@ -160,3 +160,12 @@ def test_export_writes_loadable_models_with_cards(runs, tmp_path, mnist_dir):
     assert "val neg" not in cards[0].read_text() and "ELBO" in cards[0].read_text()
     assert (tmp_path / "shipped" / "ddpm" / "samples").is_dir()  # F9 can be drawn from the shipped run
     assert mnistgen.draw_figures(tmp_path / "shipped" / "ddpm", device="cpu")
+
+
+def test_evaluation_shows_a_sampling_bar_only_when_asked(runs, mnist_dir, capfd):
+    """More samples than one batch: a bar on stderr with progress, none without (reproduce --no-progress)."""
+    for progress in (False, True):
+        capfd.readouterr()
+        mnistgen.evaluate(runs["vae"].path, n=600, iwae_k=2, n_images=20, device="cpu", data_dir=mnist_dir,
+                          progress=progress)
+        assert ("sampling" in capfd.readouterr().err) == progress

@@ -48,6 +48,9 @@ def place(tmp_path_factory, mnist_dir):
         state = load_checkpoint(root / name / "checkpoints" / "last.pt")
         edit(state)
         save_checkpoint(root / name / "checkpoints" / "last.pt", state)
+    for name, text in (("metrics-broken", '{"mnist_fd": '), ("metrics-edited", '{"mnist_fd": 3.0}')):
+        shutil.copytree(root / "cfg", root / name)
+        (root / name / "metrics.json").write_text(text)
     shutil.copytree(root / "ddpm", root / "ckpt-garbage")
     for p in (root / "ckpt-garbage" / "checkpoints").iterdir():
         p.write_bytes(b"garbage")
@@ -201,11 +204,14 @@ ROWS = [
     ("evaluate {root}/cfg --classifier {root}/vae/checkpoints/last.pt", "not a 'classifier' model"),
     ("evaluate {root}/cfg --classifier /nonexistent.pt", "not found"),
     ("evaluate {root}/ckpt-bad-step", "ckpt-bad-step"),
+    ("evaluate {root}/metrics-broken", "metrics-broken/metrics.json is not a metrics file"),
     # figures
     ("figures /nonexistent/run", "does not exist"),
     ("figures {root}/judge", "'classifier' run"),
     ("figures {root}/config-list", "expected a JSON object"),
     ("figures {root}/ckpt-garbage", "cannot read checkpoint"),
+    ("figures {root}/metrics-broken", "metrics-broken/metrics.json is not a metrics file"),
+    ("figures {root}/metrics-edited", "missing entry 'n_samples'"),
     # reproduce and the command itself
     ("reproduce --preset huge", "valid: reference, cpu, smoke"),
     ("reproduce --preset ''", "valid: reference, cpu, smoke"),

@@ -5,6 +5,8 @@ A broken, swapped or missing file fails here."""
 import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +77,22 @@ def test_pretrained_models_are_read_only_and_work_in_a_copy(tmp_path):
     paths = mnistgen.draw_figures("pretrained:cfg", out=tmp_path / "cfg", device="cpu")
     assert {p.name for p in paths} == {"f12_epochs.png", "guidance_sweep.png"}
     assert not (api.PRETRAINED_DIR / "cfg" / "figures").exists()
+
+
+def test_the_wheel_carries_every_shipped_file(tmp_path):
+    """`pip install mnistgen` gets the pretrained models and the judge: each data file under the
+    package (not Python) is in the wheel that pip builds from this source tree (offline, no deps)."""
+    root = Path(mnistgen.__file__).parents[2]
+    source = tmp_path / "source"
+    shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    wheel, = (tmp_path / "dist").glob("mnistgen-*.whl")
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    package = source / "src" / "mnistgen"
+    shipped = {f"mnistgen/{p.relative_to(package).as_posix()}" for p in package.rglob("*")
+               if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    assert any(name.startswith("mnistgen/pretrained/cfg/checkpoints/") for name in shipped)
+    assert shipped <= packed, sorted(shipped - packed)

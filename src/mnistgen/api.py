@@ -24,13 +24,13 @@ from mnistgen.config import PRESETS, RunConfig, apply_overrides, preset
 from mnistgen.data.mnist import native_size
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
 from mnistgen.errors import UserError
-from mnistgen.evaluation.metrics import RunMetrics
+from mnistgen.evaluation.metrics import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir
 from mnistgen.images import save_animation
 from mnistgen.kinds import EvaluationRequest, TrainedModel
 from mnistgen.runs import check_resume, evaluate_run, load_run, render_figures
 from mnistgen.runs import train as train_run
-from mnistgen.study import MODELS, SETTINGS, read_provenance, run_study
+from mnistgen.study import MODELS, SETTINGS, metric_rows, read_provenance, run_study
 from mnistgen.training import distributed
 from mnistgen.training.device import default_preset, pick_device
 from mnistgen.training.rundir import EpochRecord, RunDir
@@ -330,13 +330,14 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
              guidance: float | None = None, guidance_sweep: Sequence[float] | None = None,
              sweep_samples: int | None = None, iwae_k: int = 500, n_images: int = 10_000,
              classifier: str | os.PathLike | None = None, device: str | torch.device = "auto",
-             data_dir: str | os.PathLike | None = None) -> RunMetrics:
+             data_dir: str | os.PathLike | None = None, progress: bool = True) -> RunMetrics:
     """Evaluate a run (or a pretrained model, into ``out``) and merge the results into its
-    metrics.json: MNIST-FD, class histogram and accuracy of ``n`` samples, the VAE's ELBO and IWAE
-    bound, the CFG model's guidance sweep, the classifier's test accuracy."""
+    metrics.json: MNIST-FD (with its bootstrap std and FD_inf), KID, precision / recall / density /
+    coverage, class histogram and accuracy of ``n`` samples; the VAE's ELBO and IWAE bound (grey-level
+    and binarized test images); the CFG model's guidance sweep; the classifier's test accuracy."""
     request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance), iwae_k, n_images,
                                 tuple(guidance_sweep) if guidance_sweep is not None else None, sweep_samples,
-                                Path(classifier) if classifier is not None else None)
+                                Path(classifier) if classifier is not None else None, progress)
     return evaluate_run(_writable_copy(run, out), pick_device(device), data_dir, request)
 
 
@@ -409,7 +410,7 @@ def _export_run(trained: TrainedModel, out: Path, commit: str, trained_on: str) 
         for epoch in nearest_epochs(source.sample_epochs()):
             target.samples.mkdir(parents=True, exist_ok=True)
             shutil.copy(source.epoch_samples(epoch), target.epoch_samples(epoch))
-    metrics = RunMetrics.from_json(source.read_metrics())
+    metrics = read_metrics(source)
     shutil.copy(source.metrics, target.metrics)
     card = out / "MODEL_CARD.md"
     card.write_text(model_card(config, trained.history, metrics, commit, trained_on))
@@ -431,18 +432,7 @@ def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, tra
              f"- training: {len(history)} epochs, {history[-1].step:,} optimizer steps, {seconds / 60:.1f} minutes "
              f"on {trained_on}", "",
              "## Measured", ""]
-    if metrics.likelihood is not None:
-        lines += [f"- validation negative ELBO: {metrics.likelihood.val_neg_elbo:.2f} nats",
-                  f"- IWAE bound, k = {metrics.likelihood.iwae_k}: {metrics.likelihood.iwae_nll:.2f} nats "
-                  f"(Bernoulli likelihood of grey-level pixels; not comparable with binarised-MNIST numbers)"]
-    if (q := metrics.quality) is not None:
-        settings = ", ".join(f"{k} {v}" for k, v in q.settings.to_json().items())
-        lines += [f"- MNIST-FD: {q.mnist_fd:.2f} ({q.n_samples} samples; {settings}); mnistgen's own "
-                  f"classifier features, not Inception FID",
-                  f"- classifier histogram of samples (digits 0-9): {' '.join(map(str, q.class_histogram))}"]
-        if q.class_accuracy is not None:
-            lines.append(f"- class accuracy at w = {q.settings.guidance:g}: {100 * q.class_accuracy:.1f}%")
-    for p in metrics.guidance_sweep or ():
-        lines.append(f"- w = {p.guidance:g}: MNIST-FD {p.mnist_fd:.2f}, class accuracy {100 * p.class_accuracy:.1f}% "
-                     f"({p.n_samples} samples)")
+    lines += [f"- {metric}: {value}" for metric, value in metric_rows(metrics)]
+    lines += ["", "MNIST-FD, KID, precision, recall, density and coverage are computed in the features of "
+                  "mnistgen's own MNIST classifier (not Inception); compare them only with other mnistgen numbers."]
     return "\n".join(lines) + "\n"

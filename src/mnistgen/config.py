@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 from mnistgen.errors import UserError
 
-KINDS = ("vae", "ddpm", "cfg", "classifier")
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr")
@@ -203,7 +202,7 @@ class RunConfig:
         kind = d.get("kind")
         if kind not in KINDS:
             raise UserError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
-        model_cls, process_cls = _COMPONENTS[kind]
+        model_cls, process_cls = SECTIONS[kind]
         train = dict(_section(d, "train"))
         if isinstance(train.get("amp"), bool):  # written by mnistgen 0.1: amp on CUDA or not
             train["amp"] = "auto" if train["amp"] else "off"
@@ -219,12 +218,15 @@ class RunConfig:
         return config
 
 
-_COMPONENTS: dict[str, tuple[type, type | None]] = {
+# The config types of each model kind's sections (model, process), the one list of kinds at this
+# layer: run files are parsed here, below the kind objects of mnistgen.kinds, which follow this order.
+SECTIONS: dict[str, tuple[type, type | None]] = {
     "vae": (VAEConfig, None),
     "ddpm": (UNetConfig, DDPMConfig),
     "cfg": (UNetConfig, CFGConfig),
     "classifier": (ClassifierConfig, None),
 }
+KINDS = tuple(SECTIONS)
 
 
 def _section(d: dict[str, Any], name: str) -> dict[str, Any]:

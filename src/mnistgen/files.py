@@ -6,6 +6,8 @@ The bottom layer of mnistgen: it imports nothing else of the package but its err
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -94,3 +96,16 @@ def check_writable_dir(folder: Path, what: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+class JsonRecord:
+    """Mixin for a frozen dataclass stored as flat JSON fields: ``to_json`` leaves out the fields that
+    are None, ``from_json`` reads this record's fields out of a (possibly larger) object, and fields a
+    file lacks take their defaults (a missing required field is a TypeError)."""
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: dict):
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})

@@ -21,7 +21,7 @@ from mnistgen.config import RunConfig, differences
 from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, UserError
 from mnistgen.evaluation.fd import load_classifier
-from mnistgen.evaluation.metrics import RunMetrics, reference_set
+from mnistgen.evaluation.metrics import RunMetrics, read_metrics, reference_set
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest, TrainedModel
 from mnistgen.training import device as policy
@@ -153,6 +153,7 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
                         f"{trained.config.kind!r} model")
     kind.check_request(trained.config, request)
     check_writable_dir(trained.run.root, "run directory")
+    read_metrics(trained.run)  # a damaged metrics.json is refused now, not after the work
     start = time.perf_counter()
     metrics = kind.own_metrics(trained, request, data_dir, device, RunMetrics(trained.config.kind,
                                                                               trained.config.preset))
@@ -160,7 +161,7 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
         classifier = load_classifier(request.classifier_path, device)
         reference = reference_set(classifier, data_dir, device)
         quality = kind.sample_quality(trained, classifier, reference, request.n_samples, request.seed,
-                                      request.settings)
+                                      request.settings, request.progress)
         metrics = kind.sweep(trained, request, classifier, reference, replace(metrics, quality=quality))
     kind.export(trained)
     metrics = replace(metrics, evaluation_seconds=round(time.perf_counter() - start, 1))

@@ -25,8 +25,7 @@ from mnistgen import kinds
 from mnistgen.config import preset
 from mnistgen.errors import UserError
 from mnistgen.files import write_json
-from mnistgen.evaluation.metrics import Likelihood, RunMetrics, SampleQuality
-from mnistgen.figures.diffusion import SWEEP_WEIGHTS
+from mnistgen.evaluation.metrics import Likelihood, RunMetrics, SampleQuality, read_metrics
 from mnistgen.kinds import EvaluationRequest
 from mnistgen.runs import evaluate_run, render_figures, train
 from mnistgen.training.checkpoint import completed_epochs
@@ -40,7 +39,6 @@ class StudySettings:
     n_samples: int  # samples judged for MNIST-FD / accuracy
     sweep_samples: int  # samples per guidance weight in the sweep
     iwae_k: int
-    sweep: tuple[float, ...] = SWEEP_WEIGHTS
 
 
 SETTINGS = {
@@ -105,11 +103,11 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
             train(config, run.root, data_dir, device, resume=resume, show_progress=show_progress)
         else:
             log(f"[{kind}] trained already, skipping")
-        if trained or RunMetrics.from_json(run.read_metrics()).quality is None:
+        if trained or read_metrics(run).quality is None:
             log(f"[{kind}] evaluating")
             evaluate_run(run.root, device, data_dir, EvaluationRequest(
                 n_samples=settings.n_samples, iwae_k=settings.iwae_k, sweep_samples=settings.sweep_samples,
-                guidance_sweep=settings.sweep if kinds.get(kind).guided else None))
+                guidance_sweep=kinds.get(kind).sweep_weights or None, progress=show_progress))
         log(f"[{kind}] figures")
         render_figures(run.root, device, data_dir)
     report = write_report(out, preset_name, device)
@@ -124,36 +122,47 @@ def _sampler_name(q: SampleQuality) -> str:
     return name + (f", eta = {s.eta:g}" if s.sampler == "ddim" else "")
 
 
-def _likelihood_rows(title: str, like: Likelihood) -> list[tuple[str, str, str]]:
-    rows = [(title, "validation negative ELBO, grey-level test images (nats)", f"{like.val_neg_elbo:.2f}"),
-            (title, f"IWAE bound on -log p(x), k={like.iwae_k}, grey-level test images (nats)", f"{like.iwae_nll:.2f}")]
-    if like.binarized_iwae_nll is not None:
-        rows += [(title, "negative ELBO, dynamically binarized test images (nats)", f"{like.binarized_neg_elbo:.2f}"),
-                 (title, f"IWAE bound, k={like.iwae_k}, dynamically binarized test images (nats; the "
-                         f"literature's setting)", f"{like.binarized_iwae_nll:.2f}")]
+def metric_rows(m: RunMetrics) -> list[tuple[str, str]]:
+    """A run's metrics as (metric, value) lines: the report's table and the shipped models' cards."""
+    rows = _likelihood_rows(m.likelihood) if m.likelihood is not None else []
+    rows += _quality_rows(m.quality) if m.quality is not None else []
+    for p in m.guidance_sweep or ():
+        kid = p.kid is not None
+        rows.append((f"w = {p.guidance:g}: MNIST-FD / class accuracy{' / KID' if kid else ''} ({p.n_samples} samples)",
+                     f"{p.mnist_fd:.2f} / {100 * p.class_accuracy:.1f}%" + (f" / {p.kid:.2f} ± {p.kid_std:.2f}"
+                                                                           if kid else "")))
     return rows
 
 
-def _quality_rows(title: str, q: SampleQuality) -> list[tuple[str, str, str]]:
+def _likelihood_rows(like: Likelihood) -> list[tuple[str, str]]:
+    rows = [("validation negative ELBO, grey-level test images (nats)", f"{like.val_neg_elbo:.2f}"),
+            (f"IWAE bound on -log p(x), k = {like.iwae_k}, grey-level test images (nats)", f"{like.iwae_nll:.2f}")]
+    if like.binarized_iwae_nll is not None:
+        rows += [("negative ELBO, dynamically binarized test images (nats)", f"{like.binarized_neg_elbo:.2f}"),
+                 (f"IWAE bound, k = {like.iwae_k}, dynamically binarized test images (nats; the literature's "
+                  f"setting)", f"{like.binarized_iwae_nll:.2f}")]
+    return rows
+
+
+def _quality_rows(q: SampleQuality) -> list[tuple[str, str]]:
     fd = f"{q.mnist_fd:.2f}"
     if q.fd_spread is not None:
         fd += f" ± {q.fd_spread.std:.2f}" + (f" (FD_inf {q.fd_spread.at_infinity:.2f})"
-                                                  if q.fd_spread.at_infinity is not None else "")
-    rows = [(title, f"MNIST-FD ± bootstrap std, {q.n_samples} samples, {_sampler_name(q)}", fd)]
+                                             if q.fd_spread.at_infinity is not None else "")
+    rows = [(f"MNIST-FD ± bootstrap std, {q.n_samples} samples, {_sampler_name(q)}", fd)]
     if q.kid is not None:
-        rows.append((title, f"KID ± std over {q.kid.subsets} subsets of {q.kid.subset_size}",
-                     f"{q.kid.mean:.3f} ± {q.kid.std:.3f}"))
+        rows.append((f"KID ± std over {q.kid.subsets} subsets of {q.kid.subset_size}",
+                     f"{q.kid.mean:.2f} ± {q.kid.std:.2f}"))
     if q.prdc is not None:
         p = q.prdc
-        rows.append((title, f"precision / recall / density / coverage (k = {p.k})",
+        rows.append((f"precision / recall / density / coverage (k = {p.k})",
                      f"{p.precision:.3f} / {p.recall:.3f} / {p.density:.3f} / {p.coverage:.3f}"))
-    rows.append((title, "classifier histogram of samples (digits 0-9)", " ".join(map(str, q.class_histogram))))
-    rows.append((title, "sampling seconds per 100 samples", f"{q.seconds_per_100_samples:.2f}"))
+    rows.append(("classifier histogram of samples (digits 0-9)", " ".join(map(str, q.class_histogram))))
+    rows.append(("sampling seconds per 100 samples", f"{q.seconds_per_100_samples:.2f}"))
     if q.class_accuracy is not None:
-        rows.append((title, f"class accuracy at w = {q.settings.guidance:g}", f"{100 * q.class_accuracy:.1f}%"))
+        rows.append((f"class accuracy at w = {q.settings.guidance:g}", f"{100 * q.class_accuracy:.1f}%"))
     if q.coverage_per_class is not None:
-        rows.append((title, "coverage of each digit's test images (0-9)",
-                     " ".join(f"{c:.2f}" for c in q.coverage_per_class)))
+        rows.append(("coverage of each digit's test images (0-9)", " ".join(f"{c:.2f}" for c in q.coverage_per_class)))
     return rows
 
 
@@ -162,13 +171,7 @@ def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
     for kind in MODELS:
         run = RunDir(out / kind)
         title = kinds.get(kind).title
-        m = RunMetrics.from_json(run.read_metrics())
-        rows += _likelihood_rows(title, m.likelihood) if m.likelihood is not None else []
-        rows += _quality_rows(title, m.quality) if m.quality is not None else []
-        for p in m.guidance_sweep or ():
-            kid = f", KID {p.kid:.3f} ± {p.kid_std:.3f}" if p.kid is not None else ""
-            rows.append((title, f"w = {p.guidance:g}: MNIST-FD / class accuracy{' / KID' if kid else ''} "
-                                f"({p.n_samples} samples)", f"{p.mnist_fd:.2f} / {100 * p.class_accuracy:.1f}%{kid}"))
+        rows += [(title, metric, value) for metric, value in metric_rows(read_metrics(run))]
         history = run.read_history()
         if history:
             seconds = sum(r.seconds for r in history)

@@ -33,3 +33,26 @@ def test_diffusion_figures_render(kind, names, tmp_path):
     for name in names:
         width, height = _valid_png(run / "figures" / name)
         assert width > 80 and height > 80
+
+
+def test_drawing_a_figure_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline backend (here: pdf) survives importing and drawing mnistgen's figures,
+    and no figure is left open in pyplot."""
+    import subprocess
+    import sys
+
+    code = f"""
+import matplotlib
+matplotlib.use("pdf")
+import torch
+from mnistgen.evaluation.metrics import SweepPoint
+from mnistgen.figures import diffusion, vae
+draw = lambda n, generator, settings=None, labels=None: torch.rand(n, 1, 28, 28, generator=generator)
+points = (SweepPoint(0.0, 4, 10, 50.0, 0.8), SweepPoint(1.0, 4, 10, 40.0, 0.9))
+diffusion.guidance_sweep(draw, torch.device("cpu"), {str(tmp_path / "sweep.png")!r}, (0.0, 1.0), points)
+import matplotlib.pyplot as plt
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["pdf", "0"]
+    assert Image.open(tmp_path / "sweep.png").size[0] > 500

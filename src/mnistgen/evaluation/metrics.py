@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -21,7 +21,10 @@ from mnistgen.evaluation.fd import (FDSpread, FeatureStats, Judgement, class_his
                                    frechet_distance, judge)
 from mnistgen.evaluation.kid import KID, kid
 from mnistgen.evaluation.prdc import PRDC, prdc
-from mnistgen.training.checkpoint import save_checkpoint
+from mnistgen.errors import UserError
+from mnistgen.files import JsonRecord
+from mnistgen.training.checkpoint import describe_error, save_checkpoint
+from mnistgen.training.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class SampleQuality:
 
 
 @dataclass(frozen=True)
-class SweepPoint:
+class SweepPoint(JsonRecord):
     """One guidance weight of a conditional model's sweep; KID (None in older files) reads across sample counts."""
 
     guidance: float
@@ -93,16 +96,9 @@ class SweepPoint:
         return SweepPoint(q.settings.guidance, q.settings.steps, q.n_samples, q.mnist_fd, q.class_accuracy,
                           q.kid.mean if q.kid else None, q.kid.std if q.kid else None)
 
-    def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @staticmethod
-    def from_json(d: dict) -> "SweepPoint":
-        return SweepPoint(**d)
-
 
 @dataclass(frozen=True)
-class Likelihood:
+class Likelihood(JsonRecord):
     """The VAE's bounds on the test set, in nats per image. The first two score the grey-level test
     images under the Bernoulli decoder (not a normalised density of grey levels, and not comparable
     with the literature); the binarized ones score dynamically binarized test images (each pixel
@@ -115,13 +111,6 @@ class Likelihood:
     n_test_images: int
     binarized_neg_elbo: float | None = None  # None in files written before mnistgen measured it
     binarized_iwae_nll: float | None = None
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @staticmethod
-    def from_json(d: dict) -> "Likelihood":
-        return Likelihood(**{f.name: d.get(f.name) for f in fields(Likelihood)})
 
 
 @dataclass(frozen=True)
@@ -168,6 +157,16 @@ class Reference(NamedTuple):
     features: torch.Tensor  # (N, D) float32, on the CPU
     labels: torch.Tensor  # (N,) int64: the true digits
     stats: FeatureStats
+
+
+def read_metrics(run: RunDir) -> RunMetrics:
+    """RUN/metrics.json as :class:`RunMetrics` (every part None when there is no file yet); a
+    damaged or hand-edited file is one :class:`UserError` line, not a traceback."""
+    try:
+        return RunMetrics.from_json(run.read_metrics())
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise UserError(f"{run.metrics} is not a metrics file mnistgen can read ({describe_error(e)}); "
+                        f"move it away and evaluate the run again") from None
 
 
 def sample_quality(batches: Iterator[torch.Tensor], labels: torch.Tensor | None, classifier,

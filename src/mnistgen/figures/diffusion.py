@@ -10,7 +10,7 @@ import torch
 from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
 from mnistgen.evaluation.metrics import SweepPoint
-from mnistgen.figures.plotting import plt, save_figure, show_images
+from mnistgen.figures.plotting import save_figure, show_images, subplots
 from mnistgen.images import save_grid
 from mnistgen.training.rundir import RunDir
 
@@ -20,7 +20,6 @@ Draw = Callable[..., torch.Tensor]
 
 STUDY_EPOCHS = (5, 9, 15, 19)
 CHAIN_STEPS = (999, 500, 200, 100, 25, 0)  # for T = 1000; scaled for another T
-SWEEP_WEIGHTS = (0.0, 0.3, 1.0, 2.0, 4.0)  # the study's guidance weights (SPEC section 3)
 
 
 def nearest_epochs(available: list[int], wanted=STUDY_EPOCHS, study_length: int = 20) -> list[int]:
@@ -40,7 +39,7 @@ def epochs_grid(run: RunDir, rows: list[int], path: Path, title: str, row_names:
     epochs = nearest_epochs(run.sample_epochs())
     columns = [run.load_epoch_samples(e)[rows] for e in epochs]  # each (R, 1, H, W)
     images = torch.stack(columns, dim=1).flatten(0, 1)  # (R * E, 1, H, W), row-major
-    fig, ax = plt.subplots(figsize=(1.2 * len(epochs) + 1, 1.1 * len(rows) + 0.8))
+    fig, ax = subplots(figsize=(1.2 * len(epochs) + 1, 1.1 * len(rows) + 0.8))
     show_images(ax, images, len(epochs), title)
     size = images.shape[-1] + 2
     ax.set_xticks([(i + 0.5) * size for i in range(len(epochs))], [f"epoch {e}" for e in epochs], fontsize=8)
@@ -66,7 +65,7 @@ def reverse_chain(draw: Draw, T: int, device: torch.device, path: Path, seed: in
 
     draw(chains, g, SamplerSettings("ancestral"), on_step=keep)
     images = torch.stack([kept[t] for t in steps], dim=1).flatten(0, 1)  # (chains * 6, 1, H, W)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     show_images(ax, images, len(steps), "F11  reverse process (ancestral), state after step t")
     size = images.shape[-1] + 2
     ax.set_xticks([(i + 0.5) * size for i in range(len(steps))], [f"t={t}" for t in steps], fontsize=8)
@@ -108,13 +107,13 @@ def class_grid(draw: Draw, device: torch.device, w: float, per_class: int, seed:
 
 
 @torch.no_grad()
-def guidance_sweep(draw: Draw, device: torch.device, path: Path, metrics: tuple[SweepPoint, ...] | None = None,
-                   per_class: int = 4, seed: int = 0) -> Path:
-    """Sample grids (rows = digits 0-9) for w in SWEEP_WEIGHTS and, when given, MNIST-FD and accuracy against w."""
-    panels = len(SWEEP_WEIGHTS) + (1 if metrics else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels + (1.5 if metrics else 0), 5.2),
+def guidance_sweep(draw: Draw, device: torch.device, path: Path, weights: tuple[float, ...],
+                   metrics: tuple[SweepPoint, ...] | None = None, per_class: int = 4, seed: int = 0) -> Path:
+    """Sample grids (rows = digits 0-9) for each w in ``weights`` and, when given, MNIST-FD and accuracy against w."""
+    panels = len(weights) + (1 if metrics else 0)
+    fig, axes = subplots(1, panels, figsize=(2.2 * panels + (1.5 if metrics else 0), 5.2),
                              gridspec_kw={"wspace": 0.45 if metrics else 0.2})
-    for ax, w in zip(axes, SWEEP_WEIGHTS):
+    for ax, w in zip(axes, weights):
         show_images(ax, class_grid(draw, device, w, per_class, seed), per_class, f"w = {w:g}")
     if metrics:
         ax = axes[-1]
@@ -131,11 +130,11 @@ def guidance_sweep(draw: Draw, device: torch.device, path: Path, metrics: tuple[
     return save_figure(fig, path)
 
 
-def render_cfg(draw: Draw, run: RunDir, device: torch.device, sweep: tuple[SweepPoint, ...] | None,
-               seed: int = 0) -> list[Path]:
+def render_cfg(draw: Draw, run: RunDir, device: torch.device, weights: tuple[float, ...],
+               sweep: tuple[SweepPoint, ...] | None, seed: int = 0) -> list[Path]:
     """F12 (from the per-epoch previews: two per digit, the first of each row shown) and the guidance sweep."""
     out = run.figures
     paths = [epochs_grid(run, list(range(0, 20, 2)), out / "f12_epochs.png",
                          "F12  class-conditional samples per epoch", [f"label {d}" for d in range(10)])]
-    paths.append(guidance_sweep(draw, device, out / "guidance_sweep.png", sweep, seed=seed))
+    paths.append(guidance_sweep(draw, device, out / "guidance_sweep.png", weights, sweep, seed=seed))
     return paths

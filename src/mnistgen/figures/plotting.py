@@ -1,21 +1,26 @@
-"""Matplotlib for files, not screens: the Agg backend is chosen here, once, for every figure module,
-with the two helpers they share (an image grid on an axis, and an atomically written PNG)."""
+"""Matplotlib for files, not screens: figures are built as ``matplotlib.figure.Figure`` objects, not
+through pyplot, so drawing one needs no backend and leaves the one a user (or a notebook) chose
+alone. Also the two helpers every figure module shares: an image grid on an axis, and an
+atomically written PNG."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from mnistgen.files import write_atomic
+from mnistgen.images import grid_image
 
-from mnistgen.files import write_atomic  # noqa: E402
-from mnistgen.images import grid_image  # noqa: E402
+__all__ = ["save_figure", "show_images", "subplots"]
 
-__all__ = ["plt", "save_figure", "show_images"]
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kwargs):
+    """A new figure and its axes, as ``pyplot.subplots`` makes them, outside pyplot's figure manager."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def show_images(ax, images: torch.Tensor, nrow: int, title: str = "") -> None:
@@ -27,10 +32,9 @@ def show_images(ax, images: torch.Tensor, nrow: int, title: str = "") -> None:
         ax.set_title(title, fontsize=9)
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` as a PNG (120 dpi, tight) through an atomic replace, and close it."""
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG (120 dpi, tight) through an atomic replace."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     write_atomic(Path(path), buffer.getvalue())
     return Path(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from mnistgen.data.mnist import TensorData
-from mnistgen.figures.plotting import plt, save_figure, show_images
+from mnistgen.figures.plotting import save_figure, show_images, subplots
 from mnistgen.images import save_grid
 from mnistgen.models.vae import VAE
 from mnistgen.training.rundir import EpochRecord
@@ -24,7 +24,7 @@ def loss_curve(history: list[EpochRecord], path: Path) -> Path:
     epochs = [r.epoch for r in history]
     train = [r.train_loss for r in history]
     val = [r.val_loss for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(epochs, train, "o-", ms=3, label="train")
     ax.plot(epochs, val, "s-", ms=3, label="validation (MNIST test set)")
     ax.axhline(TARGET_NATS, ls="--", color="grey", label=f"target {TARGET_NATS:g}")
@@ -51,7 +51,7 @@ def traversal(model: VAE, base: torch.Tensor, dims: range) -> torch.Tensor:
 def traversal_figure(model: VAE, prior_code: torch.Tensor, image: torch.Tensor, dims: range, path: Path) -> Path:
     """F3/F4: traversals of latent dims ``dims`` from a prior sample (left) and from a real test image (right)."""
     encoded, _ = model.encode(image.unsqueeze(0))
-    fig, axes = plt.subplots(1, 2, figsize=(7, 7.5))
+    fig, axes = subplots(1, 2, figsize=(7, 7.5))
     offsets = ", ".join(f"{o * EPS:+g}" for o in OFFSETS)
     for ax, base, name in ((axes[0], prior_code, "prior sample z ~ N(0, I)"), (axes[1], encoded, "encoded test image")):
         show_images(ax, traversal(model, base, dims), len(OFFSETS), f"{name}\ncolumns: z_d {offsets}")
@@ -70,7 +70,7 @@ def interpolation_rows(model: VAE, z0: torch.Tensor, z1: torch.Tensor, x0: torch
 
 
 def interpolation_figure(rows: torch.Tensor, title: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(9, 2.3))
+    fig, ax = subplots(figsize=(9, 2.3))
     show_images(ax, rows, len(ALPHAS), title)
     ax.set_xticks([(i + 0.5) * 30 for i in range(len(ALPHAS))], [f"{a:.1f}" for a in ALPHAS], fontsize=7)
     ax.set_xlabel("alpha")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from mnistgen.config import RunConfig, range_of
 from mnistgen.data.mnist import TensorData, labels_per_digit, load
-from mnistgen.diffusion.samplers import OnStep, SamplerSettings
+from mnistgen.diffusion import samplers
+from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.metrics import Reference, RunMetrics, SampleQuality, sample_quality
 from mnistgen.training.rundir import EpochRecord, RunDir
@@ -54,6 +55,7 @@ class EvaluationRequest:
     guidance_sweep: tuple[float, ...] | None = None  # guided models: also these weights
     sweep_samples: int | None = None  # samples per sweep weight (default n_samples)
     classifier_path: Path | None = None  # judge weights (default: the bundled classifier)
+    progress: bool = True  # progress bars while sampling
 
 
 class ModelKind:
@@ -67,6 +69,7 @@ class ModelKind:
     takes_labels: ClassVar[bool] = False  # sampling needs a class label per sample
     sampler_options: ClassVar[tuple[str, ...]] = ()  # the command-line sampler options that apply
     guided: ClassVar[bool] = False  # has a guidance weight to sweep
+    sweep_weights: ClassVar[tuple[float, ...]] = ()  # guided kinds: the study's sweep, and its figure
     iterative: ClassVar[bool] = False  # samples by a reverse process of many steps
     figures_read_previews: ClassVar[bool] = False  # its figures show the per-epoch previews (F9, F12)
     preview_nrow: ClassVar[int] = 8
@@ -125,7 +128,7 @@ class ModelKind:
                        settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
                        process=None, batch_size: int = SAMPLE_BATCH, progress: bool = False) -> Iterator[torch.Tensor]:
         """``n`` samples (``len(labels)`` when labelled) as CPU batches of at most ``batch_size``."""
-        process = process if process is not None else self.build_process(config, next(model.parameters()).device)
+        process = self.process_for(config, model, process)  # built once for all batches
         bar = tqdm(total=n, disable=not progress or n <= batch_size, desc="sampling", unit="img", dynamic_ncols=True)
         for first in range(0, n, batch_size):
             count = min(batch_size, n - first)
@@ -169,13 +172,14 @@ class ModelKind:
             self.check_settings(config, SamplerSettings(guidance=w))
 
     def sample_quality(self, trained: TrainedModel, classifier, reference: Reference, n: int, seed: int,
-                       settings: SamplerSettings) -> SampleQuality:
-        """MNIST-FD, class histogram and (labelled kinds) class accuracy of ``n`` fresh samples."""
+                       settings: SamplerSettings, progress: bool = True) -> SampleQuality:
+        """Every sample metric (MNIST-FD, KID, PRDC, class histogram; labelled kinds: class accuracy) of
+        ``n`` fresh samples."""
         g = torch.Generator(trained.device).manual_seed(seed)
         labels = self.evaluation_labels(n, trained.device)
         count = len(labels) if labels is not None else n
         batches = self.sample_batches(trained.config, trained.model, count, g, settings, labels, trained.process,
-                                      progress=True)
+                                      progress=progress)
         return sample_quality(batches, labels, classifier, reference, self.resolve(trained.config, settings), seed)
 
     def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
@@ -194,6 +198,32 @@ class ModelKind:
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         raise NotImplementedError
 
+    def process_for(self, config: RunConfig, model: nn.Module, process=None):
+        """``process``, or this kind's process built on the model's device when None is given."""
+        return process if process is not None else self.build_process(config, next(model.parameters()).device)
+
+
+class DiffusionKind(ModelKind):
+    """A kind sampled by a noise process's reverse loop from Gaussian noise; the process is its objective."""
+
+    iterative = True
+    figures_read_previews = True
+
+    def build_objective(self, config: RunConfig, device: torch.device | str = "cpu"):
+        return self.build_process(config, device)
+
+    def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
+               settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
+               process=None, on_step: OnStep | None = None) -> torch.Tensor:
+        """From noise (n, C, H, W) ~ N(0, I) (x_T, or z at lambda_min) through the resolved sampler; in [0, 1]."""
+        if self.takes_labels and labels is None:
+            raise ValueError(f"the {self.name} model needs labels")
+        process = self.process_for(config, model, process)
+        device = next(model.parameters()).device
+        noise = torch.randn(n, *self.image_shape(config), generator=generator, device=device)
+        labels = labels.to(device) if labels is not None else None
+        return to_unit(samplers.run(model, process, noise, self.resolve(config, settings), generator, labels, on_step))
+
 
 def conditional_labels(n: int, device: torch.device) -> torch.Tensor:
     """n // 10 of each digit (at least one): the labels a conditional model is judged on."""
@@ -205,7 +235,3 @@ def in_range(flag: str, value: float | None, component: type, name: str) -> None
     if value is not None and not range_of(component, name).holds(value):
         raise UserError(f"{flag} must be {range_of(component, name)}, got {value}")
 
-
-def with_defaults(settings: SamplerSettings, **defaults) -> SamplerSettings:
-    """``settings`` with each None field among ``defaults`` set to its default."""
-    return replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})

@@ -11,19 +11,17 @@ from torch import nn
 from mnistgen.config import DDPMConfig, RunConfig
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.ddpm import GaussianDiffusion
-from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
+from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.errors import UserError
-from mnistgen.kinds.base import ModelKind, TrainedModel, in_range
+from mnistgen.kinds.base import DiffusionKind, TrainedModel, in_range
 from mnistgen.models.unet import UNet
 
 
-class DDPMKind(ModelKind):
+class DDPMKind(DiffusionKind):
     name = "ddpm"
     title = "DDPM"
     long_title = "DDPM"
     sampler_options = ("--sampler", "--steps", "--eta")
-    iterative = True
-    figures_read_previews = True
     preview_nrow = 4
     captions = {
         "f9_epochs.png": "F9. DDPM samples from four fixed noise seeds (rows) as training proceeds (columns).",
@@ -37,9 +35,6 @@ class DDPMKind(ModelKind):
 
     def build_process(self, config: RunConfig, device: torch.device | str = "cpu") -> GaussianDiffusion:
         return GaussianDiffusion(config.process, device)
-
-    def build_objective(self, config: RunConfig, device: torch.device | str = "cpu") -> GaussianDiffusion:
-        return self.build_process(config, device)
 
     def preview_count(self) -> int:
         return 16
@@ -71,14 +66,6 @@ class DDPMKind(ModelKind):
         if resolved.sampler == "ancestral":
             return list(range(config.process.timesteps - 1, -1, -1))
         return samplers.ddim_timesteps(config.process.timesteps, resolved.steps)
-
-    def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
-               settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
-               process=None, on_step: OnStep | None = None) -> torch.Tensor:
-        device = next(model.parameters()).device
-        process = process or self.build_process(config, device)
-        noise = torch.randn(n, *self.image_shape(config), generator=generator, device=device)  # x_T
-        return to_unit(samplers.run(model, process, noise, self.resolve(config, settings), generator, on_step=on_step))
 
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import diffusion

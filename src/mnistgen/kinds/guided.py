@@ -12,24 +12,22 @@ from torch import nn
 
 from mnistgen.config import CFGConfig, RunConfig
 from mnistgen.data.mnist import labels_per_digit
-from mnistgen.diffusion import samplers
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
-from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
-from mnistgen.evaluation.metrics import Reference, RunMetrics, SweepPoint
-from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel, conditional_labels, in_range
+from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.evaluation.metrics import Reference, RunMetrics, SweepPoint, read_metrics
+from mnistgen.kinds.base import DiffusionKind, EvaluationRequest, TrainedModel, conditional_labels, in_range
 from mnistgen.models.unet import ConditionalUNet
 
 PREVIEW_PER_DIGIT = 2  # the per-epoch grid: two samples per digit, one row per digit (F12 shows the first)
 
 
-class GuidedKind(ModelKind):
+class GuidedKind(DiffusionKind):
     name = "cfg"
     title = "CFG"
     long_title = "Classifier-free guidance"
     takes_labels = True
     guided = True
-    iterative = True
-    figures_read_previews = True
+    sweep_weights = (0.0, 0.3, 1.0, 2.0, 4.0)  # SPEC section 3
     sampler_options = ("--steps", "--guidance")
     preview_nrow = PREVIEW_PER_DIGIT
     captions = {
@@ -43,9 +41,6 @@ class GuidedKind(ModelKind):
 
     def build_process(self, config: RunConfig, device: torch.device | str = "cpu") -> LogSNRDiffusion:
         return LogSNRDiffusion(config.process)
-
-    def build_objective(self, config: RunConfig, device: torch.device | str = "cpu") -> LogSNRDiffusion:
-        return self.build_process(config, device)
 
     def preview_labels(self, device: torch.device) -> torch.Tensor:
         return labels_per_digit(PREVIEW_PER_DIGIT, device)  # (20,) 0, 0, 1, 1, ...
@@ -64,17 +59,6 @@ class GuidedKind(ModelKind):
         """The guided sampler's steps still to go after each step: S - 1, ..., 0."""
         return list(range(self.resolve(config, settings).steps - 1, -1, -1))
 
-    def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
-               settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
-               process=None, on_step: OnStep | None = None) -> torch.Tensor:
-        if labels is None:
-            raise ValueError("the conditional model needs labels")
-        device = next(model.parameters()).device
-        process = process or self.build_process(config, device)
-        noise = torch.randn(n, *self.image_shape(config), generator=generator, device=device)  # z at lambda_min
-        x = samplers.run(model, process, noise, self.resolve(config, settings), generator, labels.to(device), on_step)
-        return to_unit(x)
-
     def evaluation_labels(self, n: int, device: torch.device) -> torch.Tensor:
         return conditional_labels(n, device)
 
@@ -85,11 +69,12 @@ class GuidedKind(ModelKind):
             return metrics
         points = tuple(SweepPoint.of(self.sample_quality(
             trained, classifier, reference, request.sweep_samples or request.n_samples, request.seed,
-            SamplerSettings(steps=request.settings.steps, guidance=w))) for w in request.guidance_sweep)
+            SamplerSettings(steps=request.settings.steps, guidance=w), request.progress))
+            for w in request.guidance_sweep)
         return replace(metrics, guidance_sweep=points)
 
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import diffusion
 
-        sweep = RunMetrics.from_json(trained.run.read_metrics()).guidance_sweep
-        return diffusion.render_cfg(self.draw(trained), trained.run, trained.device, sweep)
+        sweep = read_metrics(trained.run).guidance_sweep
+        return diffusion.render_cfg(self.draw(trained), trained.run, trained.device, self.sweep_weights, sweep)

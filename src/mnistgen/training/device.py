@@ -69,7 +69,7 @@ def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
 FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps")  # torch >= 2.5 has a fused Adam kernel for each
 
 
-def adam(params, device: torch.device, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+def adamw(params, device: torch.device, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW (decoupled weight decay, Loshchilov & Hutter 2019; with ``weight_decay`` 0 it is Adam),
     with the fused (single-kernel) step on devices that have one, else torch's default (foreach)."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in FUSED_ADAM_DEVICES or None)

@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,12 +25,12 @@ import torch
 from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
 from mnistgen.images import save_grid
-from mnistgen.files import remove_stale_temp_files, write_atomic, write_json
+from mnistgen.files import JsonRecord, remove_stale_temp_files, write_atomic, write_json
 from mnistgen.training.checkpoint import completed_epochs, describe_error
 
 
 @dataclass(frozen=True)
-class EpochRecord:
+class EpochRecord(JsonRecord):
     """One line of history.json: what an epoch of training did."""
 
     epoch: int  # 1-based
@@ -40,13 +40,6 @@ class EpochRecord:
     lr: float
     seconds: float
     images_per_s: float
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(d: dict) -> "EpochRecord":
-        return EpochRecord(**d)
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ class Trainer:
         self.model = model.to(memory_format=self.memory_format)
         net = DistributedDataParallel(model) if self.world > 1 else model
         self.net = torch.compile(net) if self.tc.compile else net  # what the objective calls
-        self.optimizer = policy.adam(model.parameters(), self.device, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        self.optimizer = policy.adamw(model.parameters(), self.device, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
         self.steps_per_epoch = math.ceil(len(train_data) // self.world / self.tc.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.tc, self.steps_per_epoch))
         self.amp_dtype = policy.amp_dtype(self.device, self.tc.amp)
@@ -219,8 +219,8 @@ class Trainer:
         except RuntimeError:
             self.generator.manual_seed(self.tc.seed * 1000 + self.rank + 7919 * step)
             if self.rank == 0:
-                print(f"mnistgen: the checkpoint's random stream comes from another kind of device; weights and "
-                      f"optimizer resume exactly, the noise stream is reseeded (not bit-identical)", file=sys.stderr)
+                print("mnistgen: the checkpoint's random stream comes from another kind of device; weights and "
+                      "optimizer resume exactly, the noise stream is reseeded (not bit-identical)", file=sys.stderr)
 
     def resume(self) -> bool:
         """Load the run's newest checkpoint (``RunDir.newest_checkpoint``); True when there was one."""
@@ -370,7 +370,7 @@ class Trainer:
         self._check_finite()
         self.save(epoch_file=False)
         name = signal.Signals(signal_number).name
-        where = (f"after the last epoch (the run is complete)" if self.epoch >= self.tc.epochs else
+        where = ("after the last epoch (the run is complete)" if self.epoch >= self.tc.epochs else
                  f"in epoch {self.epoch + 1} after step {self.step}" if self.batch else
                  f"before epoch {self.epoch + 1} (step {self.step})")
         raise Interrupted(f"interrupted by {name} {where}; saved {self.run.last_checkpoint}; "
