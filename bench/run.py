@@ -66,6 +66,7 @@ PHASES = ("data", "forward", "backward", "optimizer", "ema")
 VARIANTS = {  # name -> overrides
     "preset": {}, "contiguous": {"train.channels_last": False}, "channels_last": {"train.channels_last": True},
     "compile": {"train.compile": True},
+    "bf16": {"train.amp": "bf16"},  # the preset (channels_last) under CPU bf16 autocast
 }
 
 
@@ -183,7 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--variants", default="channels_last,compile",
-                        help="extra ddpm/cpu training variants to time (channels_last, compile); empty for none")
+                        help="extra ddpm/cpu training variants to time (channels_last, compile, bf16); empty for none")
     args = parser.parse_args()
     steps = 3 if args.quick else 10
     torch.manual_seed(0)
@@ -211,7 +212,8 @@ def main() -> None:
     results["variants"] = compare_variants("ddpm", "cpu", variants, steps)
     for row in results["variants"]:
         print(f"{row['variant']:40s} {row['train_images_per_s']:8.1f} {row['speedup']:9.3f}", flush=True)
-    print("(contiguous: NCHW; channels_last: NHWC, the cpu preset's setting; compile: the preset + torch.compile)")
+    print("(contiguous: NCHW; channels_last: NHWC, the cpu preset's setting; compile: the preset + torch.compile; "
+          "bf16: the preset under bf16 autocast)")
     results["ema_update_ms_ddpm_cpu"] = ema_update_ms("ddpm", "cpu")
     print(f"\nEMA update, ddpm/cpu network (ms): {results['ema_update_ms_ddpm_cpu']}")
     results["optimizer_step_ms_ddpm_cpu"] = optimizer_step_ms("ddpm", "cpu")

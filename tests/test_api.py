@@ -4,6 +4,7 @@ the VAE's latent space, and train / evaluate / draw_figures / export as the CLI 
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -53,12 +54,17 @@ def test_samples_are_28x28_in_unit_range_and_repeatable(runs, kind):
     assert not torch.equal(a, model.sample(5, labels=labels, generator=_generator(2), progress=False))
 
 
-def test_batches_stream_the_same_samples(runs):
+def test_batches_stream_n_samples_repeatably(runs):
+    """Batches of 3, 3 and 1 (the noise is drawn per batch, so the same seed and batch size give
+    the same samples; another batch size gives other, equally valid ones)."""
     model = mnistgen.load(runs["ddpm"].path, device="cpu")
-    whole = model.sample(7, generator=_generator(3), steps=3, progress=False)
     parts = list(model.sample_batches(7, generator=_generator(3), steps=3, batch_size=3, progress=False))
+    again = list(model.sample_batches(7, generator=_generator(3), steps=3, batch_size=3, progress=False))
     assert [len(p) for p in parts] == [3, 3, 1]
-    assert torch.cat(parts).shape == whole.shape
+    assert all(torch.equal(a, b) for a, b in zip(parts, again))
+    assert not torch.equal(parts[0], parts[1])
+    with pytest.raises(UserError, match="batch_size"):
+        model.sample_batches(7, batch_size=0)
 
 
 def test_labels_are_checked(runs):
@@ -75,8 +81,19 @@ def test_labels_are_checked(runs):
         vae.sample(2, guidance=1.0)
     with pytest.raises(UserError, match="n must be"):
         vae.sample(0)
+    with pytest.raises(UserError, match="whole digits"):
+        cfg.sample(2, labels=[1.7, 2.0])  # refused, not truncated to 1 and 2
+    with pytest.raises(UserError, match="generator is on"):  # a CUDA generator for a model on the CPU
+        cfg.sample(2, labels=1, generator=types.SimpleNamespace(device=torch.device("cuda", 0)))
     per_sample = cfg.sample(3, labels=[0, 1, 2], generator=_generator(), steps=3, progress=False)
     assert per_sample.shape == (3, 1, 28, 28)
+    import numpy as np
+
+    for digit in (7, np.int64(7), torch.tensor(7)):  # one digit, however it is given
+        same = cfg.sample(2, labels=digit, generator=_generator(), steps=3, progress=False)
+        assert torch.equal(same, cfg.sample(2, labels=[7, 7], generator=_generator(), steps=3, progress=False))
+    with pytest.raises(UserError, match="steps"):
+        cfg.reverse_chain(2, labels=1, steps=0)  # the settings are checked before the chain's steps
 
 
 @pytest.mark.parametrize("kind, options", [("ddpm", {"sampler": "ancestral"}), ("ddpm", {"steps": 5}),
@@ -86,7 +103,8 @@ def test_the_reverse_chain_ends_in_the_sample(runs, kind, options):
     is still nearly noise (far from it)."""
     model = mnistgen.load(runs[kind].path, "cpu")
     chain = model.reverse_chain(3, generator=_generator(5), **options)
-    assert chain.shape == (3, 6, 1, 28, 28)
+    states = 4 if kind == "cfg" else 6  # six steps to go, 5 .. 0: the default fractions give 5, 2, 1, 0 once each
+    assert chain.shape == (3, states, 1, 28, 28)
     sample = model.sample(3, generator=_generator(5), progress=False, **options)
     torch.testing.assert_close(chain[:, -1], sample)
     assert (chain[:, 0] - sample).abs().mean() > 0.05
@@ -169,3 +187,34 @@ def test_evaluation_shows_a_sampling_bar_only_when_asked(runs, mnist_dir, capfd)
         mnistgen.evaluate(runs["vae"].path, n=600, iwae_k=2, n_images=20, device="cpu", data_dir=mnist_dir,
                           progress=progress)
         assert ("sampling" in capfd.readouterr().err) == progress
+
+
+def test_a_new_evaluation_replaces_each_part_it_measured(runs, mnist_dir):
+    """No key of an earlier, larger evaluation survives next to a smaller one; a sweep not asked
+    for again stays."""
+    cfg = runs["cfg"].path
+    mnistgen.evaluate(cfg, n=70, device="cpu", data_dir=mnist_dir, guidance_sweep=(0, 1), sweep_samples=20,
+                      progress=False)
+    first = json.loads((cfg / "metrics.json").read_text())
+    assert len(first["coverage_per_class"]) == 10 and first["n_samples"] == 70
+    mnistgen.evaluate(cfg, n=20, device="cpu", data_dir=mnist_dir, progress=False)  # 2 per digit: no per-digit coverage
+    second = json.loads((cfg / "metrics.json").read_text())
+    assert second["n_samples"] == 20 and "coverage_per_class" not in second
+    assert second["guidance_sweep"] == first["guidance_sweep"]
+
+
+def test_the_vae_is_also_scored_on_binarized_digits(runs, mnist_dir, monkeypatch):
+    """The second IWAE bound sees the test images dynamically binarized: values in {0, 1}, each pixel
+    1 with its grey level as probability (so the mean ink is kept)."""
+    from mnistgen.kinds import vae as vae_kind
+
+    seen = []
+    real = vae_kind.iwae_nll_mean
+    monkeypatch.setattr(vae_kind, "iwae_nll_mean", lambda model, x, k, g: seen.append(x) or real(model, x, k, g))
+    like = mnistgen.evaluate(runs["vae"].path, n=50, iwae_k=50, n_images=200, device="cpu", data_dir=mnist_dir,
+                             progress=False).likelihood
+    grey, binary = seen
+    assert binary.shape == grey.shape and set(binary.unique().tolist()) == {0.0, 1.0}
+    assert not set(grey.unique().tolist()) <= {0.0, 1.0}
+    assert binary.mean().item() == pytest.approx(grey.mean().item(), abs=0.005)
+    assert 0 < like.binarized_iwae_nll <= like.binarized_neg_elbo + 0.5  # a proper bound: IWAE-50 is the tighter

@@ -112,6 +112,37 @@ def test_autocast_follows_the_cuda_capability(capability, expected, monkeypatch)
     assert policy.amp_dtype(cuda, "fp16") == torch.float16 and policy.amp_dtype(cuda, "off") is None
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, None), (True, False, torch.bfloat16),
+                                                         (False, True, torch.bfloat16)])
+def test_native_autocast_on_a_cpu_follows_its_bf16_instructions(avx512_bf16, amx, expected, monkeypatch):
+    """"native": bf16 on CPUs that run it natively, float32 on the rest (where bf16 is emulated)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert policy.amp_dtype(torch.device("cpu"), "native") == expected
+    assert policy.amp_dtype(torch.device("cpu"), "auto") is None
+    assert policy.amp_dtype(torch.device("mps"), "native") is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert policy.amp_dtype(torch.device("cuda"), "native") == torch.float16  # as auto on a GPU
+
+
+def test_the_cpu_diffusion_presets_train_in_bf16_where_the_cpu_has_it(monkeypatch, mnist_dir, tmp_path):
+    from mnistgen.config import apply_overrides, preset
+    from mnistgen.runs import build_trainer
+
+    assert preset("ddpm", "cpu").train.amp == preset("cfg", "cpu").train.amp == "native"
+    assert preset("vae", "cpu").train.amp == "auto"  # measured for the diffusion networks only
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    config = apply_overrides(preset("ddpm", "smoke"), {"train.amp": "native", "data.train_limit": 128,
+                                                       "data.val_limit": 64})
+    trainer = build_trainer(config, tmp_path / "run", torch.device("cpu"), mnist_dir, preview=False)
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    seen = []
+    handle = trainer.model.register_forward_hook(lambda m, i, out: seen.append(torch.is_autocast_enabled("cpu")))
+    trainer.train_step(trainer.epoch_batches()[0])
+    handle.remove()
+    assert seen == [True]  # the step ran under CPU bf16 autocast
+
+
 @pytest.mark.parametrize("device", ["cpu", "mps"])
 def test_no_autocast_by_default_off_cuda(device):
     assert policy.amp_dtype(torch.device(device), "auto") is None

@@ -11,7 +11,8 @@ line starts without loading torch until it needs it.
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "TrainedRun", "draw_figures", "evaluate", "load", "pretrained_names", "reproduce", "train"]
+__all__ = ["Model", "TrainedRun", "draw_figures", "evaluate", "export_pretrained", "load", "pretrained_names",
+           "reproduce", "train"]
 
 
 def __getattr__(name: str):

@@ -28,6 +28,7 @@ from mnistgen.evaluation.metrics import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir
 from mnistgen.images import save_animation
 from mnistgen.kinds import EvaluationRequest, TrainedModel
+from mnistgen.kinds.base import SAMPLE_BATCH
 from mnistgen.runs import check_resume, evaluate_run, load_run, render_figures
 from mnistgen.runs import train as train_run
 from mnistgen.study import MODELS, SETTINGS, metric_rows, read_provenance, run_study
@@ -63,10 +64,14 @@ def is_pretrained(path_or_name: str | os.PathLike) -> bool:
 
 
 def _labels(labels, n: int) -> torch.Tensor:
-    """A digit, a sequence of n digits or a tensor of them -> (n,) int64, each checked to lie in 0-9."""
-    if isinstance(labels, int):
-        labels = [labels] * n
-    labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
+    """A digit (int, NumPy integer or 0-d tensor), a sequence of n digits or a tensor of them ->
+    (n,) int64, each checked to lie in 0-9; floats are refused, not truncated."""
+    given = torch.as_tensor(labels)
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise UserError(f"labels must be whole digits 0-9, got {given.dtype} values")
+    labels = given.to(torch.long).flatten().cpu()
+    if labels.numel() == 1 and n != 1:
+        labels = labels.expand(n).clone()
     if len(labels) != n:
         raise UserError(f"labels must be one digit or {n} of them, got {len(labels)}")
     if len(labels) and not bool(((labels >= 0) & (labels <= 9)).all()):
@@ -104,16 +109,21 @@ class Model:
         if generator is None:
             generator = torch.Generator(self.device)
             generator.seed()
+        elif generator.device.type != self.device.type:
+            raise UserError(f"the generator is on {generator.device} and the model on {self.device}; "
+                            f"make it with torch.Generator({str(self.device)!r})")
         return labels, generator
 
     def sample_batches(self, n: int, *, labels=None, guidance: float | None = None, sampler: str | None = None,
                        steps: int | None = None, eta: float | None = None,
                        generator: torch.Generator | None = None, progress: bool = True,
-                       batch_size: int = 500) -> Iterator[torch.Tensor]:
+                       batch_size: int = SAMPLE_BATCH) -> Iterator[torch.Tensor]:
         """:meth:`sample` as CPU batches of at most ``batch_size``: memory stays bounded for any n.
         Every argument is checked here, before the first batch is asked for."""
         settings = SamplerSettings(sampler, steps, eta, guidance)
         labels, generator = self._prepare(n, labels, settings, generator)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         return self._batches(n, labels, settings, generator, progress, batch_size)
 
     @torch.no_grad()
@@ -143,12 +153,13 @@ class Model:
         """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
         down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
         A t the sampler does not visit (DDIM skips most) is replaced by the nearest one it does.
-        Default: six states from nearly pure noise to the end. Returns (n, len(at), 1, 28, 28) in [0, 1]."""
+        Default: up to six distinct states from nearly pure noise to the end. Returns (n, len(at), 1, 28, 28) in [0, 1]."""
         settings = SamplerSettings(sampler, steps, eta, guidance)
+        labels, generator = self._prepare(n, labels, settings, generator)  # settings checked first
         times = self._times(settings)
-        labels, generator = self._prepare(n, labels, settings, generator)
         first = times[0]
-        wanted = at if at is not None else [round(first * f) for f in (1.0, 0.5, 0.2, 0.1, 0.025, 0.0)]
+        default = dict.fromkeys(round(first * f) for f in (1.0, 0.5, 0.2, 0.1, 0.025, 0.0))  # distinct, in order
+        wanted = at if at is not None else list(default)
         if not all(isinstance(t, int) and 0 <= t <= first for t in wanted):
             raise UserError(f"at must hold steps in [0, {first}], got {list(wanted)}")
         picked = [min(times, key=lambda s: (abs(s - t), s)) for t in wanted]
@@ -321,7 +332,8 @@ def _writable_copy(run: str | os.PathLike, out: str | os.PathLike | None) -> Pat
     if saved is not None and saved.to_dict() != RunDir(source).read_config().to_dict():
         raise UserError(f"{target} already holds another run; choose another --out")
     check_writable_dir(target, "--out")
-    shutil.copytree(source, target, dirs_exist_ok=True)
+    if saved is None:  # made once: later evaluations and figures keep their own results there
+        shutil.copytree(source, target, dirs_exist_ok=True)
     return target
 
 
@@ -380,15 +392,34 @@ def export_pretrained(study: str | os.PathLike, dest: str | os.PathLike = PRETRA
     """Write the shipped form of a finished study's generative runs into ``dest/KIND/``: config,
     history, metrics, the per-epoch previews the figures read, a weights-only checkpoint (the
     sampling weights in float16) and MODEL_CARD.md. Returns the model cards' paths."""
-    study = Path(study)
+    study, dest = Path(study), Path(dest)
+    _check_export(study, dest)
     provenance = read_provenance(study)
     commit = commit or provenance.get("commit", "unknown")
     trained_on = trained_on or provenance.get("device", "unknown")
     cards = []
     for name in MODELS:
         trained = load_run(study / name, torch.device("cpu"))
-        cards.append(_export_run(trained, Path(dest) / name, commit, trained_on))
+        cards.append(_export_run(trained, dest / name, commit, trained_on))
     return cards
+
+
+def _check_export(study: Path, dest: Path) -> None:
+    """Everything an export needs, before it replaces anything: every model evaluated, and a
+    destination that is neither inside the study nor holding anything but earlier exports."""
+    for name in MODELS:
+        if not (study / name / "config.json").is_file():
+            raise UserError(f"{study} is not a study directory: it has no {name}/ run")
+        if read_metrics(RunDir(study / name)).quality is None:
+            raise UserError(f"{study / name} has not been evaluated; finish `mnistgen reproduce` (or run "
+                            f"`mnistgen evaluate {study / name}`) before exporting")
+    here, there = study.resolve(), dest.resolve()
+    if there == here or here in there.parents or there in here.parents:
+        raise UserError(f"--to {dest} overlaps the study {study}; export into another directory")
+    for name in MODELS:
+        if (dest / name).exists() and not (dest / name / "MODEL_CARD.md").is_file():
+            raise UserError(f"{dest / name} exists and is not an exported model; choose another --to")
+    check_writable_dir(dest, "--to")
 
 
 def _export_run(trained: TrainedModel, out: Path, commit: str, trained_on: str) -> Path:
@@ -422,16 +453,19 @@ def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, tra
     seconds = sum(r.seconds for r in history)
     lines = [f"# pretrained:{config.kind}", "",
              f"mnistgen's {kinds.get(config.kind).long_title} model, preset `{config.preset}`, "
-             f"weights stored in float16 (EMA weights where the run kept an average).", "",
+             f"weights stored in float16 "
+             f"({'EMA weights' if config.train.ema_decay > 0 else 'the trained weights'}).", "",
              "## How it was made", "",
              f"- command: `mnistgen reproduce --preset {config.preset}` (this run is its `{config.kind}/` directory), "
              f"then `mnistgen export STUDY_DIR`",
-             f"- commit: `{commit}`",
+             f"- trained at commit: `{commit}`",
              f"- data: MNIST training set (60,000 images{', first ' + str(config.data.train_limit) if config.data.train_limit else ''}); "
              f"validation loss on {config.data.val_limit or 10_000} test images",
              f"- training: {len(history)} epochs, {history[-1].step:,} optimizer steps, {seconds / 60:.1f} minutes "
              f"on {trained_on}", "",
              "## Measured", ""]
+    if metrics.evaluated_with is not None:
+        lines.append(f"- metrics computed by {metrics.evaluated_with}")
     lines += [f"- {metric}: {value}" for metric, value in metric_rows(metrics)]
     lines += ["", "MNIST-FD, KID, precision, recall, density and coverage are computed in the features of "
                   "mnistgen's own MNIST classifier (not Inception); compare them only with other mnistgen numbers."]

@@ -92,8 +92,10 @@ def _sample_parser(sub) -> None:
     p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--animate", type=Path, default=None, metavar="FILE.gif",
-                   help="diffusion models: also an animated GIF of the reverse process of the first samples")
+                   help="diffusion models: also an animated GIF of the reverse process of up to 64 samples "
+                        "(with --label all, six of each digit), drawn afresh from the same seed")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _run_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
@@ -123,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
     p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
     p.add_argument("--guidance-sweep", default=None, metavar="W1,W2,...",
-                   help="CFG: also MNIST-FD and class accuracy for each w, e.g. 0,0.3,1,2,4")
+                   help="CFG: also MNIST-FD, KID and class accuracy for each w, e.g. 0,0.3,1,2,4")
+    p.add_argument("--sweep-samples", type=_positive_int, default=None,
+                   help="samples per weight of --guidance-sweep (default: --n)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the bundled classifier)")
     p.add_argument("--iwae-k", type=_positive_int, default=500, help="importance samples per image (VAE)")
@@ -176,14 +181,15 @@ def _train(args) -> int:
 
 GRID_PER_CLASS = 16  # --label all: the PNG shows this many per digit at most
 GRID_MAX = 400  # otherwise: the first 400 samples
-ANIMATE_MAX = 64  # --animate shows the reverse process of the first 64 samples at most
+ANIMATE_MAX = 64  # --animate shows the reverse process of 64 samples at most
+ANIMATE_PER_DIGIT = 6  # ... and of six of each digit with --label all
 
 
 def _sample(args) -> int:
     import numpy as np
     import torch
 
-    from mnistgen import api
+    from mnistgen import api, kinds
     from mnistgen.arrays import ArraySpec, npz_size, write_npz
     from mnistgen.data.mnist import labels_per_digit
     from mnistgen.diffusion.samplers import SamplerSettings
@@ -202,10 +208,12 @@ def _sample(args) -> int:
     options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance)
     model.kind.check_settings(model.config, SamplerSettings(**options))
     if not model.kind.takes_labels and args.label is not None:
-        labelled = " or ".join(name for name, k in kinds_registry().items() if k.takes_labels)
+        labelled = " or ".join(name for name, k in kinds.REGISTRY.items() if k.takes_labels)
         raise UserError(f"--label applies to the {labelled} model; {args.run} holds a {model.config.kind!r} model")
     if model.kind.takes_labels and args.label is None:
         raise UserError(f"the {model.config.kind} model needs --label 0-9 or --label all")
+    if args.animate is not None and not model.kind.iterative:
+        raise UserError(f"--animate shows a reverse process; the {model.config.kind} model samples in one pass")
     digit = _parse_label(args.label) if model.kind.takes_labels else None
     n = args.n * 10 if digit == "all" else args.n
     specs = {"images": ArraySpec(np.float32, (n, 1, 28, 28), ())}
@@ -217,7 +225,7 @@ def _sample(args) -> int:
         labels = labels_per_digit(args.n) if digit == "all" else torch.full((n,), digit, dtype=torch.long)
         specs["labels"] = specs["labels"]._replace(chunks=[labels.numpy()])
     batches = model.sample_batches(n, labels=labels, generator=torch.Generator(model.device).manual_seed(args.seed),
-                                   **options)
+                                   progress=not args.no_progress, **options)
     shown = _grid_indices(n, args.n if args.label == "all" else None)
     grid: list[torch.Tensor] = []
 
@@ -236,17 +244,12 @@ def _sample(args) -> int:
     save_grid(torch.cat(grid), stem.with_suffix(".png"), nrow=per_row)
     print(f"wrote {n} samples to {stem.with_suffix('.npz')} and a grid of {len(shown)} to {stem.with_suffix('.png')}")
     if args.animate is not None:
-        shown_n = min(n, ANIMATE_MAX)
-        model.animate(args.animate, shown_n, labels=labels[:shown_n] if labels is not None else None,
+        shown = labels_per_digit(min(args.n, ANIMATE_PER_DIGIT)) if digit == "all" else labels
+        shown_n = min(n, ANIMATE_MAX) if shown is None else min(len(shown), ANIMATE_MAX)
+        model.animate(args.animate, shown_n, labels=shown[:shown_n] if shown is not None else None,
                       generator=torch.Generator(model.device).manual_seed(args.seed), **options)
-        print(f"wrote the reverse process of the first {shown_n} samples to {args.animate}")
+        print(f"wrote the reverse process of {shown_n} samples (drawn afresh, same seed) to {args.animate}")
     return 0
-
-
-def kinds_registry():
-    from mnistgen import kinds
-
-    return kinds.REGISTRY
 
 
 def _grid_indices(n: int, per_class: int | None):
@@ -283,8 +286,9 @@ def _evaluate(args) -> int:
     sweep = _parse_weights(args.guidance_sweep) if args.guidance_sweep else None
     metrics = api.evaluate(args.run, out=args.out, n=args.n, seed=args.seed, sampler=args.sampler,
                            steps=args.steps, eta=args.eta, guidance=args.guidance, guidance_sweep=sweep,
-                           iwae_k=args.iwae_k, n_images=args.n_images, classifier=args.classifier,
-                           device=args.device, data_dir=args.data_dir)
+                           sweep_samples=args.sweep_samples, iwae_k=args.iwae_k, n_images=args.n_images,
+                           classifier=args.classifier, device=args.device, data_dir=args.data_dir,
+                           progress=not args.no_progress)
     for key, value in metrics.to_json().items():
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")

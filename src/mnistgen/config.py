@@ -22,7 +22,7 @@ DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr")
 SAMPLERS = ("ancestral", "ddim")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "native", "bf16", "fp16", "off")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ class TrainConfig:
     ema_decay: float = ranged(0.0, 0, 1, high_open=True)  # 0 = no EMA
     ema_start: int = ranged(0, 0, BIG)  # EMA copies the weights until this many optimizer steps
     ema_warmup_power: float = ranged(0.0, 0, 10)  # > 0: n-th EMA update uses min(ema_decay, 1 - (1 + n)^-power)
-    amp: str = "auto"  # auto (CUDA: bf16 on capability >= 8.0, else fp16 + GradScaler; none elsewhere) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (CUDA: bf16 on capability >= 8.0, else fp16 + GradScaler; none elsewhere) |
+    #                    native (auto, plus bf16 on CPUs with AVX512-BF16 / AMX) | bf16 | fp16 | off
     tf32: bool = True  # CUDA: TF32 tensor cores for float32 matmuls and convolutions (Ampere and newer)
     seed: int = ranged(0, 0, 2**32 - 1)
     log_every: int = ranged(50, 1, BIG)  # steps between progress-bar refreshes (each one syncs the device)
@@ -351,7 +352,7 @@ _UNET_SMOKE = UNetConfig(channels=(8, 16), bottleneck=16, blocks=1, time_dim=16,
 _CPU_DATA = DataConfig(resolution=32, val_limit=2000)
 _CPU_TRAIN = TrainConfig(
     epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
-    ema_decay=0.999, ema_start=1000, channels_last=True,
+    ema_decay=0.999, ema_start=1000, channels_last=True, amp="native",
 )
 _SMOKE_DATA = DataConfig(train_limit=2048, val_limit=512)
 _SMOKE_TRAIN = TrainConfig(epochs=2, batch_size=64, lr=2e-3, log_every=5, ema_decay=0.9, ema_start=2)

@@ -24,6 +24,7 @@ from mnistgen.evaluation.fd import load_classifier
 from mnistgen.evaluation.metrics import RunMetrics, read_metrics, reference_set
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest, TrainedModel
+from mnistgen.provenance import source_version
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
 from mnistgen.training.checkpoint import describe_error, load_checkpoint, load_weights
@@ -153,7 +154,7 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
                         f"{trained.config.kind!r} model")
     kind.check_request(trained.config, request)
     check_writable_dir(trained.run.root, "run directory")
-    read_metrics(trained.run)  # a damaged metrics.json is refused now, not after the work
+    earlier = read_metrics(trained.run)  # a damaged metrics.json is refused now, not after the work
     start = time.perf_counter()
     metrics = kind.own_metrics(trained, request, data_dir, device, RunMetrics(trained.config.kind,
                                                                               trained.config.preset))
@@ -164,9 +165,20 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
                                       request.settings, request.progress)
         metrics = kind.sweep(trained, request, classifier, reference, replace(metrics, quality=quality))
     kind.export(trained)
-    metrics = replace(metrics, evaluation_seconds=round(time.perf_counter() - start, 1))
-    trained.run.update_metrics(**metrics.to_json())
+    metrics = replace(metrics, evaluation_seconds=round(time.perf_counter() - start, 1),
+                      evaluated_with=source_version())
+    trained.run.write_metrics(_merged(earlier, metrics).to_json())
     return metrics
+
+
+def _merged(earlier: RunMetrics, now: RunMetrics) -> RunMetrics:
+    """metrics.json after an evaluation: each part this evaluation measured replaces the earlier one
+    whole (no key of an earlier, larger evaluation survives next to a new one); parts it did not
+    measure (a guidance sweep not asked for again) stay as they were."""
+    keep = lambda new, old: new if new is not None else old  # noqa: E731
+    return RunMetrics(now.model, now.preset, keep(now.quality, earlier.quality),
+                      keep(now.likelihood, earlier.likelihood), keep(now.guidance_sweep, earlier.guidance_sweep),
+                      keep(now.test_accuracy, earlier.test_accuracy), now.evaluation_seconds, now.evaluated_with)
 
 
 def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from mnistgen import kinds
 from mnistgen.config import preset
 from mnistgen.errors import UserError
 from mnistgen.files import write_json
+from mnistgen.provenance import git_commit
 from mnistgen.evaluation.metrics import Likelihood, RunMetrics, SampleQuality, read_metrics
 from mnistgen.kinds import EvaluationRequest
 from mnistgen.runs import evaluate_run, render_figures, train
@@ -55,21 +55,11 @@ def device_name(device: torch.device) -> str:
         f"{device.type} ({torch.get_num_threads()} threads)"
 
 
-def _git_commit() -> str | None:
-    """The commit of the source tree mnistgen runs from, when it is a git checkout."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def write_provenance(out: Path, preset_name: str, device: torch.device) -> None:
     """DIR/provenance.json, once, when the study starts: what made it (shipped models cite it)."""
     path = out / "provenance.json"
     if not path.is_file():
-        write_json(path, {"command": f"mnistgen reproduce --preset {preset_name}", "commit": _git_commit(),
+        write_json(path, {"command": f"mnistgen reproduce --preset {preset_name}", "commit": git_commit(),
                           "device": f"{device_name(device)}, torch {torch.__version__}",
                           "started": time.strftime("%Y-%m-%d %H:%M")})
 
@@ -139,8 +129,8 @@ def _likelihood_rows(like: Likelihood) -> list[tuple[str, str]]:
             (f"IWAE bound on -log p(x), k = {like.iwae_k}, grey-level test images (nats)", f"{like.iwae_nll:.2f}")]
     if like.binarized_iwae_nll is not None:
         rows += [("negative ELBO, dynamically binarized test images (nats)", f"{like.binarized_neg_elbo:.2f}"),
-                 (f"IWAE bound, k = {like.iwae_k}, dynamically binarized test images (nats; the literature's "
-                  f"setting)", f"{like.binarized_iwae_nll:.2f}")]
+                 (f"IWAE bound, k = {like.iwae_k}, dynamically binarized test images (nats; the test protocol "
+                  f"of published numbers)", f"{like.binarized_iwae_nll:.2f}")]
     return rows
 
 

@@ -43,3 +43,25 @@ def test_every_part_of_a_sample_quality_survives_metrics_json():
     old = {k: v for k, v in metrics.to_json().items() if k in ("model", "preset", "n_samples", "mnist_fd",
                                                                  "class_histogram", "sample_seconds")}
     assert RunMetrics.from_json(old).quality.kid is None  # files from before these metrics still read
+
+
+def test_per_class_coverage_sees_which_digits_the_samples_reach():
+    """Ten well-separated real clusters, one per digit; every sample, whatever digit was asked
+    for, lands in the cluster of 3: only digit 3's real images are covered."""
+    import torch
+
+    from mnistgen.evaluation.fd import feature_stats
+    from mnistgen.evaluation.metrics import Reference, per_class_coverage
+
+    g = torch.Generator().manual_seed(0)
+    centres = 20 * torch.eye(10)  # (10, 10): digit d at 20 e_d
+    real_labels = torch.arange(10).repeat_interleave(60)
+    real = centres[real_labels] + torch.randn(600, 10, generator=g)
+    reference = Reference(real, real_labels, feature_stats(real))
+    asked = torch.arange(10).repeat_interleave(40)
+    collapsed = centres[3] + torch.randn(400, 10, generator=g)
+    coverage = per_class_coverage(collapsed, asked, reference, g)
+    assert coverage[3] > 0.6 and max(coverage[:3] + coverage[4:]) == 0.0
+    faithful = per_class_coverage(centres[asked] + torch.randn(400, 10, generator=g), asked, reference, g)
+    assert min(faithful) > 0.6
+    assert per_class_coverage(collapsed[:50], asked[::8], reference, g) is None  # 5 per digit: too few for k = 5

@@ -51,8 +51,9 @@ def table(scores: dict[str, SampleQuality]) -> str:
     rows = ["| anchor | n | MNIST-FD | FD_inf | KID | precision | recall | density | coverage |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, q in scores.items():
-        rows.append(f"| {name} | {q.n_samples} | {q.mnist_fd:.2f} | {q.fd_spread.at_infinity:.2f} | "
-                    f"{q.kid.mean:.4f} | {q.prdc.precision:.3f} | {q.prdc.recall:.3f} | {q.prdc.density:.3f} | "
+        inf = q.fd_spread.at_infinity
+        rows.append(f"| {name} | {q.n_samples:,} | {q.mnist_fd:.2f} | {'-' if inf is None else f'{inf:.2f}'} | "
+                    f"{q.kid.mean:.2f} | {q.prdc.precision:.3f} | {q.prdc.recall:.3f} | {q.prdc.density:.3f} | "
                     f"{q.prdc.coverage:.3f} |")
     return "\n".join(rows)
 

@@ -28,8 +28,8 @@ class PRDC:
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances (n, m) in float64."""
-    return torch.cdist(a.double(), b.double())
+    """Euclidean distances (n, m) in float64, on the CPU (MPS has no float64)."""
+    return torch.cdist(a.detach().cpu().double(), b.detach().cpu().double())
 
 
 def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:

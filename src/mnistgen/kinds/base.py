@@ -20,7 +20,7 @@ from mnistgen.data.mnist import TensorData, labels_per_digit, load
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
-from mnistgen.evaluation.metrics import Reference, RunMetrics, SampleQuality, sample_quality
+from mnistgen.evaluation.metrics import PRDC_K, Reference, RunMetrics, SampleQuality, sample_quality
 from mnistgen.training.rundir import EpochRecord, RunDir
 from mnistgen.training.trainer import Objective, Preview
 
@@ -166,13 +166,20 @@ class ModelKind:
         return None
 
     def check_request(self, config: RunConfig, request: EvaluationRequest) -> None:
-        """The request's sampler settings, and each end of its guidance sweep, as :meth:`check_settings`."""
+        """The request's counts, its sampler settings, and each end of its guidance sweep, as
+        :meth:`check_settings`: everything before any work starts."""
+        least = {"n": PRDC_K + 1, "sweep_samples": PRDC_K + 1, "iwae_k": 1, "n_images": 1}
+        for name, low in least.items():
+            value = getattr(request, name if name != "n" else "n_samples")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                why = f" (precision and recall look at the {PRDC_K} nearest neighbours)" if low > 1 else ""
+                raise UserError(f"{name} must be a whole number >= {low}{why}, got {value!r}")
         self.check_settings(config, request.settings)
         for w in (min(request.guidance_sweep), max(request.guidance_sweep)) if request.guidance_sweep else ():
             self.check_settings(config, SamplerSettings(guidance=w))
 
     def sample_quality(self, trained: TrainedModel, classifier, reference: Reference, n: int, seed: int,
-                       settings: SamplerSettings, progress: bool = True) -> SampleQuality:
+                       settings: SamplerSettings, progress: bool = True, detail: bool = True) -> SampleQuality:
         """Every sample metric (MNIST-FD, KID, PRDC, class histogram; labelled kinds: class accuracy) of
         ``n`` fresh samples."""
         g = torch.Generator(trained.device).manual_seed(seed)
@@ -180,7 +187,8 @@ class ModelKind:
         count = len(labels) if labels is not None else n
         batches = self.sample_batches(trained.config, trained.model, count, g, settings, labels, trained.process,
                                       progress=progress)
-        return sample_quality(batches, labels, classifier, reference, self.resolve(trained.config, settings), seed)
+        return sample_quality(batches, labels, classifier, reference, self.resolve(trained.config, settings), seed,
+                              detail)
 
     def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
                     metrics: RunMetrics) -> RunMetrics:

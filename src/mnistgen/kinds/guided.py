@@ -69,7 +69,7 @@ class GuidedKind(DiffusionKind):
             return metrics
         points = tuple(SweepPoint.of(self.sample_quality(
             trained, classifier, reference, request.sweep_samples or request.n_samples, request.seed,
-            SamplerSettings(steps=request.settings.steps, guidance=w), request.progress))
+            SamplerSettings(steps=request.settings.steps, guidance=w), request.progress, detail=False))
             for w in request.guidance_sweep)
         return replace(metrics, guidance_sweep=points)
 

@@ -5,7 +5,10 @@
   CUDA GPUs with native bf16 kernels (compute capability >= 8.0: A100, H100, RTX 30xx/40xx),
   float16 with a GradScaler on older CUDA GPUs (T4, V100: ``torch.cuda.is_bf16_supported()``
   counts emulation there, and cuDNN has no bf16 convolutions below 8.0), and none on MPS and
-  the CPU. ``"bf16"``, ``"fp16"`` and ``"off"`` force a choice on any device.
+  the CPU. ``"native"`` is ``"auto"`` plus bfloat16 on CPUs with native bf16 instructions
+  (x86 AVX512-BF16 or AMX; measured on the ``cpu`` diffusion networks: 1.1x the images/s at the
+  same sample quality, so their presets use it). ``"bf16"``, ``"fp16"`` and ``"off"`` force a
+  choice on any device.
 - float64 lives on the CPU only (MPS has none): schedules are built in float64 on the CPU,
   then cast and moved once; accumulators on the device are float32.
 - ``configure_backends``: cuDNN autotuning for fixed-shape training and an explicit TF32
@@ -50,12 +53,21 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def cpu_native_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX instructions (where oneDNN runs bf16 natively; other
+    CPUs emulate it, slower than float32). Detected through torch's CPU feature queries."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
     """The autocast dtype of training on ``device`` (None: full float32); see the module docstring."""
     if mode not in AMP_MODES:
         raise UserError(f"bad train.amp {mode!r}; valid: {', '.join(AMP_MODES)}")
-    if mode != "auto":
+    if mode not in ("auto", "native"):
         return _FORCED[mode]
+    if device.type == "cpu" and mode == "native":
+        return torch.bfloat16 if cpu_native_bf16() else None
     if device.type != "cuda":
         return None
     return torch.bfloat16 if native_bf16(device) else torch.float16

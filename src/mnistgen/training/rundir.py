@@ -157,11 +157,9 @@ class RunDir:
     def read_metrics(self) -> dict:
         return json.loads(self.metrics.read_text()) if self.metrics.is_file() else {}
 
-    def update_metrics(self, **values) -> dict:
-        """Merge ``values`` into metrics.json (atomically) and return the whole record."""
-        metrics = {**self.read_metrics(), **values}
-        write_json(self.metrics, metrics)
-        return metrics
+    def write_metrics(self, values: dict) -> None:
+        """Replace metrics.json (atomically)."""
+        write_json(self.metrics, values)
 
 
 
