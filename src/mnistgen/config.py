@@ -352,7 +352,7 @@ _UNET_SMOKE = UNetConfig(channels=(8, 16), bottleneck=16, blocks=1, time_dim=16,
 _CPU_DATA = DataConfig(resolution=32, val_limit=2000)
 _CPU_TRAIN = TrainConfig(
     epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
-    ema_decay=0.999, ema_start=1000, channels_last=True, amp="native",
+    ema_decay=0.999, ema_start=1000, channels_last=True,
 )
 _SMOKE_DATA = DataConfig(train_limit=2048, val_limit=512)
 _SMOKE_TRAIN = TrainConfig(epochs=2, batch_size=64, lr=2e-3, log_every=5, ema_decay=0.9, ema_start=2)
@@ -367,7 +367,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
     "ddpm": {
         "reference": RunConfig("ddpm", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                _UNET_REFERENCE, DDPMConfig()),
-        "cpu": RunConfig("ddpm", "cpu", _CPU_DATA, _CPU_TRAIN, _UNET_CPU,
+        "cpu": RunConfig("ddpm", "cpu", _CPU_DATA, replace(_CPU_TRAIN, amp="native"), _UNET_CPU,
                          DDPMConfig(loss_weighting="min-snr", sampler="ddim", sample_steps=50, eta=1.0)),
         "smoke": RunConfig("ddpm", "smoke", _SMOKE_DATA, _SMOKE_TRAIN, _UNET_SMOKE,
                            DDPMConfig(sampler="ddim", sample_steps=5)),
@@ -376,7 +376,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
         "reference": RunConfig("cfg", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                replace(_UNET_REFERENCE, num_classes=10), CFGConfig()),
         "cpu": RunConfig("cfg", "cpu", _CPU_DATA, _CPU_TRAIN,
-                         replace(_UNET_CPU, num_classes=10), CFGConfig(sample_steps=64)),
+                         replace(_UNET_CPU, num_classes=10), CFGConfig(sample_steps=32)),
         "smoke": RunConfig("cfg", "smoke", _SMOKE_DATA, _SMOKE_TRAIN,
                            replace(_UNET_SMOKE, num_classes=10), CFGConfig(sample_steps=5)),
     },

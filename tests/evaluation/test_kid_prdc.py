@@ -8,7 +8,7 @@ import torch
 
 from mnistgen.evaluation import prdc as prdc_module
 from mnistgen.evaluation.kid import kid, mmd2_unbiased
-from mnistgen.evaluation.prdc import knn_radii, prdc
+from mnistgen.evaluation.prdc import knn_radii, prdc, prdc_against_subsets
 
 
 def _k(a, b):
@@ -97,3 +97,15 @@ def test_dropping_modes_lowers_recall_and_coverage_but_not_precision():
     assert full.recall > 0.9 and full.coverage > 0.8
     assert dropped.recall < 0.55 and dropped.coverage < 0.55
     assert dropped.precision > 0.9 and full.precision > 0.9
+
+
+def test_prdc_against_subsets_averages_equal_sized_comparisons():
+    g = torch.Generator().manual_seed(5)
+    real, fake = torch.randn(400, 3, generator=g), torch.randn(50, 3, generator=g) * 0.8
+    assert prdc_against_subsets(real[:40], fake) == prdc(real[:40], fake)  # no more reals than fakes: all of them
+    averaged = prdc_against_subsets(real, fake, repeats=10, generator=torch.Generator().manual_seed(0))
+    picks = torch.Generator().manual_seed(0)
+    single = [prdc(real[torch.randperm(400, generator=picks)[:50]], fake) for _ in range(10)]
+    assert averaged.precision == pytest.approx(sum(r.precision for r in single) / 10)
+    assert averaged.coverage == pytest.approx(sum(r.coverage for r in single) / 10)
+    assert min(r.precision for r in single) < max(r.precision for r in single)  # one subset alone varies

@@ -20,7 +20,7 @@ from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.evaluation.fd import (FDSpread, FeatureStats, Judgement, class_histogram, fd_spread, feature_stats,
                                    frechet_distance, judge)
 from mnistgen.evaluation.kid import KID, kid
-from mnistgen.evaluation.prdc import PRDC, prdc
+from mnistgen.evaluation.prdc import PRDC, prdc, prdc_against_subsets
 from mnistgen.errors import UserError
 from mnistgen.files import JsonRecord
 from mnistgen.training.checkpoint import describe_error, save_checkpoint
@@ -41,7 +41,7 @@ class SampleQuality:
     class_accuracy_per_class: list[float] | None = None
     fd_spread: FDSpread | None = None
     kid: KID | None = None
-    prdc: PRDC | None = None  # against as many real test features as there are samples
+    prdc: PRDC | None = None  # the mean over 10 subsets of as many real test features as there are samples
     coverage_per_class: list[float] | None = None  # conditional models: coverage of each digit's real images
 
     @property
@@ -202,7 +202,7 @@ def sample_quality(batches: Iterator[torch.Tensor], labels: torch.Tensor | None,
     fd = frechet_distance(feature_stats(features), reference.stats)
     spread = fd_spread(features, reference.stats, generator=g) if detail else None
     kid_ = kid(reference.features, features, generator=g)
-    prdc_ = prdc(_real_subset(reference.features, len(features), g), features, PRDC_K) if detail else None
+    prdc_ = prdc_against_subsets(reference.features, features, PRDC_K, generator=g) if detail else None
     return SampleQuality(settings, len(verdict.predictions), fd, class_histogram(verdict.predictions),
                          round(seconds, 3), accuracy, per_class, spread, kid_, prdc_, coverage)
 
