@@ -2,6 +2,7 @@
 the VAE's latent space, and train / evaluate / draw_figures / export as the CLI uses them."""
 
 import json
+import shutil
 import subprocess
 import sys
 import types
@@ -93,7 +94,7 @@ def test_labels_are_checked(runs):
         same = cfg.sample(2, labels=digit, generator=_generator(), steps=3, progress=False)
         assert torch.equal(same, cfg.sample(2, labels=[7, 7], generator=_generator(), steps=3, progress=False))
     with pytest.raises(UserError, match="steps"):
-        cfg.reverse_chain(2, labels=1, steps=0)  # the settings are checked before the chain's steps
+        cfg.reverse_chain(2, labels=1, steps=-1)  # the settings are checked before the chain's steps
 
 
 @pytest.mark.parametrize("kind, options", [("ddpm", {"sampler": "ancestral"}), ("ddpm", {"steps": 5}),
@@ -103,7 +104,7 @@ def test_the_reverse_chain_ends_in_the_sample(runs, kind, options):
     is still nearly noise (far from it)."""
     model = mnistgen.load(runs[kind].path, "cpu")
     chain = model.reverse_chain(3, generator=_generator(5), **options)
-    states = 4 if kind == "cfg" else 6  # six steps to go, 5 .. 0: the default fractions give 5, 2, 1, 0 once each
+    states = 6 if options.get("sampler") == "ancestral" else 4  # 5 (6) sampler steps: 4 distinct default states
     assert chain.shape == (3, states, 1, 28, 28)
     sample = model.sample(3, generator=_generator(5), progress=False, **options)
     torch.testing.assert_close(chain[:, -1], sample)
@@ -159,7 +160,7 @@ def test_export_writes_loadable_models_with_cards(runs, tmp_path, mnist_dir):
     study.mkdir()
     for kind, run in runs.items():
         mnistgen.evaluate(run.path, n=50, iwae_k=2, n_images=50, device="cpu", data_dir=mnist_dir,
-                          guidance_sweep=(0, 1) if kind == "cfg" else None, sweep_samples=20)
+                          guidance_sweep=(0, 1) if kind == "cfg" else None, sweep_samples=20 if kind == "cfg" else None)
         (study / kind).symlink_to(run.path)
     (study / "provenance.json").write_text(json.dumps({"commit": "abc123", "device": "a test CPU"}))
     cards = api.export_pretrained(study, tmp_path / "shipped")
@@ -189,9 +190,9 @@ def test_evaluation_shows_a_sampling_bar_only_when_asked(runs, mnist_dir, capfd)
         assert ("sampling" in capfd.readouterr().err) == progress
 
 
-def test_a_new_evaluation_replaces_each_part_it_measured(runs, mnist_dir):
-    """No key of an earlier, larger evaluation survives next to a smaller one; a sweep not asked
-    for again stays."""
+def test_metrics_json_holds_the_last_evaluation_only(runs, mnist_dir):
+    """No key of an earlier, larger evaluation survives next to a smaller one, and no earlier sweep
+    (of perhaps another model state) stays beside new scores."""
     cfg = runs["cfg"].path
     mnistgen.evaluate(cfg, n=70, device="cpu", data_dir=mnist_dir, guidance_sweep=(0, 1), sweep_samples=20,
                       progress=False)
@@ -200,7 +201,7 @@ def test_a_new_evaluation_replaces_each_part_it_measured(runs, mnist_dir):
     mnistgen.evaluate(cfg, n=20, device="cpu", data_dir=mnist_dir, progress=False)  # 2 per digit: no per-digit coverage
     second = json.loads((cfg / "metrics.json").read_text())
     assert second["n_samples"] == 20 and "coverage_per_class" not in second
-    assert second["guidance_sweep"] == first["guidance_sweep"]
+    assert "guidance_sweep" in first and "guidance_sweep" not in second
 
 
 def test_the_vae_is_also_scored_on_binarized_digits(runs, mnist_dir, monkeypatch):
@@ -218,3 +219,48 @@ def test_the_vae_is_also_scored_on_binarized_digits(runs, mnist_dir, monkeypatch
     assert not set(grey.unique().tolist()) <= {0.0, 1.0}
     assert binary.mean().item() == pytest.approx(grey.mean().item(), abs=0.005)
     assert 0 < like.binarized_iwae_nll <= like.binarized_neg_elbo + 0.5  # a proper bound: IWAE-50 is the tighter
+
+
+def test_export_refuses_before_it_replaces_anything(runs, tmp_path):
+    study = tmp_path / "study"
+    for kind, run in runs.items():
+        shutil.copytree(run.path, study / kind, ignore=shutil.ignore_patterns("metrics.json"))
+    with pytest.raises(UserError, match="has not been evaluated"):
+        api.export_pretrained(study, tmp_path / "out")
+    for kind in runs:
+        (study / kind / "metrics.json").write_text(json.dumps(
+            {"model": kind, "preset": "smoke", "n_samples": 6, "mnist_fd": 1.0, "class_histogram": [1] * 10,
+             "sample_seconds": 0.1}))
+    with pytest.raises(UserError, match="overlaps the study"):
+        api.export_pretrained(study, study / "shipped")
+    (tmp_path / "taken" / "ddpm").mkdir(parents=True)
+    (tmp_path / "taken" / "ddpm" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an exported model"):
+        api.export_pretrained(study, tmp_path / "taken")
+    assert (tmp_path / "taken" / "ddpm" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "taken" / "vae").exists()
+    (study / "provenance.json").write_text("{broken")
+    with pytest.raises(UserError, match="provenance.json is damaged"):
+        api.export_pretrained(study, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pretrained_copy_is_made_once_and_keeps_its_own_results(tmp_path):
+    target = api._writable_copy("pretrained:vae", tmp_path / "mine")
+    (target / "metrics.json").write_text('{"model": "vae", "preset": "cpu"}')
+    assert api._writable_copy("pretrained:vae", tmp_path / "mine") == target
+    assert json.loads((target / "metrics.json").read_text()) == {"model": "vae", "preset": "cpu"}
+
+
+def test_metrics_name_the_mnistgen_that_computed_them():
+    from pathlib import Path
+
+    from mnistgen.provenance import git_commit, source_version
+
+    root = Path(mnistgen.__file__).resolve().parents[2]
+    if (root / ".git").exists():  # a checkout: its commit; an installed copy: none
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        assert git_commit() == head and head[:12] in source_version()
+    else:
+        assert git_commit() is None
+    assert source_version().startswith("mnistgen ")

@@ -52,7 +52,7 @@ def test_config_written_with_a_boolean_amp_still_loads():
     ({"train.epochs": "many"}, "expected int"),
     ({"train.epochs": 0}, r"train.epochs 0: must be in \[1, 100000\]"),
     ({"process.sampler": "euler"}, "valid: ancestral, ddim"),
-    ({"train.amp": "fp8"}, "valid: auto, bf16, fp16, off"),
+    ({"train.amp": "fp8"}, "valid: auto, native, bf16, fp16, off"),
     ({"data.dataset": "cifar"}, "valid: mnist, fashion-mnist"),
     ({"data.resolution": 30}, "valid: 28, 32"),
     ({"train.ema_warmup_power": -1}, "train.ema_warmup_power -1.0: must be in"),

@@ -26,10 +26,11 @@ from mnistgen.diffusion.samplers import SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.metrics import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir
+from mnistgen.training.checkpoint import describe_error
 from mnistgen.images import save_animation
 from mnistgen.kinds import EvaluationRequest, TrainedModel
 from mnistgen.kinds.base import SAMPLE_BATCH
-from mnistgen.runs import check_resume, evaluate_run, load_run, render_figures
+from mnistgen.runs import check_request, check_resume, evaluate_run, load_run, render_figures
 from mnistgen.runs import train as train_run
 from mnistgen.study import MODELS, SETTINGS, metric_rows, read_provenance, run_study
 from mnistgen.training import distributed
@@ -66,7 +67,10 @@ def is_pretrained(path_or_name: str | os.PathLike) -> bool:
 def _labels(labels, n: int) -> torch.Tensor:
     """A digit (int, NumPy integer or 0-d tensor), a sequence of n digits or a tensor of them ->
     (n,) int64, each checked to lie in 0-9; floats are refused, not truncated."""
-    given = torch.as_tensor(labels)
+    try:
+        given = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"labels must be a digit 0-9 or a sequence of them ({describe_error(e)})") from None
     if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
         raise UserError(f"labels must be whole digits 0-9, got {given.dtype} values")
     labels = given.to(torch.long).flatten().cpu()
@@ -153,7 +157,8 @@ class Model:
         """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
         down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
         A t the sampler does not visit (DDIM skips most) is replaced by the nearest one it does.
-        Default: up to six distinct states from nearly pure noise to the end. Returns (n, len(at), 1, 28, 28) in [0, 1]."""
+        Default: up to six distinct states from nearly pure noise to the end.
+        Returns (n, len(at), 1, 28, 28) in [0, 1] (n, number of default states, ... without ``at``)."""
         settings = SamplerSettings(sampler, steps, eta, guidance)
         labels, generator = self._prepare(n, labels, settings, generator)  # settings checked first
         times = self._times(settings)
@@ -163,6 +168,8 @@ class Model:
         if not all(isinstance(t, int) and 0 <= t <= first for t in wanted):
             raise UserError(f"at must hold steps in [0, {first}], got {list(wanted)}")
         picked = [min(times, key=lambda s: (abs(s - t), s)) for t in wanted]
+        if at is None:
+            picked = list(dict.fromkeys(picked))  # the default shows each visited state once
         kept: dict[int, torch.Tensor] = {}
 
         def keep(t: int, x: torch.Tensor) -> None:
@@ -343,13 +350,15 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
              sweep_samples: int | None = None, iwae_k: int = 500, n_images: int = 10_000,
              classifier: str | os.PathLike | None = None, device: str | torch.device = "auto",
              data_dir: str | os.PathLike | None = None, progress: bool = True) -> RunMetrics:
-    """Evaluate a run (or a pretrained model, into ``out``) and merge the results into its
+    """Evaluate a run (or a pretrained model, into ``out``) and write the results as its
     metrics.json: MNIST-FD (with its bootstrap std and FD_inf), KID, precision / recall / density /
     coverage, class histogram and accuracy of ``n`` samples; the VAE's ELBO and IWAE bound (grey-level
     and binarized test images); the CFG model's guidance sweep; the classifier's test accuracy."""
     request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance), iwae_k, n_images,
                                 tuple(guidance_sweep) if guidance_sweep is not None else None, sweep_samples,
                                 Path(classifier) if classifier is not None else None, progress)
+    if is_pretrained(run):  # refused before the copy into out is made
+        check_request(RunDir(run_path(run)).read_config(), request, run)
     return evaluate_run(_writable_copy(run, out), pick_device(device), data_dir, request)
 
 
@@ -394,14 +403,15 @@ def export_pretrained(study: str | os.PathLike, dest: str | os.PathLike = PRETRA
     sampling weights in float16) and MODEL_CARD.md. Returns the model cards' paths."""
     study, dest = Path(study), Path(dest)
     _check_export(study, dest)
-    provenance = read_provenance(study)
-    commit = commit or provenance.get("commit", "unknown")
-    trained_on = trained_on or provenance.get("device", "unknown")
-    cards = []
-    for name in MODELS:
-        trained = load_run(study / name, torch.device("cpu"))
-        cards.append(_export_run(trained, dest / name, commit, trained_on))
-    return cards
+    try:
+        provenance = read_provenance(study)
+        commit = commit or provenance.get("commit", "unknown")
+        trained_on = trained_on or provenance.get("device", "unknown")
+    except (ValueError, AttributeError) as e:
+        raise UserError(f"{study / 'provenance.json'} is damaged ({type(e).__name__}); pass --commit and "
+                        f"--trained-on, or repair it") from None
+    runs = [load_run(study / name, torch.device("cpu")) for name in MODELS]  # all read before anything is replaced
+    return [_export_run(trained, dest / name, commit, trained_on) for name, trained in zip(MODELS, runs)]
 
 
 def _check_export(study: Path, dest: Path) -> None:

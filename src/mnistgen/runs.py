@@ -142,19 +142,27 @@ def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: 
     return TrainedModel(config, model, model_kind.build_process(config, device), history, run)
 
 
+def check_request(config: RunConfig, request: EvaluationRequest, where: str | os.PathLike) -> None:
+    """Everything ``evaluate`` will be asked, against the run's config at ``where``: a UserError line."""
+    kind = kinds.get(config.kind)
+    if (request.guidance_sweep is not None or request.sweep_samples is not None) and not kind.guided:
+        guided = " or ".join(name for name, k in kinds.REGISTRY.items() if k.guided)
+        raise UserError(f"--guidance-sweep and --sweep-samples apply to the {guided} model; {where} holds a "
+                        f"{config.kind!r} model")
+    if request.sweep_samples is not None and not request.guidance_sweep:
+        raise UserError("--sweep-samples needs --guidance-sweep")
+    kind.check_request(config, request)
+
+
 def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None,
                  request: EvaluationRequest = EvaluationRequest()) -> RunMetrics:
-    """Evaluate the run at ``path`` as its kind prescribes and merge the results into its metrics.json;
-    returns this evaluation's metrics. Every option is checked before any work starts."""
+    """Evaluate the run at ``path`` as its kind prescribes and write the results as its metrics.json;
+    returns them. Every option is checked before any work starts."""
     trained = load_run(path, device)
     kind = kinds.get(trained.config.kind)
-    if request.guidance_sweep is not None and not kind.guided:
-        guided = " or ".join(name for name, k in kinds.REGISTRY.items() if k.guided)
-        raise UserError(f"--guidance-sweep applies to the {guided} model; {trained.run.root} holds a "
-                        f"{trained.config.kind!r} model")
-    kind.check_request(trained.config, request)
+    check_request(trained.config, request, trained.run.root)
     check_writable_dir(trained.run.root, "run directory")
-    earlier = read_metrics(trained.run)  # a damaged metrics.json is refused now, not after the work
+    read_metrics(trained.run)  # a damaged metrics.json is refused now, not after the work
     start = time.perf_counter()
     metrics = kind.own_metrics(trained, request, data_dir, device, RunMetrics(trained.config.kind,
                                                                               trained.config.preset))
@@ -167,18 +175,8 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
     kind.export(trained)
     metrics = replace(metrics, evaluation_seconds=round(time.perf_counter() - start, 1),
                       evaluated_with=source_version())
-    trained.run.write_metrics(_merged(earlier, metrics).to_json())
+    trained.run.write_metrics(metrics.to_json())  # the file holds this evaluation, all from one model state
     return metrics
-
-
-def _merged(earlier: RunMetrics, now: RunMetrics) -> RunMetrics:
-    """metrics.json after an evaluation: each part this evaluation measured replaces the earlier one
-    whole (no key of an earlier, larger evaluation survives next to a new one); parts it did not
-    measure (a guidance sweep not asked for again) stay as they were."""
-    keep = lambda new, old: new if new is not None else old  # noqa: E731
-    return RunMetrics(now.model, now.preset, keep(now.quality, earlier.quality),
-                      keep(now.likelihood, earlier.likelihood), keep(now.guidance_sweep, earlier.guidance_sweep),
-                      keep(now.test_accuracy, earlier.test_accuracy), now.evaluation_seconds, now.evaluated_with)
 
 
 def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:

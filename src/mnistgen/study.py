@@ -95,9 +95,10 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
             log(f"[{kind}] trained already, skipping")
         if trained or read_metrics(run).quality is None:
             log(f"[{kind}] evaluating")
+            sweep = kinds.get(kind).sweep_weights or None
             evaluate_run(run.root, device, data_dir, EvaluationRequest(
-                n_samples=settings.n_samples, iwae_k=settings.iwae_k, sweep_samples=settings.sweep_samples,
-                guidance_sweep=kinds.get(kind).sweep_weights or None, progress=show_progress))
+                n_samples=settings.n_samples, iwae_k=settings.iwae_k, guidance_sweep=sweep,
+                sweep_samples=settings.sweep_samples if sweep else None, progress=show_progress))
         log(f"[{kind}] figures")
         render_figures(run.root, device, data_dir)
     report = write_report(out, preset_name, device)

@@ -6,6 +6,7 @@ the run workflow, the study, the command line and the public API ask it, and com
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,14 +169,18 @@ class ModelKind:
     def check_request(self, config: RunConfig, request: EvaluationRequest) -> None:
         """The request's counts, its sampler settings, and each end of its guidance sweep, as
         :meth:`check_settings`: everything before any work starts."""
-        least = {"n": PRDC_K + 1, "sweep_samples": PRDC_K + 1, "iwae_k": 1, "n_images": 1}
-        for name, low in least.items():
-            value = getattr(request, name if name != "n" else "n_samples")
+        least = {("--n", "n_samples"): PRDC_K + 1 if self.generative else 1,
+                 ("--sweep-samples", "sweep_samples"): 2, ("--iwae-k", "iwae_k"): 1, ("--n-images", "n_images"): 1}
+        why = {PRDC_K + 1: f" (precision and recall look at the {PRDC_K} nearest neighbours)",
+               2: " (KID compares pairs of samples)"}
+        for (flag, name), low in least.items():
+            value = getattr(request, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                why = f" (precision and recall look at the {PRDC_K} nearest neighbours)" if low > 1 else ""
-                raise UserError(f"{name} must be a whole number >= {low}{why}, got {value!r}")
+                raise UserError(f"{flag} must be a whole number >= {low}{why.get(low, '')}, got {value!r}")
         self.check_settings(config, request.settings)
-        for w in (min(request.guidance_sweep), max(request.guidance_sweep)) if request.guidance_sweep else ():
+        for w in request.guidance_sweep or ():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise UserError(f"--guidance-sweep takes finite weights, got {w!r}")
             self.check_settings(config, SamplerSettings(guidance=w))
 
     def sample_quality(self, trained: TrainedModel, classifier, reference: Reference, n: int, seed: int,
