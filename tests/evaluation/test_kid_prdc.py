@@ -108,4 +108,5 @@ def test_prdc_against_subsets_averages_equal_sized_comparisons():
     single = [prdc(real[torch.randperm(400, generator=picks)[:50]], fake) for _ in range(10)]
     assert averaged.precision == pytest.approx(sum(r.precision for r in single) / 10)
     assert averaged.coverage == pytest.approx(sum(r.coverage for r in single) / 10)
+    assert averaged.recall == pytest.approx(sum(r.recall for r in single) / 10)  # uses the fakes' radii
     assert min(r.precision for r in single) < max(r.precision for r in single)  # one subset alone varies

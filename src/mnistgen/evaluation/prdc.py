@@ -40,9 +40,10 @@ def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
                       for chunk in features.split(CHUNK)])
 
 
-def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> PRDC:
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, fake_radii: torch.Tensor | None = None) -> PRDC:
     """Precision, recall, density and coverage of ``fake`` (M, D) against ``real`` (N, D); balls are closed."""
-    real_radii, fake_radii = knn_radii(real, k), knn_radii(fake, k)
+    real_radii = knn_radii(real, k)
+    fake_radii = knn_radii(fake, k) if fake_radii is None else fake_radii  # (M,): the same for every real set
     in_real_balls = torch.cat([(_distances(chunk, real) <= real_radii).sum(1)  # (c,): real balls holding each fake
                                for chunk in fake.split(CHUNK)])
     recalled, covered = [], []
@@ -64,6 +65,8 @@ def prdc_against_subsets(real: torch.Tensor, fake: torch.Tensor, k: int = 5, rep
     more real features than fakes, the plain :func:`prdc` against all of them."""
     if len(real) <= len(fake):
         return prdc(real, fake, k)
-    rows = [prdc(real[torch.randperm(len(real), generator=generator)[:len(fake)]], fake, k) for _ in range(repeats)]
+    fake_radii = knn_radii(fake, k)  # computed once for all subsets
+    rows = [prdc(real[torch.randperm(len(real), generator=generator)[:len(fake)]], fake, k, fake_radii)
+            for _ in range(repeats)]
     mean = lambda name: sum(getattr(r, name) for r in rows) / repeats  # noqa: E731
     return PRDC(mean("precision"), mean("recall"), mean("density"), mean("coverage"), k)
