@@ -22,6 +22,7 @@ DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr")
 SAMPLERS = ("ancestral", "ddim")
+PREDICTIONS = ("eps", "v", "x0")
 AMP_MODES = ("auto", "native", "bf16", "fp16", "off")
 
 
@@ -140,6 +141,7 @@ class DDPMConfig:
     beta_end: float = ranged(0.02, 0, 1, low_open=True, high_open=True)
     loss_weighting: str = "uniform"  # uniform (DDPM eq. 14) | min-snr (Hang et al. 2023)
     min_snr_gamma: float = ranged(5.0, 0, 1e6, low_open=True)
+    prediction: str = "eps"  # what the network outputs: eps (DDPM eq. 14) | v | x0; samplers convert to eps
     sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
     sample_steps: int = ranged(1000, 1, 100_000)  # DDIM steps, at most timesteps
     eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
@@ -148,6 +150,7 @@ class DDPMConfig:
     def check(self) -> None:
         _check(self.beta_start < self.beta_end, "need process.beta_start < process.beta_end")
         _choice(self.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
+        _choice(self.prediction, PREDICTIONS, "process.prediction")
         _choice(self.sampler, SAMPLERS, "process.sampler")
         _check(self.sampler != "ddim" or self.sample_steps <= self.timesteps,
                f"bad process.sample_steps {self.sample_steps}: DDIM steps must be in [1, {self.timesteps}] "

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mnistgen.config import DDPMConfig
+from mnistgen.diffusion import parameterisation
 from mnistgen.diffusion.broadcast import per_example
 
 
@@ -93,20 +94,32 @@ class GaussianDiffusion:
         """What the network sees as time: the integer step as a float."""
         return t.float()
 
+    def eps(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps_theta(x_t, t) in float32, converted from what the network predicts (config.prediction)."""
+        s = self.schedule
+        out = model(xt, self.model_time(t)).float()
+        x = xt.float()
+        return parameterisation.to_eps(self.config.prediction, out, x, _at(s.sqrt_alpha_bars, t, x),
+                                       _at(s.sqrt_one_minus_alpha_bars, t, x))
+
     # -- training -----------------------------------------------------------------------
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-example weights of ||eps - eps_theta||^2: 1 (DDPM eq. 14), or min(SNR, gamma) / SNR (min-SNR)."""
+        """Per-example weights of the squared error of what the network predicts: 1 (for eps, DDPM
+        eq. 14), or min-SNR (Hang et al. 2023): min(SNR, gamma) on the x_0 error, min(SNR, gamma) / SNR for eps."""
         if self.config.loss_weighting == "uniform":
             return torch.ones(t.shape, device=t.device)
-        snr = self.schedule.snr[t]
-        return snr.clamp(max=self.config.min_snr_gamma) / snr
+        return parameterisation.min_snr_weight(self.config.prediction, self.schedule.snr[t], self.config.min_snr_gamma)
 
     def loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """E_{t, eps} w(t) || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, t uniform."""
+        """E_{t, eps} w(t) || target - f_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, t uniform;
+        the target is eps (DDPM eq. 14), v or x_0 (config.prediction)."""
         b = x0.shape[0]
         t = torch.randint(0, self.T, (b,), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        eps = model(self.q_sample(x0, t, noise), self.model_time(t))
-        per_example = (eps.float() - noise).pow(2).mean(dim=tuple(range(1, x0.dim())))  # (B,)
+        s = self.schedule
+        alpha, sigma = _at(s.sqrt_alpha_bars, t, x0), _at(s.sqrt_one_minus_alpha_bars, t, x0)
+        out = model(self.q_sample(x0, t, noise), self.model_time(t))
+        goal = parameterisation.target(self.config.prediction, x0, noise, alpha, sigma)
+        per_example = (out.float() - goal.float()).pow(2).mean(dim=tuple(range(1, x0.dim())))  # (B,)
         return (self.loss_weights(t) * per_example).mean()

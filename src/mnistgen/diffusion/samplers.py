@@ -57,7 +57,7 @@ def ancestral(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, gen
     """DDPM algorithm 2: for t = T-1 .. 0, x <- mean(x_t, eps_theta) + sqrt(beta_t) z, no noise at t = 0."""
     for t in reversed(range(process.T)):
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = model(x, process.model_time(tt)).float()
+        eps = process.eps(model, x, tt)
         mean, variance = process.p_mean_variance(x, tt, eps)
         x = mean + variance.sqrt() * _randn_like(x, generator) if t > 0 else mean
         if on_step is not None:
@@ -89,7 +89,7 @@ def ddim(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: i
     grid = ddim_timesteps(process.T, steps)
     for i, t in enumerate(grid):
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = model(x, process.model_time(tt)).float()
+        eps = process.eps(model, x, tt)
         ab = alpha_bars[t]
         ab_next = alpha_bars[grid[i + 1]] if i + 1 < len(grid) else torch.ones((), device=x.device)
         x0 = process.predict_x0(x, tt, eps)

@@ -1,0 +1,47 @@
+"""What the network predicts: epsilon, v or x_0, and the conversions the samplers need.
+
+Both noise processes write a noisy image as z = alpha x_0 + sigma eps with alpha^2 + sigma^2 = 1
+and SNR = alpha^2 / sigma^2. The network may predict
+    eps                          (DDPM eq. 14, the study's choice),
+    v = alpha eps - sigma x_0    (Salimans & Ho 2022, section 4), or
+    x_0 itself.
+The samplers always work with epsilon; :func:`to_eps` converts. For a prediction error, the
+squared errors relate as ||eps - eps^||^2 = SNR ||x_0 - x_0^||^2 and ||v - v^||^2 =
+(1 + SNR) ||x_0 - x_0^||^2, so a loss weighting is fixed by its weight on the x_0 error.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
+           sigma: torch.Tensor) -> torch.Tensor:
+    """The regression target for ``prediction``; alpha and sigma broadcast against x0 (B, C, H, W)."""
+    if prediction == "eps":
+        return noise
+    if prediction == "v":
+        return alpha * noise - sigma * x0
+    if prediction == "x0":
+        return x0
+    raise ValueError(f"unknown prediction {prediction!r}")
+
+
+def to_eps(prediction: str, output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
+           sigma: torch.Tensor) -> torch.Tensor:
+    """The network's ``output`` at z as epsilon: v -> sigma z + alpha v; x_0 -> (z - alpha x_0) / sigma."""
+    if prediction == "eps":
+        return output
+    if prediction == "v":
+        return sigma * z + alpha * output
+    if prediction == "x0":
+        return (z - alpha * output) / sigma
+    raise ValueError(f"unknown prediction {prediction!r}")
+
+
+def min_snr_weight(prediction: str, snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al. 2023, eq. 8 and its v form): the weight on ``prediction``'s squared
+    error that puts min(SNR, gamma) on the x_0 error, whatever the network predicts."""
+    on_x0 = snr.clamp(max=gamma)
+    per_x0 = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[prediction]  # d(error) / d(x_0 error)
+    return on_x0 / per_x0
