@@ -165,10 +165,12 @@ class CFGConfig:
     v: float = ranged(0.3, 0, 1)  # variance interpolation exponent
     guidance: float = ranged(0.3, 0, 100)  # w
     sample_steps: int = ranged(256, 1, 100_000)
+    prediction: str = "eps"  # what the network outputs: eps (the paper's) | v | x0; the sampler converts to eps
     num_labels: ClassVar[int] = 10  # conditions on the digit class (plus a learned null label)
 
     def check(self) -> None:
         _check(self.lambda_min < self.lambda_max, "need process.lambda_min < process.lambda_max")
+        _choice(self.prediction, PREDICTIONS, "process.prediction")
 
 
 @dataclass(frozen=True)

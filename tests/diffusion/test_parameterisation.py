@@ -3,13 +3,16 @@
 Every expectation is computed in x_0 space in float64 with the relations of Salimans & Ho 2022
 (x_0 = alpha z - sigma v; x_0 = (z - sigma eps) / alpha), not with the module's formulas."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from mnistgen.config import DDPMConfig
+from mnistgen.config import CFGConfig, DDPMConfig
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.ddpm import GaussianDiffusion
+from mnistgen.diffusion.logsnr import LogSNRDiffusion
 
 AB = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))  # float64, independent of the module's schedule
 
@@ -70,3 +73,48 @@ def test_samplers_see_the_same_eps_whatever_is_predicted(prediction):
     t = torch.tensor([0, 10, 500, 999])
     torch.testing.assert_close(other.eps(_oracle(prediction, c), xt, t), ref.eps(_oracle("eps", c), xt, t),
                                atol=2e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_cfg_loss_is_the_x0_error_under_the_plain_weight(prediction):
+    """The CFG loss is the plain squared error of the target: SNR, SNR + 1 or 1 times the x_0 error,
+    with SNR = e^lambda; lambda and the draws are redone here in float64."""
+    process = LogSNRDiffusion(CFGConfig(prediction=prediction, p_uncond=0.0))
+    model = lambda x, t, c: 0.6 * x + 0.0005 * t.view(-1, 1, 1, 1)  # noqa: E731
+    model.null_label = 10
+    x0 = torch.rand(256, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = torch.zeros(256, dtype=torch.long)
+    loss = process.loss(model, x0, labels, generator=torch.Generator().manual_seed(3)).item()
+    g = torch.Generator().manual_seed(3)  # the same draws in the same order: u, then the noise
+    u = torch.rand(256, generator=g).double().numpy()
+    noise = torch.randn(x0.shape, generator=g).double().numpy()
+    a, b = np.arctan(np.exp(-10.0)), np.arctan(np.exp(10.0)) - np.arctan(np.exp(-10.0))
+    lam = -2 * np.log(np.tan(a + b * u))  # lambda(u), lambda_max = 20, lambda_min = -20
+    ab = (1 / (1 + np.exp(-lam))).reshape(-1, 1, 1, 1)  # alpha^2 = sigmoid(lambda)
+    x = x0.double().numpy()
+    z = np.sqrt(ab) * x + np.sqrt(1 - ab) * noise
+    out = 0.6 * z + 0.0005 * (1000 * (20 - lam) / 40).reshape(-1, 1, 1, 1)
+    mse_x0 = ((x - _x0_hat(prediction, out, z, ab)) ** 2).mean(axis=(1, 2, 3))
+    snr = np.exp(lam)
+    weight = {"eps": snr, "v": snr + 1, "x0": np.ones_like(snr)}[prediction]
+    assert loss == pytest.approx(np.mean(weight * mse_x0), rel=1e-3)
+
+
+def test_cfg_sampler_sees_the_same_guided_eps_from_a_v_network():
+    """Guidance combines eps whatever the network predicts: a v network that is the exact conversion of
+    an eps network gives the same guided samples."""
+    def eps_net(z, t, c):
+        return 0.3 * z + 0.05 * c.view(-1, 1, 1, 1).float() + 0.0002 * t.view(-1, 1, 1, 1)
+    def v_net(z, t, c):  # v = (eps - sigma z) / alpha, alpha and sigma from t -> lambda
+        lam = (8 - 16 * t.double() / 1000).view(-1, 1, 1, 1)  # model_time for lambda in [-8, 8]
+        alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+        return ((eps_net(z, t, c).double() - sigma * z.double()) / alpha).float()
+    for net in (eps_net, v_net):
+        net.null_label = 10
+    config = CFGConfig(lambda_min=-8.0, lambda_max=8.0)
+    z = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 3, 5, 9])
+    runs = [samplers.guided(net, LogSNRDiffusion(config if net is eps_net else replace(config, prediction="v")),
+                            z, labels, 0.5, steps=16, generator=torch.Generator().manual_seed(1))
+            for net in (eps_net, v_net)]
+    torch.testing.assert_close(runs[1], runs[0], atol=1e-4, rtol=1e-4)

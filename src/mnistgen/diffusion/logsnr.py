@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mnistgen.config import CFGConfig
+from mnistgen.diffusion import parameterisation
 from mnistgen.diffusion.broadcast import per_example
 
 
@@ -97,11 +98,16 @@ class LogSNRDiffusion:
     # -- model predictions ---------------------------------------------------------------
     def guided_eps(self, model: nn.Module, z: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor,
                    w: float) -> torch.Tensor:
-        """eps~ = (1 + w) eps_theta(z, c) - w eps_theta(z, null), both in one batched forward pass."""
+        """eps~ = (1 + w) eps_theta(z, c) - w eps_theta(z, null), both in one batched forward pass, each
+        converted to eps from what the network predicts (config.prediction)."""
         b = z.shape[0]
-        t = self.model_time(lam.expand(b) if lam.dim() == 0 else lam)
+        lam = lam.expand(b) if lam.dim() == 0 else lam
+        t = self.model_time(lam)
         null = torch.full_like(labels, model.null_label)
-        eps = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null])).float()  # (2B, C, H, W)
+        out = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null])).float()  # (2B, C, H, W)
+        zz = torch.cat([z, z]).float()
+        alpha, sigma = self.alpha_sigma(torch.cat([lam, lam]).float())
+        eps = parameterisation.to_eps(self.config.prediction, out, zz, per_example(alpha, zz), per_example(sigma, zz))
         eps_cond, eps_uncond = eps[:b], eps[b:]
         return (1 + w) * eps_cond - w * eps_uncond
 
@@ -113,12 +119,15 @@ class LogSNRDiffusion:
 
     def loss(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """E_{u, eps} || eps - eps_theta(z_lambda(u), lambda(u), c~) ||^2 with c~ the label after dropout."""
+        """E_{u, eps} || eps - eps_theta(z_lambda(u), lambda(u), c~) ||^2 with c~ the label after dropout; for a
+        network that predicts v or x_0 (config.prediction), the plain squared error of that target."""
         b = x.shape[0]
         u = torch.rand(b, generator=generator, device=x.device)
         lam = self.log_snr(u)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         net = getattr(model, "module", model)  # DistributedDataParallel wraps the network
         c = self.drop_labels(labels, net.null_label, generator)
-        eps = model(self.q_sample(x, lam, noise), self.model_time(lam), c)
-        return (eps.float() - noise).pow(2).mean()
+        out = model(self.q_sample(x, lam, noise), self.model_time(lam), c)
+        alpha, sigma = self.alpha_sigma(lam)
+        goal = parameterisation.target(self.config.prediction, x, noise, per_example(alpha, x), per_example(sigma, x))
+        return (out.float() - goal.float()).pow(2).mean()
