@@ -73,6 +73,22 @@ def test_sampling_loops_have_no_float64_op(kind, options):
     assert images.shape == (4, 1, 28, 28) and guard.ops == []
 
 
+@pytest.mark.parametrize("kind", ["ddpm", "cfg"])
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_other_predictions_have_no_float64_op(kind, prediction):
+    """The loss and the sampler of a network that predicts v or x_0 (the conversion to eps included)."""
+    cfg = _cfg(kind, **{"process.prediction": prediction, "process.loss_weighting": "min-snr"} if kind == "ddpm"
+               else {"process.prediction": prediction})
+    model_kind = kinds.get(kind)
+    model, process = model_kind.build_model(cfg), model_kind.build_process(cfg, CPU)
+    x, labels = torch.rand(4, 1, 28, 28) * 2 - 1, torch.arange(4)
+    with NoFloat64() as guard:
+        y = labels if model_kind.takes_labels else None
+        process.loss(model, x, y).backward()
+        model_kind.sample(cfg, model.eval(), 4, torch.Generator().manual_seed(0), SamplerSettings(steps=5), y, process)
+    assert guard.ops == []
+
+
 def test_evaluation_has_no_float64_op_on_the_device(mnist_test_unit):
     cfg = _cfg("vae")
     model = kinds.get("vae").build_model(cfg).eval()
