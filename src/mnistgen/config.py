@@ -20,7 +20,7 @@ from mnistgen.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
-LOSS_WEIGHTINGS = ("uniform", "min-snr")
+LOSS_WEIGHTINGS = ("uniform", "min-snr", "clamped-snr")
 SAMPLERS = ("ancestral", "ddim")
 PREDICTIONS = ("eps", "v", "x0")
 AMP_MODES = ("auto", "native", "bf16", "fp16", "off")
@@ -139,7 +139,9 @@ class DDPMConfig:
     timesteps: int = ranged(1000, 2, 100_000)
     beta_start: float = ranged(1e-4, 0, 1, low_open=True, high_open=True)
     beta_end: float = ranged(0.02, 0, 1, low_open=True, high_open=True)
-    loss_weighting: str = "uniform"  # uniform (DDPM eq. 14) | min-snr (Hang et al. 2023)
+    loss_weighting: str = "uniform"  # uniform (the plain squared error; DDPM eq. 14 for eps) |
+    #                                  min-snr (x0 error weighted min(SNR, gamma), Hang et al. 2023) |
+    #                                  clamped-snr (x0 error weighted clamp(SNR, 1, gamma): min-snr with a floor)
     min_snr_gamma: float = ranged(5.0, 0, 1e6, low_open=True)
     prediction: str = "eps"  # what the network outputs: eps (DDPM eq. 14) | v | x0; samplers convert to eps
     sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
@@ -150,6 +152,8 @@ class DDPMConfig:
     def check(self) -> None:
         _check(self.beta_start < self.beta_end, "need process.beta_start < process.beta_end")
         _choice(self.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
+        _check(self.loss_weighting != "clamped-snr" or self.min_snr_gamma >= 1,
+               f"bad process.min_snr_gamma {self.min_snr_gamma}: clamped-snr needs gamma >= 1 (its floor)")
         _choice(self.prediction, PREDICTIONS, "process.prediction")
         _choice(self.sampler, SAMPLERS, "process.sampler")
         _check(self.sampler != "ddim" or self.sample_steps <= self.timesteps,

@@ -23,11 +23,12 @@ def _x0_hat(prediction, out, xt, ab):
     return {"eps": (xt - sigma * out) / alpha, "v": alpha * xt - sigma * out, "x0": out}[prediction]
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "min-snr"])
+@pytest.mark.parametrize("weighting", ["uniform", "min-snr", "clamped-snr"])
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_loss_is_the_x0_error_under_the_stated_weight(prediction, weighting):
-    """The per-example loss is w(SNR) ||x_0 - x_0^||^2 with w = min(SNR, gamma) for min-SNR whatever the
-    network predicts, and w = SNR (eps), SNR + 1 (v) or 1 (x_0) for the plain squared error."""
+    """The per-example loss is w(SNR) ||x_0 - x_0^||^2 with w = min(SNR, gamma) for min-SNR and
+    clamp(SNR, 1, gamma) for clamped SNR whatever the network predicts, and w = SNR (eps), SNR + 1 (v)
+    or 1 (x_0) for the plain squared error."""
     gamma = 5.0
     process = GaussianDiffusion(DDPMConfig(prediction=prediction, loss_weighting=weighting, min_snr_gamma=gamma))
     model = lambda x, t: 0.7 * x + 0.001 * t.view(-1, 1, 1, 1)  # noqa: E731
@@ -42,8 +43,8 @@ def test_loss_is_the_x0_error_under_the_stated_weight(prediction, weighting):
     out = 0.7 * xt + 0.001 * t.reshape(-1, 1, 1, 1)
     mse_x0 = ((x - _x0_hat(prediction, out, xt, ab)) ** 2).mean(axis=(1, 2, 3))
     snr = AB[t] / (1 - AB[t])
-    weight = np.minimum(snr, gamma) if weighting == "min-snr" else \
-        {"eps": snr, "v": snr + 1, "x0": np.ones_like(snr)}[prediction]
+    weight = {"min-snr": np.minimum(snr, gamma), "clamped-snr": np.clip(snr, 1, gamma),
+              "uniform": {"eps": snr, "v": snr + 1, "x0": np.ones_like(snr)}[prediction]}[weighting]
     assert loss == pytest.approx(np.mean(weight * mse_x0), rel=1e-4)
 
 

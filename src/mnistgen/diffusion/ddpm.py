@@ -104,11 +104,11 @@ class GaussianDiffusion:
 
     # -- training -----------------------------------------------------------------------
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-example weights of the squared error of what the network predicts: 1 (for eps, DDPM
-        eq. 14), or min-SNR (Hang et al. 2023): min(SNR, gamma) on the x_0 error, min(SNR, gamma) / SNR for eps."""
-        if self.config.loss_weighting == "uniform":
-            return torch.ones(t.shape, device=t.device)
-        return parameterisation.min_snr_weight(self.config.prediction, self.schedule.snr[t], self.config.min_snr_gamma)
+        """Per-example weights of the squared error of what the network predicts (config.loss_weighting):
+        1 (uniform; DDPM eq. 14 for eps), or a chosen weight on the x_0 error (min-SNR, clamped SNR),
+        see :func:`parameterisation.loss_weight`."""
+        c = self.config
+        return parameterisation.loss_weight(c.prediction, c.loss_weighting, self.schedule.snr[t], c.min_snr_gamma)
 
     def loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:

@@ -39,9 +39,15 @@ def to_eps(prediction: str, output: torch.Tensor, z: torch.Tensor, alpha: torch.
     raise ValueError(f"unknown prediction {prediction!r}")
 
 
-def min_snr_weight(prediction: str, snr: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma (Hang et al. 2023, eq. 8 and its v form): the weight on ``prediction``'s squared
-    error that puts min(SNR, gamma) on the x_0 error, whatever the network predicts."""
-    on_x0 = snr.clamp(max=gamma)
-    per_x0 = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[prediction]  # d(error) / d(x_0 error)
+def loss_weight(prediction: str, weighting: str, snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The weight on ``prediction``'s squared error that puts a chosen weight on the x_0 error:
+        uniform      1 on the prediction's own error (SNR, SNR + 1 or 1 on the x_0 error);
+        min-snr      min(SNR, gamma) (Hang et al. 2023, eq. 8 and its v form);
+        clamped-snr  clamp(SNR, 1, gamma): min-SNR with the floor of the "truncated SNR" weighting
+                     max(SNR, 1) (Salimans & Ho 2022, section 4), so the noisiest steps, where a
+                     digit's shape is decided, keep weight 1 on the x_0 error instead of SNR -> 0."""
+    if weighting == "uniform":
+        return torch.ones_like(snr)
+    on_x0 = {"min-snr": snr.clamp(max=gamma), "clamped-snr": snr.clamp(min=1.0, max=gamma)}[weighting]
+    per_x0 = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[prediction]  # error^2 / x_0 error^2
     return on_x0 / per_x0
