@@ -28,6 +28,16 @@ def test_reference_presets_match_the_study():
     assert (vae.train.lr, vae.train.batch_size, vae.train.epochs, vae.model.hidden, vae.model.latent) == \
         (1e-3, 128, 20, 400, 20)
     assert PRESETS["cfg"]["reference"].process.p_uncond == 0.1
+    assert (ddpm.process.prediction, ddpm.process.loss_weighting) == ("eps", "uniform")  # DDPM eq. 14
+    assert PRESETS["cfg"]["reference"].process.prediction == "eps"
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "cfg"])
+def test_a_run_written_before_the_prediction_field_loads_as_eps(kind):
+    """Runs (and the shipped models) written before process.prediction existed predicted eps."""
+    d = preset(kind, "cpu").to_dict()
+    del d["process"]["prediction"]
+    assert RunConfig.from_dict(d).process.prediction == "eps"
 
 
 def test_overrides_are_typed():
