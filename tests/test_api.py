@@ -20,10 +20,11 @@ SMALL = {"data.train_limit": 512, "data.val_limit": 128}
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mnist_dir):
-    """Smoke runs of the three generative models; the DDPM at 32x32 (padded) like the cpu preset."""
+    """Smoke runs of the three generative models; the DDPM at 32x32 (padded) and the CFG network predicting v,
+    like the cpu presets."""
     root = tmp_path_factory.mktemp("api")
     made = {}
-    for kind, extra in (("vae", {}), ("ddpm", {"data.resolution": 32}), ("cfg", {})):
+    for kind, extra in (("vae", {}), ("ddpm", {"data.resolution": 32}), ("cfg", {"process.prediction": "v"})):
         made[kind] = mnistgen.train(kind, "smoke", root / kind, overrides={**SMALL, **extra, "train.epochs": 1},
                                     progress=False, log=None, data_dir=mnist_dir)
     return made
@@ -177,6 +178,8 @@ def test_export_writes_loadable_models_with_cards(runs, tmp_path, mnist_dir):
         weights = torch.load(card.parent / "checkpoints" / "last.pt", weights_only=False)["model"]
         assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     assert "val neg" not in cards[0].read_text() and "ELBO" in cards[0].read_text()
+    assert "predicts" not in cards[0].read_text()  # the VAE has no noise process
+    assert all(f"predicts {runs[k].config.process.prediction} " in c.read_text() for k, c in zip(("ddpm", "cfg"), cards[1:]))
     assert (tmp_path / "shipped" / "ddpm" / "samples").is_dir()  # F9 can be drawn from the shipped run
     assert mnistgen.draw_figures(tmp_path / "shipped" / "ddpm", device="cpu")
 

@@ -472,8 +472,11 @@ def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, tra
              f"- data: MNIST training set (60,000 images{', first ' + str(config.data.train_limit) if config.data.train_limit else ''}); "
              f"validation loss on {config.data.val_limit or 10_000} test images",
              f"- training: {len(history)} epochs, {history[-1].step:,} optimizer steps, {seconds / 60:.1f} minutes "
-             f"on {trained_on}", "",
-             "## Measured", ""]
+             f"on {trained_on}"]
+    prediction = getattr(config.process, "prediction", None)
+    if prediction is not None:
+        lines.append(f"- the network predicts {prediction} (process.prediction); samplers convert it to eps")
+    lines += ["", "## Measured", ""]
     if metrics.evaluated_with is not None:
         lines.append(f"- metrics computed by {metrics.evaluated_with}")
     lines += [f"- {metric}: {value}" for metric, value in metric_rows(metrics)]
