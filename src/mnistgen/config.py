@@ -23,6 +23,7 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "clamped-snr")
 SAMPLERS = ("ancestral", "ddim")
 PREDICTIONS = ("eps", "v", "x0")
+T_DISTRIBUTIONS = ("uniform", "cosine")
 AMP_MODES = ("auto", "native", "bf16", "fp16", "off")
 
 
@@ -144,6 +145,8 @@ class DDPMConfig:
     #                                  clamped-snr (x0 error weighted clamp(SNR, 1, gamma): min-snr with a floor)
     min_snr_gamma: float = ranged(5.0, 0, 1e6, low_open=True)
     prediction: str = "eps"  # what the network outputs: eps (DDPM eq. 14) | v | x0; samplers convert to eps
+    t_distribution: str = "uniform"  # training timesteps: uniform (DDPM) | cosine (log-SNR distributed as
+    #                                  under the cosine schedule, the CFG process's; the process stays linear)
     sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
     sample_steps: int = ranged(1000, 1, 100_000)  # DDIM steps, at most timesteps
     eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
@@ -155,6 +158,7 @@ class DDPMConfig:
         _check(self.loss_weighting != "clamped-snr" or self.min_snr_gamma >= 1,
                f"bad process.min_snr_gamma {self.min_snr_gamma}: clamped-snr needs gamma >= 1 (its floor)")
         _choice(self.prediction, PREDICTIONS, "process.prediction")
+        _choice(self.t_distribution, T_DISTRIBUTIONS, "process.t_distribution")
         _choice(self.sampler, SAMPLERS, "process.sampler")
         _check(self.sampler != "ddim" or self.sample_steps <= self.timesteps,
                f"bad process.sample_steps {self.sample_steps}: DDIM steps must be in [1, {self.timesteps}] "

@@ -119,3 +119,19 @@ def test_cfg_sampler_sees_the_same_guided_eps_from_a_v_network():
                             z, labels, 0.5, steps=16, generator=torch.Generator().manual_seed(1))
             for net in (eps_net, v_net)]
     torch.testing.assert_close(runs[1], runs[0], atol=1e-4, rtol=1e-4)
+
+
+def test_cosine_timesteps_follow_the_cosine_schedules_log_snr():
+    """t >= k exactly when lambda < lambda_{k-1}, and under the cosine schedule (lambda = -2 log tan(pi u / 2),
+    u uniform) P(lambda < x) = 1 - (2 / pi) atan(exp(-x / 2)); checked on the linear schedule's own
+    log-SNRs, computed here in float64."""
+    process = GaussianDiffusion(DDPMConfig(t_distribution="cosine"))
+    t = process.sample_t(200_000, torch.device("cpu"), torch.Generator().manual_seed(0)).numpy()
+    assert t.min() >= 0 and t.max() <= 999
+    lam = np.log(AB / (1 - AB))
+    for k in (1, 50, 150, 300, 500, 700, 900):
+        expected = 1 - 2 / np.pi * np.arctan(np.exp(-lam[k - 1] / 2))
+        tolerance = 5 * np.sqrt(expected * (1 - expected) / len(t)) + 1e-4  # 5 binomial standard errors
+        assert np.mean(t >= k) == pytest.approx(expected, abs=tolerance), k
+    uniform = GaussianDiffusion(DDPMConfig()).sample_t(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert np.mean(uniform.numpy() >= 700) == pytest.approx(0.3, abs=0.005)  # DDPM algorithm 1

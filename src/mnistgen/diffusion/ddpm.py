@@ -8,6 +8,7 @@ written to), so one process object serves training and any number of samplers on
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -110,12 +111,23 @@ class GaussianDiffusion:
         c = self.config
         return parameterisation.loss_weight(c.prediction, c.loss_weighting, self.schedule.snr[t], c.min_snr_gamma)
 
+    def sample_t(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n training timesteps (long): uniform on 0 .. T-1 (DDPM algorithm 1), or, for ``cosine``, the
+        timestep whose log-SNR is nearest below lambda = -2 log tan(pi u / 2), u uniform: the log-SNR
+        distribution of the cosine schedule (Nichol & Dhariwal 2021), on this process's linear schedule."""
+        if self.config.t_distribution == "uniform":
+            return torch.randint(0, self.T, (n,), generator=generator, device=device)
+        u = torch.rand(n, generator=generator, device=device)
+        lam = -2.0 * torch.log(torch.tan(0.5 * math.pi * u))  # (n,), +inf at u = 0, -inf at u -> 1
+        ascending = torch.log(self.schedule.snr).flip(0)  # log-SNR of t = T-1, ..., 0: increasing
+        below = torch.searchsorted(ascending, lam, right=True) - 1  # index of the largest entry <= lam
+        return (self.T - 1 - below).clamp(0, self.T - 1)
+
     def loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """E_{t, eps} w(t) || target - f_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, t uniform;
-        the target is eps (DDPM eq. 14), v or x_0 (config.prediction)."""
-        b = x0.shape[0]
-        t = torch.randint(0, self.T, (b,), generator=generator, device=x0.device)
+        """E_{t, eps} w(t) || target - f_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, t drawn
+        by :meth:`sample_t`; the target is eps (DDPM eq. 14), v or x_0 (config.prediction)."""
+        t = self.sample_t(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         s = self.schedule
         alpha, sigma = _at(s.sqrt_alpha_bars, t, x0), _at(s.sqrt_one_minus_alpha_bars, t, x0)
