@@ -110,6 +110,7 @@ ROWS = [
     ("train ddpm --set process.min_snr_gamma=-1", "process.min_snr_gamma"),
     ("train ddpm --set process.loss_weighting=clamped-snr --set process.min_snr_gamma=0.5", "process.min_snr_gamma"),
     ("train ddpm --set process.prediction=noise", "process.prediction"),
+    ("train ddpm --set process.prediction=eps --set process.loss_weighting=clamped-snr", "needs process.prediction v"),
     ("train ddpm --set process.t_distribution=normal", "valid: uniform, cosine"),
     ("train vae --set train.lr_gamma=-1", "train.lr_gamma"),
     ("train vae --set train.lr_step_epochs=0", "train.lr_step_epochs"),

@@ -34,10 +34,12 @@ def test_reference_presets_match_the_study():
 
 @pytest.mark.parametrize("kind", ["ddpm", "cfg"])
 def test_a_run_written_before_the_prediction_field_loads_as_eps(kind):
-    """Runs (and the shipped models) written before process.prediction existed predicted eps."""
+    """Runs (and models shipped) before process.prediction / t_distribution existed predicted eps from
+    uniform timesteps."""
     d = preset(kind, "cpu").to_dict()
-    del d["process"]["prediction"]
-    assert RunConfig.from_dict(d).process.prediction == "eps"
+    d["process"] = {k: v for k, v in d["process"].items() if k not in ("prediction", "t_distribution", "loss_weighting")}
+    process = RunConfig.from_dict(d).process
+    assert process.prediction == "eps" and getattr(process, "t_distribution", "uniform") == "uniform"
 
 
 def test_overrides_are_typed():

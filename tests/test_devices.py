@@ -77,8 +77,8 @@ def test_sampling_loops_have_no_float64_op(kind, options):
 @pytest.mark.parametrize("prediction", ["v", "x0"])
 def test_other_predictions_have_no_float64_op(kind, prediction):
     """The loss and the sampler of a network that predicts v or x_0 (the conversion to eps included)."""
-    cfg = _cfg(kind, **{"process.prediction": prediction, "process.loss_weighting": "min-snr"} if kind == "ddpm"
-               else {"process.prediction": prediction})
+    cfg = _cfg(kind, **{"process.prediction": prediction, "process.loss_weighting": "clamped-snr",
+                        "process.t_distribution": "cosine"} if kind == "ddpm" else {"process.prediction": prediction})
     model_kind = kinds.get(kind)
     model, process = model_kind.build_model(cfg), model_kind.build_process(cfg, CPU)
     x, labels = torch.rand(4, 1, 28, 28) * 2 - 1, torch.arange(4)
@@ -308,7 +308,8 @@ def _meta(kind, **overrides):
 
 
 def test_ddpm_schedule_lookups_never_copy_between_devices():
-    cfg, model, process = _meta("ddpm", **{"process.loss_weighting": "min-snr", "process.timesteps": 50})
+    cfg, model, process = _meta("ddpm", **{"process.loss_weighting": "clamped-snr", "process.prediction": "v",
+                                           "process.t_distribution": "cosine", "process.timesteps": 50})
     assert all(v.device.type == "meta" for v in process.schedule)
     x = torch.empty(4, 1, 28, 28, device="meta")
     with DeviceTransfers() as guard:

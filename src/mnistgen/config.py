@@ -146,7 +146,7 @@ class DDPMConfig:
     min_snr_gamma: float = ranged(5.0, 0, 1e6, low_open=True)
     prediction: str = "eps"  # what the network outputs: eps (DDPM eq. 14) | v | x0; samplers convert to eps
     t_distribution: str = "uniform"  # training timesteps: uniform (DDPM) | cosine (log-SNR distributed as
-    #                                  under the cosine schedule, the CFG process's; the process stays linear)
+    #                                  under the cosine schedule, truncated to this schedule's range; the process stays linear)
     sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
     sample_steps: int = ranged(1000, 1, 100_000)  # DDIM steps, at most timesteps
     eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
@@ -157,6 +157,9 @@ class DDPMConfig:
         _choice(self.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
         _check(self.loss_weighting != "clamped-snr" or self.min_snr_gamma >= 1,
                f"bad process.min_snr_gamma {self.min_snr_gamma}: clamped-snr needs gamma >= 1 (its floor)")
+        _check(self.loss_weighting != "clamped-snr" or self.prediction != "eps",
+               "process.loss_weighting clamped-snr needs process.prediction v or x0: on an eps network its floor "
+               "weights the noisiest steps' eps error by 1 / SNR (up to 2.5e4)")
         _choice(self.prediction, PREDICTIONS, "process.prediction")
         _choice(self.t_distribution, T_DISTRIBUTIONS, "process.t_distribution")
         _choice(self.sampler, SAMPLERS, "process.sampler")

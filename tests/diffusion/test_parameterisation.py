@@ -50,8 +50,14 @@ def test_loss_is_the_x0_error_under_the_stated_weight(prediction, weighting):
 
 def _oracle(prediction, c):
     """The exact predictor for data that is always the image ``c``: it knows x_0 = c."""
+    return _oracle_t(prediction, c, None)
+
+
+def _oracle_t(prediction, c, process):
+    """As :func:`_oracle`, on ``process``'s schedule (None: the study's T = 1000), recomputed in float64."""
+    table = AB if process is None else np.cumprod(1 - np.linspace(1e-4, 0.02, process.T))
     def model(z, t):
-        ab = torch.tensor(AB, dtype=torch.float64)[t.long()].view(-1, 1, 1, 1)
+        ab = torch.tensor(table, dtype=torch.float64)[t.long()].view(-1, 1, 1, 1)
         alpha, sigma = ab.sqrt(), (1 - ab).sqrt()
         eps = (z.double() - alpha * c) / sigma
         return {"eps": eps, "v": (alpha * z.double() - c) / sigma, "x0": c.expand_as(z)}[prediction].float()
@@ -61,7 +67,7 @@ def _oracle(prediction, c):
 @pytest.mark.parametrize("prediction", ["v", "x0"])
 def test_samplers_see_the_same_eps_whatever_is_predicted(prediction):
     """With the exact predictor of a point mass, a v or x_0 network gives the eps network's samples
-    (deterministic DDIM and the ancestral chain), and DDIM lands on the point."""
+    (deterministic DDIM; the ancestral chain on a 100-step schedule), and DDIM lands on the point."""
     c = torch.linspace(-0.9, 0.9, 16, dtype=torch.float64).view(1, 1, 4, 4)
     noise = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     ref = GaussianDiffusion(DDPMConfig(prediction="eps"))
@@ -70,6 +76,10 @@ def test_samplers_see_the_same_eps_whatever_is_predicted(prediction):
     b = samplers.ddim(_oracle(prediction, c), other, noise, steps=20, eta=0.0)
     torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
     torch.testing.assert_close(b, c.float().expand_as(b), atol=1e-3, rtol=0)
+    process_small = [GaussianDiffusion(DDPMConfig(timesteps=100, prediction=p)) for p in ("eps", prediction)]
+    chains = [samplers.ancestral(_oracle_t(p, c, proc), proc, noise, torch.Generator().manual_seed(1))
+              for p, proc in zip(("eps", prediction), process_small)]
+    torch.testing.assert_close(chains[1], chains[0], atol=1e-4, rtol=0)
     xt = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([0, 10, 500, 999])
     torch.testing.assert_close(other.eps(_oracle(prediction, c), xt, t), ref.eps(_oracle("eps", c), xt, t),
@@ -101,37 +111,76 @@ def test_cfg_loss_is_the_x0_error_under_the_plain_weight(prediction):
     assert loss == pytest.approx(np.mean(weight * mse_x0), rel=1e-3)
 
 
-def test_cfg_sampler_sees_the_same_guided_eps_from_a_v_network():
-    """Guidance combines eps whatever the network predicts: a v network that is the exact conversion of
-    an eps network gives the same guided samples."""
+@pytest.mark.parametrize("prediction, extent", [("v", 20.0), ("x0", 8.0)])
+def test_cfg_sampler_sees_the_same_guided_eps_whatever_is_predicted(prediction, extent):
+    """Guidance combines eps whatever the network predicts: a v or x_0 network that is the exact conversion
+    of an eps network gives the same guided samples (v over the default log-SNR range -20 .. 20; x_0 over
+    -8 .. 8, since converting x_0 to eps divides by sigma, 4.5e-5 at lambda = 20)."""
     def eps_net(z, t, c):
         return 0.3 * z + 0.05 * c.view(-1, 1, 1, 1).float() + 0.0002 * t.view(-1, 1, 1, 1)
-    def v_net(z, t, c):  # v = (eps - sigma z) / alpha, alpha and sigma from t -> lambda
-        lam = (8 - 16 * t.double() / 1000).view(-1, 1, 1, 1)  # model_time for lambda in [-8, 8]
+    def other_net(z, t, c):  # v = alpha eps - sigma x_0 and x_0 = (z - sigma eps) / alpha, from t -> lambda
+        lam = (extent - 2 * extent * t.double() / 1000).view(-1, 1, 1, 1)  # model_time inverted
         alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
-        return ((eps_net(z, t, c).double() - sigma * z.double()) / alpha).float()
-    for net in (eps_net, v_net):
+        eps, zd = eps_net(z, t, c).double(), z.double()
+        x0 = (zd - sigma * eps) / alpha
+        return (alpha * eps - sigma * x0 if prediction == "v" else x0).float()
+    for net in (eps_net, other_net):
         net.null_label = 10
-    config = CFGConfig(lambda_min=-8.0, lambda_max=8.0)
+    config = CFGConfig(lambda_min=-extent, lambda_max=extent)
     z = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 3, 5, 9])
-    runs = [samplers.guided(net, LogSNRDiffusion(config if net is eps_net else replace(config, prediction="v")),
-                            z, labels, 0.5, steps=16, generator=torch.Generator().manual_seed(1))
-            for net in (eps_net, v_net)]
+    runs = [samplers.guided(net, LogSNRDiffusion(replace(config, prediction=p)), z, labels, 0.5, steps=16,
+                            generator=torch.Generator().manual_seed(1))
+            for net, p in ((eps_net, "eps"), (other_net, prediction))]
     torch.testing.assert_close(runs[1], runs[0], atol=1e-4, rtol=1e-4)
 
 
-def test_cosine_timesteps_follow_the_cosine_schedules_log_snr():
-    """t >= k exactly when lambda < lambda_{k-1}, and under the cosine schedule (lambda = -2 log tan(pi u / 2),
-    u uniform) P(lambda < x) = 1 - (2 / pi) atan(exp(-x / 2)); checked on the linear schedule's own
-    log-SNRs, computed here in float64."""
+def _cosine_bounds():
+    lam = np.log(AB / (1 - AB))  # float64, decreasing in t
+    b = np.arctan(np.exp(-lam[0] / 2))
+    return lam, np.arctan(np.exp(-lam[-1] / 2)) - b, b
+
+
+def test_cosine_timesteps_follow_the_truncated_cosine_log_snr():
+    """t >= k exactly when lambda < lambda_{k-1}; under the cosine schedule truncated to [lambda_{T-1}, lambda_0]
+    (lambda = -2 log tan(a u + b), u uniform) P(lambda < x) = 1 - (atan(exp(-x / 2)) - b) / a. Checked on
+    the linear schedule's own log-SNRs, computed here in float64, to 5 binomial standard errors."""
     process = GaussianDiffusion(DDPMConfig(t_distribution="cosine"))
     t = process.sample_t(200_000, torch.device("cpu"), torch.Generator().manual_seed(0)).numpy()
     assert t.min() >= 0 and t.max() <= 999
-    lam = np.log(AB / (1 - AB))
-    for k in (1, 50, 150, 300, 500, 700, 900):
-        expected = 1 - 2 / np.pi * np.arctan(np.exp(-lam[k - 1] / 2))
-        tolerance = 5 * np.sqrt(expected * (1 - expected) / len(t)) + 1e-4  # 5 binomial standard errors
+    lam, a, b = _cosine_bounds()
+    for k in (1, 2, 50, 150, 300, 500, 700, 900, 999):
+        expected = 1 - (np.arctan(np.exp(-lam[k - 1] / 2)) - b) / a
+        tolerance = 5 * np.sqrt(expected * (1 - expected) / len(t)) + 1e-4
         assert np.mean(t >= k) == pytest.approx(expected, abs=tolerance), k
+    again = process.sample_t(200_000, torch.device("cpu"), torch.Generator().manual_seed(0)).numpy()
+    assert np.array_equal(t, again)  # the generator drives every draw
     uniform = GaussianDiffusion(DDPMConfig()).sample_t(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert np.mean(uniform.numpy() >= 700) == pytest.approx(0.3, abs=0.005)  # DDPM algorithm 1
+
+
+def test_cosine_timestep_is_the_first_step_at_or_below_the_quantile():
+    """On a grid of u: lambda_t <= lambda(u) < lambda_{t-1} (to float32 rounding), the ends included."""
+    process = GaussianDiffusion(DDPMConfig(t_distribution="cosine"))
+    u = np.linspace(0, 1, 20_001)
+    t = process.cosine_timestep(torch.tensor(u, dtype=torch.float32)).numpy()
+    lam, a, b = _cosine_bounds()
+    quantile = -2 * np.log(np.tan(a * u + b))
+    tol = 1e-4 * np.maximum(1, np.abs(quantile))
+    assert t[0] == 0 and t[-1] == 999
+    assert np.all(lam[t] <= quantile + tol)
+    inner = t > 0
+    assert np.all(lam[t[inner] - 1] > quantile[inner] - tol[inner])
+    assert 0 < np.mean(t == 0) < 0.002  # truncated: no pile-up of the tail on the end steps
+
+
+def test_the_loss_draws_its_timesteps_from_the_distribution():
+    """The loss sees exactly sample_t's timesteps (same generator, same first draw)."""
+    process = GaussianDiffusion(DDPMConfig(t_distribution="cosine", prediction="v"))
+    seen = []
+    def model(x, t):
+        seen.append(t.long())
+        return torch.zeros_like(x)
+    process.loss(model, torch.zeros(64, 1, 4, 4), generator=torch.Generator().manual_seed(5))
+    expected = process.sample_t(64, torch.device("cpu"), torch.Generator().manual_seed(5))
+    assert torch.equal(seen[0], expected)

@@ -58,13 +58,20 @@ def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tens
 
 
 class GaussianDiffusion:
-    """q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0), the reverse step of eq. 11 and the epsilon loss."""
+    """q(x_t | x_0), the posterior q(x_{t-1} | x_t, x_0), the reverse step of eq. 11 and the training loss
+    (eps, v or x_0 target)."""
 
     def __init__(self, config: DDPMConfig = DDPMConfig(), device: torch.device | str = "cpu"):
         self.config = config
         self.T = config.timesteps
         self.device = torch.device(device)
-        self.schedule = Schedule(*(v.to(self.device) for v in linear_schedule(config)))
+        schedule = linear_schedule(config)
+        self.schedule = Schedule(*(v.to(self.device) for v in schedule))
+        log_snr = torch.log(schedule.snr)  # (T,), decreasing in t
+        self._log_snr_ascending = log_snr.flip(0).to(self.device)  # t = T-1, ..., 0
+        # The cosine quantile lambda(u) = -2 log tan(a u + b), truncated to [lambda_{T-1}, lambda_0].
+        self._cosine_b = math.atan(math.exp(-log_snr[0].item() / 2))
+        self._cosine_a = math.atan(math.exp(-log_snr[-1].item() / 2)) - self._cosine_b
 
     # -- forward process ----------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -96,7 +103,8 @@ class GaussianDiffusion:
         return t.float()
 
     def eps(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """eps_theta(x_t, t) in float32, converted from what the network predicts (config.prediction)."""
+        """eps_theta(x_t, t) (B, C, H, W) in float32: the network's output, converted from v or x_0 when it
+        predicts those (config.prediction; Salimans & Ho 2022, section 4)."""
         s = self.schedule
         out = model(xt, self.model_time(t)).float()
         x = xt.float()
@@ -112,21 +120,27 @@ class GaussianDiffusion:
         return parameterisation.loss_weight(c.prediction, c.loss_weighting, self.schedule.snr[t], c.min_snr_gamma)
 
     def sample_t(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n training timesteps (long): uniform on 0 .. T-1 (DDPM algorithm 1), or, for ``cosine``, the
-        timestep whose log-SNR is nearest below lambda = -2 log tan(pi u / 2), u uniform: the log-SNR
-        distribution of the cosine schedule (Nichol & Dhariwal 2021), on this process's linear schedule."""
+        """n training timesteps (n,) long: uniform on 0 .. T-1 (DDPM algorithm 1), or, for ``cosine``,
+        :meth:`cosine_timestep` of u uniform on [0, 1)."""
         if self.config.t_distribution == "uniform":
             return torch.randint(0, self.T, (n,), generator=generator, device=device)
-        u = torch.rand(n, generator=generator, device=device)
-        lam = -2.0 * torch.log(torch.tan(0.5 * math.pi * u))  # (n,), +inf at u = 0, -inf at u -> 1
-        ascending = torch.log(self.schedule.snr).flip(0)  # log-SNR of t = T-1, ..., 0: increasing
-        below = torch.searchsorted(ascending, lam, right=True) - 1  # index of the largest entry <= lam
-        return (self.T - 1 - below).clamp(0, self.T - 1)
+        return self.cosine_timestep(torch.rand(n, generator=generator, device=device))
+
+    def cosine_timestep(self, u: torch.Tensor) -> torch.Tensor:
+        """The first timestep whose log-SNR is at or below lambda(u) = -2 log tan(a u + b), the cosine
+        schedule's log-SNR (Nichol & Dhariwal 2021; the CFG process's) truncated to this linear schedule's
+        range [lambda_{T-1}, lambda_0]; for u uniform, the timesteps' log-SNRs follow the cosine schedule's
+        distribution. u (n,) in [0, 1] -> t (n,) long."""
+        lam = -2.0 * torch.log(torch.tan(self._cosine_a * u + self._cosine_b))  # (n,), lambda_0 .. lambda_{T-1}
+        below = torch.searchsorted(self._log_snr_ascending, lam, right=True) - 1  # largest entry <= lam
+        return (self.T - 1 - below).clamp(0, self.T - 1)  # float rounding past lambda_{T-1}: t = T-1
 
     def loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """E_{t, eps} w(t) || target - f_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, t drawn
-        by :meth:`sample_t`; the target is eps (DDPM eq. 14), v or x_0 (config.prediction)."""
+        by :meth:`sample_t`; the target is eps (DDPM eq. 14), v or x_0 (config.prediction). The weights
+        w(t) are what :meth:`loss_weights` says per example; with ``cosine`` timesteps the objective's
+        weight on step t is also proportional to how often t is drawn."""
         t = self.sample_t(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         s = self.schedule

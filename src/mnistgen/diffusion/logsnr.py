@@ -101,14 +101,16 @@ class LogSNRDiffusion:
         """eps~ = (1 + w) eps_theta(z, c) - w eps_theta(z, null), both in one batched forward pass, each
         converted to eps from what the network predicts (config.prediction)."""
         b = z.shape[0]
-        lam = lam.expand(b) if lam.dim() == 0 else lam
-        t = self.model_time(lam)
+        lam = torch.cat([lam.expand(b) if lam.dim() == 0 else lam] * 2)  # (2B,)
+        zz = torch.cat([z, z])  # (2B, C, H, W): conditional, then unconditional
         null = torch.full_like(labels, model.null_label)
-        out = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null])).float()  # (2B, C, H, W)
-        zz = torch.cat([z, z]).float()
-        alpha, sigma = self.alpha_sigma(torch.cat([lam, lam]).float())
-        eps = parameterisation.to_eps(self.config.prediction, out, zz, per_example(alpha, zz), per_example(sigma, zz))
-        eps_cond, eps_uncond = eps[:b], eps[b:]
+        out = model(zz, self.model_time(lam), torch.cat([labels, null])).float()  # (2B, C, H, W)
+        if self.config.prediction != "eps":
+            alpha, sigma = self.alpha_sigma(lam.float())  # (2B,) each
+            zz = zz.float()
+            out = parameterisation.to_eps(self.config.prediction, out, zz, per_example(alpha, zz),
+                                          per_example(sigma, zz))
+        eps_cond, eps_uncond = out[:b], out[b:]
         return (1 + w) * eps_cond - w * eps_uncond
 
     # -- training -----------------------------------------------------------------------

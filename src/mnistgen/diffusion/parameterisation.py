@@ -17,7 +17,8 @@ import torch
 
 def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
            sigma: torch.Tensor) -> torch.Tensor:
-    """The regression target for ``prediction``; alpha and sigma broadcast against x0 (B, C, H, W)."""
+    """The regression target for ``prediction`` (B, C, H, W): eps (DDPM eq. 14), v = alpha eps - sigma x_0
+    (Salimans & Ho 2022, section 4) or x_0; alpha and sigma (B, 1, 1, 1) broadcast against x0."""
     if prediction == "eps":
         return noise
     if prediction == "v":
@@ -29,7 +30,8 @@ def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.
 
 def to_eps(prediction: str, output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
            sigma: torch.Tensor) -> torch.Tensor:
-    """The network's ``output`` at z as epsilon: v -> sigma z + alpha v; x_0 -> (z - alpha x_0) / sigma."""
+    """The network's ``output`` (B, C, H, W) at z as epsilon: v -> sigma z + alpha v (from z = alpha x_0 +
+    sigma eps and the definition of v, with alpha^2 + sigma^2 = 1); x_0 -> (z - alpha x_0) / sigma."""
     if prediction == "eps":
         return output
     if prediction == "v":
@@ -47,7 +49,22 @@ def loss_weight(prediction: str, weighting: str, snr: torch.Tensor, gamma: float
                      max(SNR, 1) (Salimans & Ho 2022, section 4), so the noisiest steps, where a
                      digit's shape is decided, keep weight 1 on the x_0 error instead of SNR -> 0."""
     if weighting == "uniform":
+        return torch.ones_like(snr)  # (B,)
+    if weighting == "min-snr":
+        on_x0 = snr.clamp(max=gamma)
+    elif weighting == "clamped-snr":
+        on_x0 = snr.clamp(min=1.0, max=gamma)
+    else:
+        raise ValueError(f"unknown loss weighting {weighting!r}")
+    return on_x0 / x0_error_factor(prediction, snr)
+
+
+def x0_error_factor(prediction: str, snr: torch.Tensor) -> torch.Tensor:
+    """||prediction error||^2 / ||x_0 error||^2 at a given SNR (B,): SNR for eps, 1 + SNR for v, 1 for x_0."""
+    if prediction == "eps":
+        return snr
+    if prediction == "v":
+        return snr + 1
+    if prediction == "x0":
         return torch.ones_like(snr)
-    on_x0 = {"min-snr": snr.clamp(max=gamma), "clamped-snr": snr.clamp(min=1.0, max=gamma)}[weighting]
-    per_x0 = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[prediction]  # error^2 / x_0 error^2
-    return on_x0 / per_x0
+    raise ValueError(f"unknown prediction {prediction!r}")

@@ -1,4 +1,5 @@
-"""The unconditional DDPM (SPEC section 2): an epsilon-predicting U-Net, ancestral or DDIM sampling."""
+"""The unconditional DDPM (SPEC section 2): a U-Net that predicts eps (or v / x_0, converted to eps), ancestral
+or DDIM sampling."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The U-Net noise predictor eps_theta(x_t, t) and its class-conditional composition.
+"""The U-Net noise predictor eps_theta(x_t, t) and its class-conditional composition (the same network
+predicts v or x_0 where the noise process says so: only its training target changes).
 
 One set of building blocks serves every preset: a sinusoidal time embedding
 (Vaswani et al. 2017, as in DDPM appendix B), a double 3x3 conv block with GroupNorm and
