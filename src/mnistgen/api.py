@@ -458,6 +458,17 @@ def _export_run(trained: TrainedModel, out: Path, commit: str, trained_on: str) 
     return card
 
 
+def _objective_lines(process) -> list[str]:
+    """What a diffusion model was trained to predict, and how its loss was weighted and sampled in time."""
+    if not hasattr(process, "prediction"):
+        return []
+    parts = [f"the network predicts {process.prediction}"
+             + ("" if process.prediction == "eps" else " (converted to eps for the samplers)")]
+    parts += [f"{name.replace('_', ' ')} {getattr(process, name)}" for name in ("loss_weighting", "t_distribution")
+              if hasattr(process, name)]
+    return ["- objective: " + "; ".join(parts)]
+
+
 def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, trained_on: str) -> str:
     """The model card of a shipped model: what it is, how it was made, what it scored."""
     seconds = sum(r.seconds for r in history)
@@ -473,9 +484,7 @@ def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, tra
              f"validation loss on {config.data.val_limit or 10_000} test images",
              f"- training: {len(history)} epochs, {history[-1].step:,} optimizer steps, {seconds / 60:.1f} minutes "
              f"on {trained_on}"]
-    prediction = getattr(config.process, "prediction", None)
-    if prediction is not None:
-        lines.append(f"- the network predicts {prediction} (process.prediction); samplers convert it to eps")
+    lines += _objective_lines(config.process)
     lines += ["", "## Measured", ""]
     if metrics.evaluated_with is not None:
         lines.append(f"- metrics computed by {metrics.evaluated_with}")
