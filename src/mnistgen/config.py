@@ -393,7 +393,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
         "reference": RunConfig("cfg", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                replace(_UNET_REFERENCE, num_classes=10), CFGConfig()),
         "cpu": RunConfig("cfg", "cpu", _CPU_DATA, _CPU_TRAIN,
-                         replace(_UNET_CPU, num_classes=10), CFGConfig(sample_steps=32, prediction="v")),
+                         replace(_UNET_CPU, num_classes=10), CFGConfig(sample_steps=16, prediction="v")),
         "smoke": RunConfig("cfg", "smoke", _SMOKE_DATA, _SMOKE_TRAIN,
                            replace(_UNET_SMOKE, num_classes=10), CFGConfig(sample_steps=5)),
     },
