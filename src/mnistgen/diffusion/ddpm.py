@@ -74,10 +74,15 @@ class GaussianDiffusion:
         self._cosine_a = math.atan(math.exp(-log_snr[-1].item() / 2)) - self._cosine_b
 
     # -- forward process ----------------------------------------------------------------
+    def alpha_sigma(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha_t = sqrt(alpha_bar_t) and sigma_t = sqrt(1 - alpha_bar_t), each (B, 1, 1, 1) against ``like``."""
+        s = self.schedule
+        return _at(s.sqrt_alpha_bars, t, like), _at(s.sqrt_one_minus_alpha_bars, t, like)
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
-        s = self.schedule
-        return _at(s.sqrt_alpha_bars, t, x0) * x0 + _at(s.sqrt_one_minus_alpha_bars, t, x0) * noise
+        alpha, sigma = self.alpha_sigma(t, x0)
+        return alpha * x0 + sigma * noise
 
     def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I) with
@@ -105,11 +110,11 @@ class GaussianDiffusion:
     def eps(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """eps_theta(x_t, t) (B, C, H, W) in float32: the network's output, converted from v or x_0 when it
         predicts those (config.prediction; Salimans & Ho 2022, section 4)."""
-        s = self.schedule
         out = model(xt, self.model_time(t)).float()
+        if self.config.prediction == "eps":
+            return out
         x = xt.float()
-        return parameterisation.to_eps(self.config.prediction, out, x, _at(s.sqrt_alpha_bars, t, x),
-                                       _at(s.sqrt_one_minus_alpha_bars, t, x))
+        return parameterisation.to_eps(self.config.prediction, out, x, *self.alpha_sigma(t, x))
 
     # -- training -----------------------------------------------------------------------
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
@@ -143,9 +148,8 @@ class GaussianDiffusion:
         weight on step t is also proportional to how often t is drawn."""
         t = self.sample_t(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        s = self.schedule
-        alpha, sigma = _at(s.sqrt_alpha_bars, t, x0), _at(s.sqrt_one_minus_alpha_bars, t, x0)
-        out = model(self.q_sample(x0, t, noise), self.model_time(t))
+        alpha, sigma = self.alpha_sigma(t, x0)  # (B, 1, 1, 1) each
+        out = model(alpha * x0 + sigma * noise, self.model_time(t))  # x_t as in q_sample
         goal = parameterisation.target(self.config.prediction, x0, noise, alpha, sigma)
         per_example = (out.float() - goal.float()).pow(2).mean(dim=tuple(range(1, x0.dim())))  # (B,)
         return (self.loss_weights(t) * per_example).mean()
