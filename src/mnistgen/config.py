@@ -366,6 +366,8 @@ _UNET_CPU = UNetConfig(channels=(32, 64, 128), bottleneck=128, blocks=1, time_di
                        attention=True, groups=8)
 _UNET_SMOKE = UNetConfig(channels=(8, 16), bottleneck=16, blocks=1, time_dim=16, unshuffle=2, groups=4)
 _CPU_DATA = DataConfig(resolution=32, val_limit=2000)
+# The diffusion presets share 12 epochs of training: 7 for the DDPM and 5 for the CFG model
+# (docs/cpu-design.md, "The split of the training minutes").
 _CPU_TRAIN = TrainConfig(
     epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
     ema_decay=0.999, ema_start=1000, channels_last=True,
@@ -383,7 +385,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
     "ddpm": {
         "reference": RunConfig("ddpm", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                _UNET_REFERENCE, DDPMConfig()),
-        "cpu": RunConfig("ddpm", "cpu", _CPU_DATA, replace(_CPU_TRAIN, amp="native"), _UNET_CPU,
+        "cpu": RunConfig("ddpm", "cpu", _CPU_DATA, replace(_CPU_TRAIN, epochs=7, amp="native"), _UNET_CPU,
                          DDPMConfig(prediction="v", loss_weighting="clamped-snr", t_distribution="cosine",
                                     sampler="ddim", sample_steps=50, eta=1.0)),
         "smoke": RunConfig("ddpm", "smoke", _SMOKE_DATA, _SMOKE_TRAIN, _UNET_SMOKE,
@@ -392,7 +394,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
     "cfg": {
         "reference": RunConfig("cfg", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                replace(_UNET_REFERENCE, num_classes=10), CFGConfig()),
-        "cpu": RunConfig("cfg", "cpu", _CPU_DATA, _CPU_TRAIN,
+        "cpu": RunConfig("cfg", "cpu", _CPU_DATA, replace(_CPU_TRAIN, epochs=5),
                          replace(_UNET_CPU, num_classes=10), CFGConfig(sample_steps=16, prediction="v")),
         "smoke": RunConfig("cfg", "smoke", _SMOKE_DATA, _SMOKE_TRAIN,
                            replace(_UNET_SMOKE, num_classes=10), CFGConfig(sample_steps=5)),
