@@ -91,7 +91,8 @@ def test_rerunning_a_finished_run_without_resume_is_refused(vae_run):
 
 
 def test_ddpm_samplers_write_the_promised_files(ddpm_run, tmp_path):
-    for extra in (["--sampler", "ddim", "--steps", "5", "--eta", "1"], ["--sampler", "ancestral"]):
+    for extra in (["--sampler", "ddim", "--steps", "5", "--eta", "1"], ["--sampler", "ancestral"],
+                  ["--sampler", "dpm++2m", "--steps", "5"]):
         assert main(["sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "d.npz"), *extra]) == 0
         with np.load(tmp_path / "d.npz") as f:
             assert f["images"].shape == (3, 1, 28, 28)

@@ -71,7 +71,7 @@ def test_config_written_with_a_boolean_amp_still_loads():
     ({"model.groups": 3}, "model.groups 3: must divide every width"),
     ({"model.time_dim": 3}, "model.time_dim 3: must be even"),
     ({"model.num_classes": 10}, "the ddpm model needs 0"),
-    ({"process.sample_steps": 5000}, "process.sample_steps 5000: DDIM steps must be in"),
+    ({"process.sample_steps": 5000}, "process.sample_steps 5000: sampling steps must be in"),
     ({"process.beta_start": 0.5}, "beta_start < process.beta_end"),
     ({"model.channels": "8,0"}, "model.channels"),
 ])

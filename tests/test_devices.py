@@ -60,6 +60,8 @@ def test_training_has_no_float64_op(kind, tmp_path, mnist_dir):
 
 @pytest.mark.parametrize("kind, options", [("vae", {}), ("ddpm", {"sampler": "ancestral"}),
                                            ("ddpm", {"sampler": "ddim", "steps": 10, "eta": 1.0}),
+                                           ("ddpm", {"sampler": "ancestral", "steps": 10}),
+                                           ("ddpm", {"sampler": "dpm++2m", "steps": 10}),
                                            ("cfg", {"guidance": 1.0, "steps": 10})])
 def test_sampling_loops_have_no_float64_op(kind, options):
     cfg = _cfg(kind, **({"process.timesteps": 100} if kind == "ddpm" else {}))
@@ -315,7 +317,9 @@ def test_ddpm_schedule_lookups_never_copy_between_devices():
     with DeviceTransfers() as guard:
         process.loss(model, x)
         samplers.ancestral(model, process, x)
+        samplers.ancestral(model, process, x, steps=10)
         samplers.ddim(model, process, x, steps=10, eta=1.0)
+        samplers.dpm_solver_2m(model, process, x, steps=10)
     assert guard.ops == []
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnistgen.config import DATASETS, KINDS
+from mnistgen.config import DATASETS, KINDS, SAMPLERS
 from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 
 
@@ -85,8 +85,8 @@ def _sample_parser(sub) -> None:
     p.add_argument("run", type=Path, help="a run directory, or pretrained:vae | pretrained:ddpm | pretrained:cfg")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (per class with --label all)")
     p.add_argument("--out", type=Path, required=True, help="FILE, FILE.png or FILE.npz: both files are written")
-    p.add_argument("--sampler", choices=("ancestral", "ddim"), default=None, help="DDPM only (default: the run's)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDIM or CFG grid)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="DDPM only (default: the run's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDPM grid or CFG grid)")
     p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
     p.add_argument("--label", default=None, help="CFG only: a digit 0-9 or 'all'")
     p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "dynamically binarized test images. CFG: also class accuracy and per-digit coverage. "
                     "Classifier runs: test accuracy, and RUN/classifier.pt (compact weights).")
     p.add_argument("--n", type=_positive_int, default=1000, help="samples to judge (CFG: N // 10 per digit)")
-    p.add_argument("--sampler", choices=("ancestral", "ddim"), default=None, help="DDPM sampler (default: the run's)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDIM or CFG grid)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="DDPM sampler (default: the run's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDPM grid or CFG grid)")
     p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
     p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
     p.add_argument("--guidance-sweep", default=None, metavar="W1,W2,...",

@@ -21,7 +21,7 @@ from mnistgen.errors import UserError
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "clamped-snr")
-SAMPLERS = ("ancestral", "ddim")
+SAMPLERS = ("ancestral", "ddim", "dpm++2m")
 PREDICTIONS = ("eps", "v", "x0")
 T_DISTRIBUTIONS = ("uniform", "cosine")
 AMP_MODES = ("auto", "native", "bf16", "fp16", "off")
@@ -148,7 +148,7 @@ class DDPMConfig:
     t_distribution: str = "uniform"  # training timesteps: uniform (DDPM) | cosine (log-SNR distributed as
     #                                  under the cosine schedule, truncated to this schedule's range; the process stays linear)
     sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
-    sample_steps: int = ranged(1000, 1, 100_000)  # DDIM steps, at most timesteps
+    sample_steps: int = ranged(1000, 1, 100_000)  # DDIM / DPM-Solver++ steps, at most timesteps (ancestral: all T)
     eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
     num_labels: ClassVar[int] = 0  # unconditional
 
@@ -163,8 +163,8 @@ class DDPMConfig:
         _choice(self.prediction, PREDICTIONS, "process.prediction")
         _choice(self.t_distribution, T_DISTRIBUTIONS, "process.t_distribution")
         _choice(self.sampler, SAMPLERS, "process.sampler")
-        _check(self.sampler != "ddim" or self.sample_steps <= self.timesteps,
-               f"bad process.sample_steps {self.sample_steps}: DDIM steps must be in [1, {self.timesteps}] "
+        _check(self.sampler == "ancestral" or self.sample_steps <= self.timesteps,
+               f"bad process.sample_steps {self.sample_steps}: sampling steps must be in [1, {self.timesteps}] "
                f"(process.timesteps)")
 
 

@@ -59,17 +59,26 @@ def test_posterior_equals_gaussian_conditioning(process, t):
     assert var.item() == pytest.approx(cond_var, rel=1e-4, abs=1e-9)
 
 
-def test_reverse_mean_with_true_noise_equals_posterior_mean(process):
-    """Eq. 11 with the exact eps is the posterior mean mu~_t(x_t, x_0) (DDPM eq. 10)."""
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(8, 1, 4, 4, generator=g) * 2 - 1
-    t = torch.randint(1, 1000, (8,), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    xt = process.q_sample(x0, t, eps)
-    mean, var = process.p_mean_variance(xt, t, eps)
-    post_mean, _ = process.q_posterior(x0, xt, t)
-    torch.testing.assert_close(mean, post_mean, atol=2e-4, rtol=1e-4)
-    torch.testing.assert_close(var[:, 0, 0, 0], process.schedule.betas[t])
+@pytest.mark.parametrize("t, t_next", [(1, 0), (500, 499), (999, 998), (999, 979), (400, 150), (30, 0)])
+def test_reverse_step_with_true_noise_is_the_posterior_mean(process, t, t_next):
+    """Eq. 11 with the exact eps is the mean of q(x_{t_next} | x_t, x_0) (DDPM eq. 7 for consecutive steps),
+    whose mean and the variance beta' = 1 - ab_t / ab_{t_next} are computed here in float64 from the
+    Gaussian conditional of (x_{t_next}, x_t) given x_0 (x_t = sqrt(ab_t / ab_{t_next}) x_{t_next} + noise)."""
+    g = torch.Generator().manual_seed(t)
+    x0 = (torch.rand(8, 1, 4, 4, generator=g) * 2 - 1).double()
+    eps = torch.randn(x0.shape, generator=g).double()
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    xt = np.sqrt(ab[t]) * x0 + np.sqrt(1 - ab[t]) * eps
+    a = np.sqrt(ab[t] / ab[t_next])  # x_t = a x_{t_next} + sqrt(1 - a^2) e
+    var_next, cov = 1 - ab[t_next], a * (1 - ab[t_next])  # Var(x_{t_next} | x0), Cov(x_{t_next}, x_t | x0)
+    mean_next = np.sqrt(ab[t_next]) * x0 + cov / (1 - ab[t]) * (xt - np.sqrt(ab[t]) * x0)
+    mean, var = process.p_step(xt.float(), t, t_next, eps.float())
+    torch.testing.assert_close(mean.double(), mean_next, atol=3e-4, rtol=0)
+    beta = 1 - ab[t] / ab[t_next]
+    assert var.item() == pytest.approx(beta, rel=2e-3)
+    if t_next == t - 1:
+        assert var.item() == process.schedule.betas[t].item()  # the schedule's beta_t itself
+    assert var_next - cov**2 / (1 - ab[t]) < beta  # the posterior variance beta~ is smaller: sigma^2 = beta'
 
 
 class Oracle(nn.Module):
@@ -101,6 +110,22 @@ def test_ddim_with_oracle_recovers_the_image(process, target, steps, eta):
     g = torch.Generator().manual_seed(1)
     out = samplers.ddim(Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), steps, eta, g)
     torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [1000, 100, 25])
+def test_ancestral_on_fewer_steps_with_oracle_recovers_the_image(process, target, steps):
+    g = torch.Generator().manual_seed(2)
+    out = samplers.ancestral(Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), g, steps=steps)
+    torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [5, 20, 1000])
+def test_dpm_solver_with_oracle_recovers_the_image(process, target, steps):
+    """With the exact predictor of a point mass, every x_0 prediction is the point, so the solver's
+    first- and second-order updates both carry the state exactly onto it."""
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    out = samplers.dpm_solver_2m(Oracle(process, target), process, x, steps)
+    torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-4, rtol=0)
 
 
 def test_ddim_sigma_at_eta_one_is_the_ddpm_posterior_std_on_consecutive_steps(process):

@@ -83,6 +83,20 @@ def test_ancestral_step_variance_is_beta_t(ddpm):
     assert BETAS[1] * (1 - ALPHA_BARS[0]) / (1 - ALPHA_BARS[1]) < 0.6 * BETAS[1]
 
 
+def test_ancestral_on_fewer_steps_has_the_restricted_process_variance(ddpm):
+    """On a 50-step grid each step adds beta' = 1 - ab_t / ab_t' (the DDPM restricted to the grid),
+    not the schedule's beta_t at the same t."""
+    g = torch.Generator().manual_seed(4)
+    found = _step_variances(lambda on_step: samplers.ancestral(ZeroImage(_ddpm_std), ddpm, _start(), g, on_step,
+                                                                steps=50))
+    grid = _ddim_grid(50)
+    for t, t_next in zip(grid[1:], grid[2:]):  # the state after the step at t is x_{t_next}
+        expected = 1 - ALPHA_BARS[t] / ALPHA_BARS[t_next]
+        assert found[t] == pytest.approx(expected, rel=0.05), t
+        assert expected > 5 * BETAS[t]
+    assert found[0] < 1e-12
+
+
 def _ddim_grid(steps):
     grid = np.round(np.linspace(T - 1, 0, steps)).astype(int)
     return list(dict.fromkeys(grid.tolist()))
@@ -139,6 +153,43 @@ def test_guided_step_variance_interpolates_the_two_variances(logsnr):
     for i in range(1, steps - 1):  # the state after step i (steps - 1 - i still to go)
         assert found[steps - 1 - i] == pytest.approx(_cfg_step_variance(lam[i], lam[i + 1]), rel=0.05), i
     assert found[0] < 1e-12
+
+
+class GaussianData(nn.Module):
+    """The exact noise for data N(0, s^2 I): x_0 = sqrt(ab) s^2 x_t / (ab s^2 + 1 - ab), from the joint Gaussian."""
+
+    def __init__(self, s):
+        super().__init__()
+        self.s2 = s * s
+
+    def forward(self, x, t):
+        ab = torch.from_numpy(ALPHA_BARS)[t.long()].view(-1, 1, 1, 1)
+        x0 = ab.sqrt() * self.s2 * x.double() / (ab * self.s2 + 1 - ab)
+        return ((x.double() - ab.sqrt() * x0) / (1 - ab).sqrt()).float()
+
+
+def _ode_error(sampler, steps, s=0.5):
+    """Largest error against the exact probability-flow ODE solution for Gaussian data, which scales
+    x_T by the ratio of the marginal stds; the last step to sigma = 0 is the denoiser at t = 0 in both."""
+    x = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    out = sampler(GaussianData(s), x, steps).double()
+    std = lambda ab: np.sqrt(ab * s * s + 1 - ab)  # noqa: E731
+    ab0, abT = ALPHA_BARS[0], ALPHA_BARS[-1]
+    exact = np.sqrt(ab0) * s * s / std(ab0) ** 2 * std(ab0) / std(abT) * x.double()
+    return (out - exact).abs().max().item()
+
+
+def test_dpm_solver_converges_at_second_order(ddpm):
+    """Halving the step size divides the error by about 4 for DPM-Solver++(2M) and by about 2 for
+    DDIM (eta = 0, the first-order solver of the same ODE), once the steps are small enough: on
+    this time-uniform grid the step in log-SNR from t = T / K to t = 0 is large below ~40 steps."""
+    dpm = lambda m, x, k: samplers.dpm_solver_2m(m, ddpm, x, k, clip_x0=False)  # noqa: E731
+    ddim = lambda m, x, k: samplers.ddim(m, ddpm, x, k, 0.0, clip_x0=False)  # noqa: E731
+    errors = {k: _ode_error(dpm, k) for k in (40, 80, 160)}
+    first = {k: _ode_error(ddim, k) for k in (40, 80, 160)}
+    assert errors[40] / errors[80] > 3.2 and errors[80] / errors[160] > 3.2, errors
+    assert 1.6 < first[80] / first[160] < 2.6, first
+    assert errors[160] < first[160] / 2.5
 
 
 # -- full loops against NumPy, same noise -------------------------------------------------------

@@ -31,7 +31,6 @@ class Schedule(NamedTuple):
     posterior_variance: torch.Tensor  # beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t  (eq. 7)
     posterior_coef_x0: torch.Tensor  # sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)
     posterior_coef_xt: torch.Tensor  # sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
-    eps_coef: torch.Tensor  # beta_t / sqrt(1 - alpha_bar_t)  (eq. 11)
     snr: torch.Tensor  # alpha_bar_t / (1 - alpha_bar_t)
 
 
@@ -47,7 +46,7 @@ def linear_schedule(config: DDPMConfig) -> Schedule:
         posterior_variance=betas * (1.0 - alpha_bars_prev) / one_minus,
         posterior_coef_x0=alpha_bars_prev.sqrt() * betas / one_minus,
         posterior_coef_xt=alphas.sqrt() * (1.0 - alpha_bars_prev) / one_minus,
-        eps_coef=betas / one_minus.sqrt(), snr=alpha_bars / one_minus,
+        snr=alpha_bars / one_minus,
     )
     return Schedule(*(v.float() for v in values))  # float64 only on the CPU, here
 
@@ -97,11 +96,18 @@ class GaussianDiffusion:
         s = self.schedule
         return (xt - _at(s.sqrt_one_minus_alpha_bars, t, xt) * eps) / _at(s.sqrt_alpha_bars, t, xt)
 
-    def p_mean_variance(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reverse step (eq. 11): mean = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t), variance beta_t."""
+    def p_step(self, xt: torch.Tensor, t: int, t_next: int, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reverse step (eq. 11) from t down to t_next (-1 after the last step) of the process restricted to a
+        grid of timesteps (Nichol & Dhariwal 2021, section 4): with beta' = 1 - alpha_bar_t / alpha_bar_{t_next},
+        mean = (x_t - beta' / sqrt(1 - alpha_bar_t) eps) / sqrt(1 - beta') and variance sigma^2 = beta'
+        (DDPM's sigma_t^2 = beta_t). On consecutive steps beta' is the schedule's beta_t. The variance is 0-dim."""
         s = self.schedule
-        mean = (xt - _at(s.eps_coef, t, xt) * eps) / _at(s.alphas, t, xt).sqrt()
-        return mean, _at(s.betas, t, xt).expand_as(xt)
+        if t_next == t - 1:
+            beta, alpha = s.betas[t], s.alphas[t]
+        else:
+            alpha = s.alpha_bars[t] / s.alpha_bars[t_next]
+            beta = 1 - alpha
+        return (xt - beta / s.sqrt_one_minus_alpha_bars[t] * eps) / alpha.sqrt(), beta
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the network sees as time: the integer step as a float."""

@@ -16,7 +16,7 @@ OnStep = Callable[[int, torch.Tensor], None]  # (t, x after the step at t) -> No
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to sample: ``sampler`` is ancestral | ddim (DDPM), cfg (guided) or prior (VAE). Fields left
+    """How to sample: ``sampler`` is ancestral | ddim | dpm++2m (DDPM), cfg (guided) or prior (VAE). Fields left
     None take the run's defaults; a model kind's ``resolve`` fills them in, and fields that do not
     apply to the model stay None."""
 
@@ -39,7 +39,9 @@ def run(model: nn.Module, process: GaussianDiffusion | LogSNRDiffusion, noise: t
         labels: torch.Tensor | None = None, on_step: OnStep | None = None) -> torch.Tensor:
     """The sampler that resolved ``settings`` name, from ``noise`` (B, C, H, W); output in [-1, 1]."""
     if settings.sampler == "ancestral":
-        return ancestral(model, process, noise, generator, on_step)
+        return ancestral(model, process, noise, generator, on_step, settings.steps)
+    if settings.sampler == "dpm++2m":
+        return dpm_solver_2m(model, process, noise, settings.steps, on_step=on_step)
     if settings.sampler == "ddim":
         return ddim(model, process, noise, settings.steps, settings.eta, generator, on_step=on_step)
     if settings.sampler == "cfg":
@@ -53,13 +55,16 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 @torch.no_grad()
 def ancestral(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, generator: torch.Generator | None = None,
-              on_step: OnStep | None = None) -> torch.Tensor:
-    """DDPM algorithm 2: for t = T-1 .. 0, x <- mean(x_t, eps_theta) + sqrt(beta_t) z, no noise at t = 0."""
-    for t in reversed(range(process.T)):
+              on_step: OnStep | None = None, steps: int | None = None) -> torch.Tensor:
+    """DDPM algorithm 2 on ``steps`` evenly spaced timesteps (default all T): for t = T-1 .. 0,
+    x <- mean(x_t, eps_theta) + sigma z with sigma^2 = beta_t, no noise at the last step. On fewer
+    steps, beta_t is that of the process restricted to the grid (:meth:`GaussianDiffusion.p_step`)."""
+    grid = ddim_timesteps(process.T, steps or process.T)
+    for i, t in enumerate(grid):
+        t_next = grid[i + 1] if i + 1 < len(grid) else -1
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = process.eps(model, x, tt)
-        mean, variance = process.p_mean_variance(x, tt, eps)
-        x = mean + variance.sqrt() * _randn_like(x, generator) if t > 0 else mean
+        mean, variance = process.p_step(x, t, t_next, process.eps(model, x, tt))
+        x = mean + variance.sqrt() * _randn_like(x, generator) if t_next >= 0 else mean
         if on_step is not None:
             on_step(t, x)
     return x
@@ -100,6 +105,35 @@ def ddim(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: i
         x = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < len(grid):
             x = x + sigma * _randn_like(x, generator)
+        if on_step is not None:
+            on_step(t, x)
+    return x
+
+
+@torch.no_grad()
+def dpm_solver_2m(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: int = 20,
+                  clip_x0: bool = True, on_step: OnStep | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2), deterministic, on ``steps`` timesteps of the DDPM grid.
+    With lambda = log(alpha / sigma) and h = lambda' - lambda, x' = (sigma' / sigma) x - alpha' (e^{-h} - 1) D,
+    where D = x0 on the first step and D = (1 + 1 / 2r) x0 - (1 / 2r) x0_prev, r = h_prev / h, after it (x0:
+    the network's clipped prediction). The last step lands on sigma = 0, where x' = x0."""
+    snr = process.schedule.snr
+    ab = process.schedule.alpha_bars
+    grid = ddim_timesteps(process.T, steps)
+    x0_prev = h_prev = None
+    for i, t in enumerate(grid):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x0 = process.predict_x0(x, tt, process.eps(model, x, tt))
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        if i + 1 == len(grid):
+            x = x0
+        else:
+            t_next = grid[i + 1]
+            h = 0.5 * torch.log(snr[t_next] / snr[t])  # lambda' - lambda > 0
+            d = x0 if x0_prev is None else x0 + h / (2 * h_prev) * (x0 - x0_prev)
+            x = ((1 - ab[t_next]) / (1 - ab[t])).sqrt() * x - ab[t_next].sqrt() * torch.expm1(-h) * d
+            x0_prev, h_prev = x0, h
         if on_step is not None:
             on_step(t, x)
     return x

@@ -1,5 +1,5 @@
-"""The unconditional DDPM (SPEC section 2): a U-Net that predicts eps (or v / x_0, converted to eps), ancestral
-or DDIM sampling."""
+"""The unconditional DDPM (SPEC section 2): a U-Net that predicts eps (or v / x_0, converted to eps), ancestral,
+DDIM or DPM-Solver++(2M) sampling."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnistgen.config import DDPMConfig, RunConfig
+from mnistgen.config import SAMPLERS, DDPMConfig, RunConfig
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.ddpm import GaussianDiffusion
 from mnistgen.diffusion.samplers import SamplerSettings
@@ -41,32 +41,33 @@ class DDPMKind(DiffusionKind):
         return 16
 
     def resolve(self, config: RunConfig, settings: SamplerSettings) -> SamplerSettings:
-        """Ancestral runs all T steps; DDIM takes the run's steps and eta unless given."""
+        """Ancestral runs all T steps unless given fewer; DDIM and DPM-Solver++ take the run's steps, and
+        DDIM its eta, unless given."""
         p = config.process
         sampler = settings.sampler or p.sampler
-        steps = p.timesteps if sampler == "ancestral" else (settings.steps or p.sample_steps)
-        return SamplerSettings(sampler, steps, p.eta if settings.eta is None else settings.eta)
+        steps = settings.steps or (p.timesteps if sampler == "ancestral" else p.sample_steps)
+        eta = (p.eta if settings.eta is None else settings.eta) if sampler == "ddim" else None
+        return SamplerSettings(sampler, steps, eta)
 
     def check_settings(self, config: RunConfig, settings: SamplerSettings) -> None:
         super().check_settings(config, settings)
         p = config.process
         T = p.timesteps
-        if (settings.sampler or p.sampler) == "ancestral" and (settings.steps is not None or settings.eta is not None):
-            raise UserError(f"ancestral sampling runs all {T} steps with the DDPM's own variance; "
-                            f"--steps and --eta apply to --sampler ddim")
+        sampler = settings.sampler or p.sampler
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if sampler != "ddim" and settings.eta is not None:
+            raise UserError(f"--eta applies to --sampler ddim only ({sampler} has no eta)")
         if settings.steps is not None and not 1 <= settings.steps <= T:
-            raise UserError(f"--steps must be in [1, {T}] for DDIM on this model, got {settings.steps}")
-        if (settings.sampler or p.sampler) == "ddim" and settings.steps is None and p.sample_steps > T:
+            raise UserError(f"--steps must be in [1, {T}] on this model, got {settings.steps}")
+        if sampler != "ancestral" and settings.steps is None and p.sample_steps > T:
             raise UserError(f"the run's process.sample_steps ({p.sample_steps}) exceeds its {T} "
                             f"timesteps; pass --steps in [1, {T}]")
         in_range("--eta", settings.eta, DDPMConfig, "eta")
 
     def step_times(self, config: RunConfig, settings: SamplerSettings) -> list[int]:
-        """The timesteps the sampler visits: all T for ancestral sampling, DDIM's subsequence."""
-        resolved = self.resolve(config, settings)
-        if resolved.sampler == "ancestral":
-            return list(range(config.process.timesteps - 1, -1, -1))
-        return samplers.ddim_timesteps(config.process.timesteps, resolved.steps)
+        """The timesteps the sampler visits, from T-1 down to 0 (all T for the full ancestral chain)."""
+        return samplers.ddim_timesteps(config.process.timesteps, self.resolve(config, settings).steps)
 
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import diffusion
