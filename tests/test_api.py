@@ -70,6 +70,18 @@ def test_batches_stream_n_samples_repeatably(runs):
         model.sample_batches(7, batch_size=0)
 
 
+def test_ddpm_sampler_options_are_checked(runs):
+    ddpm = mnistgen.load(runs["ddpm"].path, "cpu")
+    with pytest.raises(UserError, match=r"unknown sampler 'euler'; valid: ancestral, ddim, dpm\+\+2m"):
+        ddpm.sample(2, sampler="euler")
+    with pytest.raises(UserError, match="--eta applies to --sampler ddim only"):
+        ddpm.sample(2, sampler="dpm++2m", eta=0.5)
+    with pytest.raises(UserError, match="whole number"):
+        ddpm.sample(2, sampler="ancestral", steps=2.5)
+    for sampler in ("ancestral", "dpm++2m"):
+        assert ddpm.sample(2, sampler=sampler, steps=3, generator=_generator(), progress=False).shape == (2, 1, 28, 28)
+
+
 def test_labels_are_checked(runs):
     cfg, vae = mnistgen.load(runs["cfg"].path, "cpu"), mnistgen.load(runs["vae"].path, "cpu")
     with pytest.raises(UserError, match="needs labels"):

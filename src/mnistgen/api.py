@@ -156,7 +156,7 @@ class Model:
                       eta: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
         down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
-        A t the sampler does not visit (DDIM skips most) is replaced by the nearest one it does.
+        A t the sampler does not visit (one on fewer than T steps skips most) is replaced by the nearest one it does.
         Default: up to six distinct states from nearly pure noise to the end.
         Returns (n, len(at), 1, 28, 28) in [0, 1] (n, number of default states, ... without ``at``)."""
         settings = SamplerSettings(sampler, steps, eta, guidance)

@@ -369,7 +369,7 @@ _CPU_DATA = DataConfig(resolution=32, val_limit=2000)
 # The diffusion presets share 12 epochs of training: 7 for the DDPM and 5 for the CFG model
 # (docs/cpu-design.md, "The split of the training minutes").
 _CPU_TRAIN = TrainConfig(
-    epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
+    batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=300, grad_clip=1.0,
     ema_decay=0.999, ema_start=1000, channels_last=True,
 )
 _SMOKE_DATA = DataConfig(train_limit=2048, val_limit=512)

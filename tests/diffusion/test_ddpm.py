@@ -112,19 +112,27 @@ def test_ddim_with_oracle_recovers_the_image(process, target, steps, eta):
     torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
 
 
-@pytest.mark.parametrize("steps", [1000, 100, 25])
+@pytest.mark.parametrize("steps", [1000, 100, 25, 1])
 def test_ancestral_on_fewer_steps_with_oracle_recovers_the_image(process, target, steps):
     g = torch.Generator().manual_seed(2)
     out = samplers.ancestral(Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), g, steps=steps)
     torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
 
 
-@pytest.mark.parametrize("steps", [5, 20, 1000])
-def test_dpm_solver_with_oracle_recovers_the_image(process, target, steps):
-    """With the exact predictor of a point mass, every x_0 prediction is the point, so the solver's
-    first- and second-order updates both carry the state exactly onto it."""
+@pytest.mark.parametrize("steps", [1, 5, 20, 1000])
+def test_dpm_solver_with_oracle_follows_the_exact_path(process, target, steps):
+    """With the exact predictor of a point mass x*, the probability-flow ODE keeps the noise direction:
+    x_t = sqrt(ab_t) x* + sqrt(1 - ab_t) e with e fixed by x_T. Every state the solver reaches must lie
+    on that path (its first- and second-order updates are both exact there), and the end on x*."""
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    out = samplers.dpm_solver_2m(Oracle(process, target), process, x, steps)
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    e = (x.double() - np.sqrt(ab[-1]) * target.double()) / np.sqrt(1 - ab[-1])
+    grid = samplers.ddim_timesteps(1000, steps)
+    states = []
+    out = samplers.dpm_solver_2m(Oracle(process, target), process, x, steps, on_step=lambda t, s: states.append(s))
+    for t_next, state in zip(grid[1:], states):
+        expected = np.sqrt(ab[t_next]) * target.double() + np.sqrt(1 - ab[t_next]) * e
+        torch.testing.assert_close(state.double(), expected.expand_as(state), atol=1e-4, rtol=0)
     torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-4, rtol=0)
 
 

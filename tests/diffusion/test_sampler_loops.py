@@ -244,6 +244,27 @@ def _ddim_np(x, steps, eta, seed):
     return x
 
 
+def _dpm_solver_2m_np(x, steps):
+    """DPM-Solver++(2M) as Lu et al. 2022 write it (algorithm 2): h_i = lambda_i - lambda_{i-1},
+    r_i = h_{i-1} / h_i, D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2}."""
+    grid = _ddim_grid(steps)
+    lam = [0.5 * np.log(ALPHA_BARS[t] / (1 - ALPHA_BARS[t])) for t in grid]
+    x0s, hs = [], []
+    for i, t in enumerate(grid):
+        ab = ALPHA_BARS[t]
+        x0s.append(np.clip((x - np.sqrt(1 - ab) * _net_np(x, float(t))) / np.sqrt(ab), -1, 1))
+        if i + 1 == len(grid):
+            return x0s[-1]
+        ab_next = ALPHA_BARS[grid[i + 1]]
+        hs.append(lam[i + 1] - lam[i])
+        if i == 0:
+            d = x0s[-1]
+        else:
+            r = hs[-2] / hs[-1]
+            d = (1 + 1 / (2 * r)) * x0s[-1] - 1 / (2 * r) * x0s[-2]
+        x = np.sqrt((1 - ab_next) / (1 - ab)) * x - np.sqrt(ab_next) * (np.exp(-hs[-1]) - 1) * d
+
+
 def _guided_np(x, labels, w, steps, seed):
     z = _draws(seed)
     c = CFGConfig()
@@ -278,6 +299,28 @@ def test_ddim_loop_matches_numpy(ddpm, steps, eta):
     expected = _ddim_np(_noise().double().numpy(), steps, eta, 12)
     np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-4, rtol=0)
     assert out.sum().item() == pytest.approx(GOLDEN[f"ddim-{steps}-{eta}"], abs=2e-3)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10, 50])
+def test_dpm_solver_loop_matches_numpy(ddpm, steps):
+    out = samplers.dpm_solver_2m(Net(), ddpm, _noise(), steps)
+    np.testing.assert_allclose(out.double().numpy(), _dpm_solver_2m_np(_noise().double().numpy(), steps),
+                               atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 100])
+def test_ancestral_on_fewer_steps_matches_numpy(ddpm, steps):
+    """The DDPM restricted to the grid, written from its own alphas: alpha' = ab_t / ab_t' (ab = 1 past
+    the end), beta' = 1 - alpha', eq. 11 with beta' and sigma^2 = beta'."""
+    out = samplers.ancestral(Net(), ddpm, _noise(), torch.Generator().manual_seed(14), steps=steps)
+    z, x = _draws(14), _noise().double().numpy()
+    grid = _ddim_grid(steps)
+    for i, t in enumerate(grid):
+        alpha = ALPHA_BARS[t] / (ALPHA_BARS[grid[i + 1]] if i + 1 < len(grid) else 1.0)
+        x = (x - (1 - alpha) / np.sqrt(1 - ALPHA_BARS[t]) * _net_np(x, float(t))) / np.sqrt(alpha)
+        if i + 1 < len(grid):
+            x = x + np.sqrt(1 - alpha) * next(z)
+    np.testing.assert_allclose(out.double().numpy(), x, atol=2e-4, rtol=0)
 
 
 @pytest.mark.parametrize("w", [0.0, 0.3, 2.0])

@@ -104,8 +104,8 @@ class GaussianDiffusion:
         s = self.schedule
         if t_next == t - 1:
             beta, alpha = s.betas[t], s.alphas[t]
-        else:
-            alpha = s.alpha_bars[t] / s.alpha_bars[t_next]
+        else:  # alpha_bar after the last step is 1
+            alpha = s.alpha_bars[t] / s.alpha_bars[t_next] if t_next >= 0 else s.alpha_bars[t]
             beta = 1 - alpha
         return (xt - beta / s.sqrt_one_minus_alpha_bars[t] * eps) / alpha.sqrt(), beta
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,9 @@ class ModelKind:
         if extra:
             takes = ", ".join(self.sampler_options) or "none of the sampler options (it samples in one pass)"
             raise UserError(f"{', '.join(extra)} does not apply to the {self.name} model; it takes {takes}")
+        if settings.steps is not None and (isinstance(settings.steps, bool)
+                                           or not isinstance(settings.steps, numbers.Integral)):
+            raise UserError(f"--steps must be a whole number, got {settings.steps!r}")
 
     def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
