@@ -59,8 +59,14 @@ for kind in ('vae', 'ddpm', 'cfg'):
 
 log "$(nvidia-smi -L 2>/dev/null | head -4)"
 log "$(python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, *([torch.cuda.get_device_name(), torch.cuda.get_device_capability()] if torch.cuda.is_available() else ["no cuda"]))')"
-command -v mnistgen > /dev/null || pip install -q --no-deps --no-build-isolation -e . > "$out/install.log" 2>&1 \
-    || log "install failed: $(tail -2 "$out/install.log")"
+if ! command -v mnistgen > /dev/null; then  # a machine with torch but without mnistgen: install it offline
+    python3 -m pip install -q --no-deps --no-build-isolation -e . > "$out/install.log" 2>&1 \
+        || log "pip install failed ($(tail -1 "$out/install.log")); running from src/"
+    if ! command -v mnistgen > /dev/null; then
+        mkdir -p "$out/bin" && printf '#!/bin/sh\nexec python3 -m mnistgen "$@"\n' > "$out/bin/mnistgen"
+        chmod +x "$out/bin/mnistgen" && export PATH="$PWD/$out/bin:$PATH" PYTHONPATH="$PWD/src"
+    fi
+fi
 nproc_gpu=$([ "$device" = cuda ] && python3 -c 'import torch; print(torch.cuda.device_count())' || echo 1)
 
 # 1. the smoke study, end to end
