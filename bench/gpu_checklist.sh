@@ -13,8 +13,9 @@
 #   7. python bench/gpu_throughput.py;
 #   8. the test suite with CUDA visible.
 # What to bring back (logs, scores, figures, a CUDA-written checkpoint and the exported models) is
-# packed into OUT/results.tgz. DEVICE=cpu REF_PRESET=smoke STUDY_PRESET=smoke runs the same steps
-# on a CPU as a rehearsal.
+# packed into OUT/results.tgz. STEPS="study pytest" (say) runs only the named steps (smoke resume amp
+# torchrun study ancestral throughput pytest). DEVICE=cpu REF_PRESET=smoke STUDY_PRESET=smoke runs the
+# same steps on a CPU as a rehearsal.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu-checklist}
@@ -22,6 +23,8 @@ budget=${2:-540}
 device=${DEVICE:-cuda}
 ref=${REF_PRESET:-reference}
 study=${STUDY_PRESET:-cpu}
+steps=" ${STEPS:-smoke resume amp torchrun study ancestral throughput pytest} "
+want() { [[ $steps == *" $1 "* ]]; }
 start=$SECONDS
 rm -rf "$out" && mkdir -p "$out"
 log() { echo "[$(date +%H:%M:%S) +$((SECONDS - start))s] $*" | tee -a "$out/summary.txt"; }
@@ -70,59 +73,63 @@ fi
 nproc_gpu=$([ "$device" = cuda ] && python3 -c 'import torch; print(torch.cuda.device_count())' || echo 1)
 
 # 1. the smoke study, end to end
-step smoke-study 120 mnistgen reproduce --preset smoke --device "$device" --no-progress --out "$out/smoke" \
+want smoke && step smoke-study 120 mnistgen reproduce --preset smoke --device "$device" --no-progress --out "$out/smoke" \
     && log "$(tail -1 "$out/smoke-study.log")"
 
 # 2. kill -9 after the first checkpoint, then resume
-mnistgen train ddpm --preset "$ref" --device "$device" --no-progress --out "$out/killed" --epochs 2 \
-    --set train.checkpoint_minutes=0.1 > "$out/killed.log" 2>&1 &
-pid=$!
-s=$SECONDS
-while [ ! -f "$out/killed/checkpoints/last.pt" ] && kill -0 $pid 2> /dev/null && ((SECONDS - s < 90)); do sleep 0.5; done
-kill -9 $pid 2> /dev/null
-wait $pid 2> /dev/null
-if [ -f "$out/killed/checkpoints/last.pt" ]; then
-    log "killed after the first checkpoint ($((SECONDS - s)) s): $(python3 -c "import torch; s = torch.load('$out/killed/checkpoints/last.pt', map_location='cpu', weights_only=False); print('epoch', s['epoch'], 'batch', s['batch'], 'step', s['step'])" 2>&1 | tail -1)"
-    step resume 120 mnistgen train ddpm --resume --device "$device" --no-progress --out "$out/killed" \
-        && epoch_line "$out/killed"
-else
-    log "kill -9: no checkpoint within $((SECONDS - s)) s"
-    tail -4 "$out/killed.log" | sed 's/^/    /' | tee -a "$out/summary.txt"
-fi
+want resume && {
+    mnistgen train ddpm --preset "$ref" --device "$device" --no-progress --out "$out/killed" --epochs 2 \
+        --set train.checkpoint_minutes=0.1 > "$out/killed.log" 2>&1 &
+    pid=$!
+    s=$SECONDS
+    while [ ! -f "$out/killed/checkpoints/last.pt" ] && kill -0 $pid 2> /dev/null && ((SECONDS - s < 90)); do sleep 0.5; done
+    kill -9 $pid 2> /dev/null
+    wait $pid 2> /dev/null
+    if [ -f "$out/killed/checkpoints/last.pt" ]; then
+        log "killed after the first checkpoint ($((SECONDS - s)) s): $(python3 -c "import torch; s = torch.load('$out/killed/checkpoints/last.pt', map_location='cpu', weights_only=False); print('epoch', s['epoch'], 'batch', s['batch'], 'step', s['step'])" 2>&1 | tail -1)"
+        step resume 120 mnistgen train ddpm --resume --device "$device" --no-progress --out "$out/killed" \
+            && epoch_line "$out/killed"
+    else
+        log "kill -9: no checkpoint within $((SECONDS - s)) s"
+        tail -4 "$out/killed.log" | sed 's/^/    /' | tee -a "$out/summary.txt"
+    fi
+}
 
 # 3. one reference epoch in fp16 + GradScaler (forced, the T4 path) and in bf16
-for amp in fp16 bf16; do
+want amp && for amp in fp16 bf16; do
     step "amp-$amp" 90 mnistgen train ddpm --preset "$ref" --device "$device" --no-progress --epochs 1 \
         --set train.amp=$amp --out "$out/amp-$amp" && epoch_line "$out/amp-$amp"
 done
 
 # 4. torchrun: DistributedDataParallel over nccl (gloo on a CPU)
-step torchrun 90 torchrun --standalone --nproc_per_node="$nproc_gpu" -m mnistgen train ddpm --preset smoke \
+want torchrun && step torchrun 90 torchrun --standalone --nproc_per_node="$nproc_gpu" -m mnistgen train ddpm --preset smoke \
     --device "$device" --no-progress --out "$out/ddp" && epoch_line "$out/ddp"
 
 # 5. the cpu study, end to end
-step cpu-study 300 mnistgen reproduce --preset "$study" --device "$device" --no-progress --out "$out/study" \
+want study && step cpu-study 300 mnistgen reproduce --preset "$study" --device "$device" --no-progress --out "$out/study" \
     && { log "$(tail -1 "$out/cpu-study.log")"; scores "$out/study"; }
 [ -f "$out/study/cfg/metrics.json" ] && step export 60 mnistgen export "$out/study" --to "$out/export" \
     --trained-on "$(python3 -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'), torch $(python3 -c 'import torch; print(torch.__version__)')"
 
 # 6. the study's sampler on the reference network (one epoch of training: time only)
-[ -f "$out/amp-bf16/checkpoints/last.pt" ] && step ancestral-1000 90 mnistgen sample "$out/amp-bf16" --n 1000 \
+want ancestral && [ -f "$out/amp-bf16/checkpoints/last.pt" ] && step ancestral-1000 90 mnistgen sample "$out/amp-bf16" --n 1000 \
     --sampler ancestral --steps 1000 --device "$device" --no-progress --out "$out/ancestral1000.png"
 
 # 7. throughput: the usual way of training against mnistgen's
-if [ "$device" = cuda ]; then
+if ! want throughput; then
+    :
+elif [ "$device" = cuda ]; then
     step throughput 150 python3 bench/gpu_throughput.py --steps 30 --rounds 2 --warmup 10 \
         && tail -9 "$out/throughput.log" | tee -a "$out/summary.txt"
 else
     step throughput 150 python3 bench/gpu_throughput.py --device cpu --preset smoke --steps 3 --rounds 1 --warmup 1
 fi
-cp bench/results/gpu-*.json "$out/" 2> /dev/null
+find bench/results -name "gpu-*.json" -newer "$out/summary.txt" -exec cp {} "$out/" \;  # written by this run
 
 # 8. the test suite with CUDA visible, in parallel where pytest-xdist is installed
 xdist=$(python3 -c 'import xdist' 2> /dev/null && echo "-n 12")
-OMP_NUM_THREADS=1 step pytest 400 python3 -m pytest -q -p no:cacheprovider $xdist
-if [ -f "$out/pytest.log" ]; then
+want pytest && OMP_NUM_THREADS=1 step pytest 400 python3 -m pytest -q -p no:cacheprovider $xdist
+if want pytest && [ -f "$out/pytest.log" ]; then
     tail -2 "$out/pytest.log" | tee -a "$out/summary.txt"
     grep -E "^(FAILED|ERROR)" "$out/pytest.log" | head -40 | tee -a "$out/summary.txt"
 fi
