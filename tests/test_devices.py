@@ -302,6 +302,38 @@ def test_checkpoint_from_another_kind_of_device_resumes(tmp_path, mnist_dir, mon
     assert resumed.epoch == 2 and all(torch.isfinite(p).all() for p in resumed.model.parameters())
 
 
+H100_RUN = Path(__file__).parent / "fixtures" / "h100_smoke_ddpm"  # written by an H100 (its README says how)
+
+
+def test_a_run_saved_on_an_h100_resumes_and_samples_on_a_cpu(tmp_path, mnist_dir, capsys):
+    """Not simulated: the checkpoint holds tensors saved from CUDA memory (unloadable on a CPU without
+    map_location) and CUDA's 16-byte Philox generator state. Weights, EMA and Adam moments load
+    exactly, the noise stream is reseeded with a notice, training goes on and the run samples."""
+    run = tmp_path / "run"
+    shutil.copytree(H100_RUN, run)
+    saved = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert saved["generator"][0].numel() == 16 and saved["optimizer"]["param_groups"][0]["fused"]
+    trainer = _trainer(RunDir(run).read_config(), run, mnist_dir)
+    assert trainer.resume()
+    assert "another kind of device" in capsys.readouterr().err
+    assert trainer.epoch == saved["epoch"] == 2 and trainer.step == saved["step"]
+    for name, value in trainer.model.state_dict().items():
+        assert value.device.type == "cpu" and torch.equal(value, saved["model"][name]), name
+    moments = [trainer.optimizer.state[p]["exp_avg_sq"] for p in trainer.model.parameters()]
+    assert all(torch.equal(m, s["exp_avg_sq"]) for m, s in zip(moments, saved["optimizer"]["state"].values()))
+
+    from mnistgen.cli import main
+    assert main(["train", "ddpm", "--resume", "--out", str(run), "--epochs", "3", "--no-progress",
+                 "--device", "cpu", "--data-dir", str(mnist_dir)]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3] and math.isfinite(history[-1]["val_loss"])
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.png"), "--device", "cpu",
+                 "--no-progress"]) == 0
+    import numpy as np
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (4, 1, 28, 28) and np.isfinite(images).all() and images.std() > 0
+
+
 # -- CUDA: no device transfer inside a step ------------------------------------------------
 
 def _meta(kind, **overrides):
