@@ -143,12 +143,12 @@ def test_native_autocast_on_a_cpu_follows_its_bf16_instructions(avx512_bf16, amx
     assert policy.amp_dtype(torch.device("cuda"), "native") == torch.float16  # as auto on a GPU
 
 
-def test_the_cpu_ddpm_preset_trains_in_bf16_where_the_cpu_has_it(monkeypatch, mnist_dir, tmp_path):
+def test_the_cpu_diffusion_presets_train_in_bf16_where_the_cpu_has_it(monkeypatch, mnist_dir, tmp_path):
     from mnistgen.config import apply_overrides, preset
     from mnistgen.runs import build_trainer
 
-    assert preset("ddpm", "cpu").train.amp == "native"
-    assert preset("cfg", "cpu").train.amp == preset("vae", "cpu").train.amp == "auto"  # as measured
+    assert preset("ddpm", "cpu").train.amp == preset("cfg", "cpu").train.amp == "native"
+    assert preset("vae", "cpu").train.amp == "auto" and preset("ddpm", "reference").train.amp == "auto"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     config = apply_overrides(preset("ddpm", "smoke"), {"train.amp": "native", "data.train_limit": 128,
                                                        "data.val_limit": 64})
