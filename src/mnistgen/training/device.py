@@ -7,8 +7,8 @@
   counts emulation there, and cuDNN has no bf16 convolutions below 8.0), and none on MPS and
   the CPU. ``"native"`` is ``"auto"`` plus bfloat16 on CPUs with native bf16 instructions
   (x86 AVX512-BF16 or AMX; measured on the ``cpu`` DDPM: 1.1x the images/s at the same sample
-  quality, so its preset uses it; docs/cpu-design.md). ``"bf16"``, ``"fp16"`` and ``"off"`` force a
-  choice on any device.
+  quality, so both ``cpu`` diffusion presets use it; docs/cpu-design.md). ``"bf16"``, ``"fp16"``
+  and ``"off"`` force a choice on any device.
 - float64 lives on the CPU only (MPS has none): schedules are built in float64 on the CPU,
   then cast and moved once; accumulators on the device are float32.
 - ``configure_backends``: cuDNN autotuning for fixed-shape training and an explicit TF32
