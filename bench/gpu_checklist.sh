@@ -7,7 +7,7 @@
 #   1. the smoke study end to end on the GPU (every model, sampler, metric, figure and the report);
 #   2. kill -9 a `train ddpm --preset reference` run after its first checkpoint, then --resume it;
 #   3. one reference DDPM epoch with fp16 + GradScaler forced (the T4 path) and one with bf16;
-#   4. torchrun with nccl (as many processes as GPUs);
+#   4. torchrun with nccl, one process per GPU (needs two or more GPUs; gloo with two processes on a CPU);
 #   5. the `cpu` study end to end on the GPU (wall time and scores beside the CPU's);
 #   6. 1,000 reference DDPM samples with ancestral-1000 (the study's sampler);
 #   7. python bench/gpu_throughput.py;
@@ -26,23 +26,27 @@ study=${STUDY_PRESET:-cpu}
 steps=" ${STEPS:-smoke resume amp torchrun study ancestral throughput pytest} "
 want() { [[ $steps == *" $1 "* ]]; }
 start=$SECONDS
-rm -rf "$out" && mkdir -p "$out"
+rm -rf "$out" && mkdir -p "$out" && touch "$out/.started"
 log() { echo "[$(date +%H:%M:%S) +$((SECONDS - start))s] $*" | tee -a "$out/summary.txt"; }
 
 # step NAME CAP CMD...: run CMD (output in OUT/NAME.log) for at most CAP seconds and never past the budget
+# (the budget keeps 25 s for packing, and up to 20 s more for a command that ignores SIGINT)
 step() {
     local name=$1 cap=$2
     shift 2
-    local t=$((budget - (SECONDS - start) - 25))
+    local t=$((budget - (SECONDS - start) - 45))
     ((t > cap)) && t=$cap
     if ((t < 15)); then
         log "$name: skipped (budget spent)"
         return 99
     fi
     local s=$SECONDS
-    timeout -s KILL "$t" "$@" > "$out/$name.log" 2>&1
+    timeout -s INT -k 20 "$t" "$@" > "$out/$name.log" 2>&1  # SIGINT first: pytest still prints its summary
     local rc=$?
-    log "$name: exit $rc after $((SECONDS - s)) s$( ((rc == 137)) && echo " (stopped at its $t s limit)")"
+    local why=""
+    ((rc == 124)) && why=" (stopped at its $t s limit)"
+    ((rc == 137)) && why=" (killed: its $t s limit, or memory)"
+    log "$name: exit $rc after $((SECONDS - s)) s$why"
     ((rc == 0)) || tail -4 "$out/$name.log" | sed 's/^/    /' | tee -a "$out/summary.txt"
     return $rc
 }
@@ -66,18 +70,19 @@ if ! command -v mnistgen > /dev/null; then  # a machine with torch but without m
     python3 -m pip install -q --no-deps --no-build-isolation -e . > "$out/install.log" 2>&1 \
         || log "pip install failed ($(tail -1 "$out/install.log")); running from src/"
     if ! command -v mnistgen > /dev/null; then
-        mkdir -p "$out/bin" && printf '#!/bin/sh\nexec python3 -m mnistgen "$@"\n' > "$out/bin/mnistgen"
-        chmod +x "$out/bin/mnistgen" && export PATH="$PWD/$out/bin:$PATH" PYTHONPATH="$PWD/src"
+        bin="$(cd "$out" && pwd)/bin"
+        mkdir -p "$bin" && printf '#!/bin/sh\nexec python3 -m mnistgen "$@"\n' > "$bin/mnistgen"
+        chmod +x "$bin/mnistgen" && export PATH="$bin:$PATH" PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
     fi
 fi
-nproc_gpu=$([ "$device" = cuda ] && python3 -c 'import torch; print(torch.cuda.device_count())' || echo 1)
+nproc=$([ "$device" = cuda ] && python3 -c 'import torch; print(torch.cuda.device_count())' || echo 2)
 
 # 1. the smoke study, end to end
 want smoke && step smoke-study 120 mnistgen reproduce --preset smoke --device "$device" --no-progress --out "$out/smoke" \
     && log "$(tail -1 "$out/smoke-study.log")"
 
 # 2. kill -9 after the first checkpoint, then resume
-want resume && {
+want resume && ((budget - (SECONDS - start) > 120)) && {
     mnistgen train ddpm --preset "$ref" --device "$device" --no-progress --out "$out/killed" --epochs 2 \
         --set train.checkpoint_minutes=0.1 > "$out/killed.log" 2>&1 &
     pid=$!
@@ -101,17 +106,23 @@ want amp && for amp in fp16 bf16; do
         --set train.amp=$amp --out "$out/amp-$amp" && epoch_line "$out/amp-$amp"
 done
 
-# 4. torchrun: DistributedDataParallel over nccl (gloo on a CPU)
-want torchrun && step torchrun 90 torchrun --standalone --nproc_per_node="$nproc_gpu" -m mnistgen train ddpm --preset smoke \
-    --device "$device" --no-progress --out "$out/ddp" && epoch_line "$out/ddp"
+# 4. torchrun: DistributedDataParallel over nccl, one process per GPU (gloo with two processes on a CPU);
+#    one process is no test (no process group is formed) and nccl refuses two processes on one GPU
+if want torchrun && ((nproc < 2)); then
+    log "torchrun: skipped (one GPU: DDP over nccl needs two)"
+elif want torchrun; then
+    step torchrun 90 torchrun --standalone --nproc_per_node="$nproc" -m mnistgen train ddpm --preset smoke \
+        --device "$device" --no-progress --out "$out/ddp" && epoch_line "$out/ddp"
+fi
 
 # 5. the cpu study, end to end
 want study && step cpu-study 300 mnistgen reproduce --preset "$study" --device "$device" --no-progress --out "$out/study" \
     && { log "$(tail -1 "$out/cpu-study.log")"; scores "$out/study"; }
 [ -f "$out/study/cfg/metrics.json" ] && step export 60 mnistgen export "$out/study" --to "$out/export" \
-    --trained-on "$(python3 -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'), torch $(python3 -c 'import torch; print(torch.__version__)')"
+    --trained-on "$(python3 -c "import torch; print(torch.cuda.get_device_name() if '$device' == 'cuda' else 'cpu')"), torch $(python3 -c 'import torch; print(torch.__version__)')"
 
 # 6. the study's sampler on the reference network (one epoch of training: time only)
+want ancestral && ! [ -f "$out/amp-bf16/checkpoints/last.pt" ] && log "ancestral-1000: skipped (no amp-bf16 run)"
 want ancestral && [ -f "$out/amp-bf16/checkpoints/last.pt" ] && step ancestral-1000 90 mnistgen sample "$out/amp-bf16" --n 1000 \
     --sampler ancestral --steps 1000 --device "$device" --no-progress --out "$out/ancestral1000.png"
 
@@ -124,7 +135,7 @@ elif [ "$device" = cuda ]; then
 else
     step throughput 150 python3 bench/gpu_throughput.py --device cpu --preset smoke --steps 3 --rounds 1 --warmup 1
 fi
-find bench/results -name "gpu-*.json" -newer "$out/summary.txt" -exec cp {} "$out/" \;  # written by this run
+find bench/results -name "gpu-*.json" -newer "$out/.started" -exec cp {} "$out/" \;  # written by this run
 
 # 8. the test suite with CUDA visible, in parallel where pytest-xdist is installed
 xdist=$(python3 -c 'import xdist' 2> /dev/null && echo "-n 12")
