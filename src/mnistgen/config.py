@@ -387,7 +387,7 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
         "reference": RunConfig("ddpm", "reference", DataConfig(resolution=32), _DIFFUSION_REFERENCE_TRAIN,
                                _UNET_REFERENCE, DDPMConfig()),
         "cpu": RunConfig("ddpm", "cpu", _CPU_DATA, replace(_CPU_TRAIN, epochs=7), _UNET_CPU,
-                         DDPMConfig(prediction="v", loss_weighting="clamped-snr", t_distribution="cosine",
+                         DDPMConfig(prediction="x0", loss_weighting="clamped-snr", t_distribution="cosine",
                                     sampler="ddim", sample_steps=50, eta=1.0)),
         "smoke": RunConfig("ddpm", "smoke", _SMOKE_DATA, _SMOKE_TRAIN, _UNET_SMOKE,
                            DDPMConfig(sampler="ddim", sample_steps=5)),
