@@ -22,17 +22,17 @@ from results_io import stamp, write_results
 
 
 def settings(name: str) -> SamplerSettings:
-    """'ancestral' (all T steps), 'ancestral-K', 'dpm++2m-K', 'ddim-K' (eta = 0) or 'ddim-K-etaE'
-    (e.g. ddim-50-eta0.5)."""
+    """'ancestral' (all T steps), 'ancestral-K', 'dpm++2m-K', 'dpm++2m-sde-K', 'ddim-K' (eta = 0) or
+    'ddim-K-etaE' (e.g. ddim-50-eta0.5)."""
     if name == "ancestral":
         return SamplerSettings(sampler="ancestral")
-    match = re.fullmatch(r"(ancestral|dpm\+\+2m)-(\d+)", name)
+    match = re.fullmatch(r"(ancestral|dpm\+\+2m|dpm\+\+2m-sde)-(\d+)", name)
     if match is not None:
         return SamplerSettings(sampler=match[1], steps=int(match[2]))
     match = re.fullmatch(r"ddim-(\d+)(?:-eta(\d+(?:\.\d+)?))?", name)
     if match is None:
-        raise SystemExit(f"unknown sampler {name!r}; use ancestral, ancestral-K, dpm++2m-K, ddim-K or ddim-K-etaE "
-                         "(e.g. ddim-50-eta0.5)")
+        raise SystemExit(f"unknown sampler {name!r}; use ancestral, ancestral-K, dpm++2m-K, dpm++2m-sde-K, ddim-K "
+                         "or ddim-K-etaE (e.g. ddim-50-eta0.5)")
     return SamplerSettings(sampler="ddim", steps=int(match[1]), eta=float(match[2] or 0.0))
 
 

@@ -72,7 +72,7 @@ def test_batches_stream_n_samples_repeatably(runs):
 
 def test_ddpm_sampler_options_are_checked(runs):
     ddpm = mnistgen.load(runs["ddpm"].path, "cpu")
-    with pytest.raises(UserError, match=r"unknown sampler 'euler'; valid: ancestral, ddim, dpm\+\+2m"):
+    with pytest.raises(UserError, match=r"unknown sampler 'euler'; valid: ancestral, ddim, dpm\+\+2m, dpm\+\+2m-sde"):
         ddpm.sample(2, sampler="euler")
     with pytest.raises(UserError, match="--eta applies to --sampler ddim only"):
         ddpm.sample(2, sampler="dpm++2m", eta=0.5)

@@ -62,6 +62,7 @@ def test_training_has_no_float64_op(kind, tmp_path, mnist_dir):
                                            ("ddpm", {"sampler": "ddim", "steps": 10, "eta": 1.0}),
                                            ("ddpm", {"sampler": "ancestral", "steps": 10}),
                                            ("ddpm", {"sampler": "dpm++2m", "steps": 10}),
+                                           ("ddpm", {"sampler": "dpm++2m-sde", "steps": 10}),
                                            ("cfg", {"guidance": 1.0, "steps": 10})])
 def test_sampling_loops_have_no_float64_op(kind, options):
     cfg = _cfg(kind, **({"process.timesteps": 100} if kind == "ddpm" else {}))

@@ -21,7 +21,7 @@ from mnistgen.errors import UserError
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "clamped-snr")
-SAMPLERS = ("ancestral", "ddim", "dpm++2m")
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde")
 PREDICTIONS = ("eps", "v", "x0")
 T_DISTRIBUTIONS = ("uniform", "cosine")
 AMP_MODES = ("auto", "native", "bf16", "fp16", "off")

@@ -265,6 +265,28 @@ def _dpm_solver_2m_np(x, steps):
         x = np.sqrt((1 - ab_next) / (1 - ab)) * x - np.sqrt(ab_next) * (np.exp(-hs[-1]) - 1) * d
 
 
+def _dpm_solver_2m_sde_np(x, steps, seed):
+    """SDE-DPM-Solver++(2M) written as a DDIM step at eta = 1 (DDIM eq. 12 and 16) whose x0 is the
+    second-order D_i of algorithm 2: the step's noise is the one consistent with D_i."""
+    z = _draws(seed)
+    grid = _ddim_grid(steps)
+    lam = [0.5 * np.log(ALPHA_BARS[t] / (1 - ALPHA_BARS[t])) for t in grid]
+    x0s = []
+    for i, t in enumerate(grid):
+        ab = ALPHA_BARS[t]
+        x0s.append(np.clip((x - np.sqrt(1 - ab) * _net_np(x, float(t))) / np.sqrt(ab), -1, 1))
+        if i + 1 == len(grid):
+            return x0s[-1]
+        ab_next = ALPHA_BARS[grid[i + 1]]
+        d = x0s[-1]
+        if i > 0:
+            r = (lam[i] - lam[i - 1]) / (lam[i + 1] - lam[i])
+            d = (1 + 1 / (2 * r)) * x0s[-1] - 1 / (2 * r) * x0s[-2]
+        eps = (x - np.sqrt(ab) * d) / np.sqrt(1 - ab)
+        sigma = np.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
+        x = np.sqrt(ab_next) * d + np.sqrt(1 - ab_next - sigma**2) * eps + sigma * next(z)
+
+
 def _guided_np(x, labels, w, steps, seed):
     z = _draws(seed)
     c = CFGConfig()
@@ -306,6 +328,20 @@ def test_dpm_solver_loop_matches_numpy(ddpm, steps):
     out = samplers.dpm_solver_2m(Net(), ddpm, _noise(), steps)
     np.testing.assert_allclose(out.double().numpy(), _dpm_solver_2m_np(_noise().double().numpy(), steps),
                                atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [2, 10, 50])
+def test_dpm_solver_sde_loop_matches_numpy(ddpm, steps):
+    out = samplers.dpm_solver_2m_sde(Net(), ddpm, _noise(), steps, torch.Generator().manual_seed(13))
+    np.testing.assert_allclose(out.double().numpy(), _dpm_solver_2m_sde_np(_noise().double().numpy(), steps, 13),
+                               atol=2e-4, rtol=0)
+
+
+def test_dpm_solver_sde_on_two_steps_is_ddim_at_eta_1(ddpm):
+    """Its first step has no previous x0 to correct with: the first-order SDE solver is DDIM at eta = 1."""
+    sde = samplers.dpm_solver_2m_sde(Net(), ddpm, _noise(), 2, torch.Generator().manual_seed(3))
+    ddim = samplers.ddim(Net(), ddpm, _noise(), 2, 1.0, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(sde, ddim, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("steps", [1, 7, 100])

@@ -16,7 +16,7 @@ OnStep = Callable[[int, torch.Tensor], None]  # (t, x after the step at t) -> No
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to sample: ``sampler`` is ancestral | ddim | dpm++2m (DDPM), cfg (guided) or prior (VAE). Fields left
+    """How to sample: ``sampler`` is ancestral | ddim | dpm++2m | dpm++2m-sde (DDPM), cfg (guided) or prior (VAE). Fields left
     None take the run's defaults; a model kind's ``resolve`` fills them in, and fields that do not
     apply to the model stay None."""
 
@@ -42,6 +42,8 @@ def run(model: nn.Module, process: GaussianDiffusion | LogSNRDiffusion, noise: t
         return ancestral(model, process, noise, generator, on_step, settings.steps)
     if settings.sampler == "dpm++2m":
         return dpm_solver_2m(model, process, noise, settings.steps, on_step=on_step)
+    if settings.sampler == "dpm++2m-sde":
+        return dpm_solver_2m_sde(model, process, noise, settings.steps, generator, on_step=on_step)
     if settings.sampler == "ddim":
         return ddim(model, process, noise, settings.steps, settings.eta, generator, on_step=on_step)
     if settings.sampler == "cfg":
@@ -133,6 +135,39 @@ def dpm_solver_2m(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor,
             h = 0.5 * torch.log(snr[t_next] / snr[t])  # lambda' - lambda > 0
             d = x0 if x0_prev is None else x0 + h / (2 * h_prev) * (x0 - x0_prev)
             x = ((1 - ab[t_next]) / (1 - ab[t])).sqrt() * x - ab[t_next].sqrt() * torch.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        if on_step is not None:
+            on_step(t, x)
+    return x
+
+
+@torch.no_grad()
+def dpm_solver_2m_sde(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: int = 50,
+                      generator: torch.Generator | None = None, clip_x0: bool = True,
+                      on_step: OnStep | None = None) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", appendix: the second-order multistep
+    solver of the reverse SDE in data prediction). With lambda = log(alpha / sigma), h = lambda' - lambda:
+    x' = (sigma' / sigma) e^{-h} x + alpha' (1 - e^{-2h}) D + sigma' sqrt(1 - e^{-2h}) z, with D as in
+    :func:`dpm_solver_2m`. With D = x0 (its first step) this is exactly DDIM at eta = 1; the second-order
+    D corrects it with the previous step's x0. The last step lands on sigma = 0, where x' = x0."""
+    snr = process.schedule.snr
+    ab = process.schedule.alpha_bars
+    grid = ddim_timesteps(process.T, steps)
+    x0_prev = h_prev = None
+    for i, t in enumerate(grid):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x0 = process.predict_x0(x, tt, process.eps(model, x, tt))
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        if i + 1 == len(grid):
+            x = x0
+        else:
+            t_next = grid[i + 1]
+            h = 0.5 * torch.log(snr[t_next] / snr[t])  # lambda' - lambda > 0
+            d = x0 if x0_prev is None else x0 + h / (2 * h_prev) * (x0 - x0_prev)
+            sigma_next = (1 - ab[t_next]).sqrt()
+            x = (sigma_next / (1 - ab[t]).sqrt() * torch.exp(-h) * x - ab[t_next].sqrt() * torch.expm1(-2 * h) * d
+                 + sigma_next * (-torch.expm1(-2 * h)).sqrt() * _randn_like(x, generator))
             x0_prev, h_prev = x0, h
         if on_step is not None:
             on_step(t, x)
