@@ -48,20 +48,20 @@ def main() -> None:
     classifier = load_classifier()
     reference = reference_set(classifier, None, "cpu")
     rows = []
-    print(f"{'sampler':12s} {'steps':>6s} {'MNIST-FD':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
+    print(f"{'sampler':16s} {'steps':>6s} {'MNIST-FD':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
     for name in args.samplers.split(","):
         q = kinds.get("ddpm").sample_quality(trained, classifier, reference, args.n, args.seed, settings(name))
         rows.append({"sampler": name, "steps": q.settings.steps, "eta": q.settings.eta,
                      "mnist_fd": round(q.mnist_fd, 2), "seconds": q.sample_seconds,
                      "seconds_per_100": q.seconds_per_100_samples})
-        print(f"{name:12s} {q.settings.steps:6d} {q.mnist_fd:9.2f} {q.sample_seconds:9.1f} "
+        print(f"{name:16s} {q.settings.steps:6d} {q.mnist_fd:9.2f} {q.sample_seconds:9.1f} "
               f"{q.seconds_per_100_samples:7.2f}", flush=True)
     base = next((r for r in rows if r["sampler"] == "ancestral"), None)
     if base is not None:
         for r in rows:
             r["fd_vs_ancestral"] = round(r["mnist_fd"] / base["mnist_fd"], 3)
             r["speedup_vs_ancestral"] = round(base["seconds"] / r["seconds"], 1)
-            print(f"{r['sampler']:12s} FD x{r['fd_vs_ancestral']:.3f} of ancestral-1000, "
+            print(f"{r['sampler']:16s} FD x{r['fd_vs_ancestral']:.3f} of ancestral-1000, "
                   f"{r['speedup_vs_ancestral']:.1f}x faster")
     results = {**stamp(), "run": str(args.run),
                "preset": trained.config.preset, "step": trained.history[-1].step if trained.history else 0,

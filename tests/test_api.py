@@ -76,10 +76,14 @@ def test_ddpm_sampler_options_are_checked(runs):
         ddpm.sample(2, sampler="euler")
     with pytest.raises(UserError, match="--eta applies to --sampler ddim only"):
         ddpm.sample(2, sampler="dpm++2m", eta=0.5)
+    with pytest.raises(UserError, match="--eta applies to --sampler ddim only"):
+        ddpm.sample(2, sampler="dpm++2m-sde", eta=1.0)
     with pytest.raises(UserError, match="whole number"):
         ddpm.sample(2, sampler="ancestral", steps=2.5)
-    for sampler in ("ancestral", "dpm++2m"):
+    for sampler in ("ancestral", "dpm++2m", "dpm++2m-sde"):
         assert ddpm.sample(2, sampler=sampler, steps=3, generator=_generator(), progress=False).shape == (2, 1, 28, 28)
+    sde = [ddpm.sample(2, sampler="dpm++2m-sde", steps=3, generator=_generator(seed), progress=False) for seed in (0, 0, 1)]
+    assert torch.equal(sde[0], sde[1]) and not torch.equal(sde[0], sde[2])  # its noise comes from the generator
 
 
 def test_labels_are_checked(runs):

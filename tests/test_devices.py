@@ -357,6 +357,7 @@ def test_ddpm_schedule_lookups_never_copy_between_devices():
         samplers.ancestral(model, process, x, steps=10)
         samplers.ddim(model, process, x, steps=10, eta=1.0)
         samplers.dpm_solver_2m(model, process, x, steps=10)
+        samplers.dpm_solver_2m_sde(model, process, x, steps=10)
     assert guard.ops == []
 
 

@@ -337,11 +337,29 @@ def test_dpm_solver_sde_loop_matches_numpy(ddpm, steps):
                                atol=2e-4, rtol=0)
 
 
-def test_dpm_solver_sde_on_two_steps_is_ddim_at_eta_1(ddpm):
+def test_dpm_solver_sde_first_step_is_ddim_at_eta_1(ddpm):
     """Its first step has no previous x0 to correct with: the first-order SDE solver is DDIM at eta = 1."""
-    sde = samplers.dpm_solver_2m_sde(Net(), ddpm, _noise(), 2, torch.Generator().manual_seed(3))
-    ddim = samplers.ddim(Net(), ddpm, _noise(), 2, 1.0, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(sde, ddim, rtol=0, atol=1e-5)
+    first = {}
+
+    def keep(name):
+        return lambda t, x: first.setdefault(name, x.clone())
+
+    samplers.dpm_solver_2m_sde(Net(), ddpm, _noise(), 10, torch.Generator().manual_seed(3), on_step=keep("sde"))
+    samplers.ddim(Net(), ddpm, _noise(), 10, 1.0, torch.Generator().manual_seed(3), on_step=keep("ddim"))
+    torch.testing.assert_close(first["sde"], first["ddim"], rtol=0, atol=1e-5)
+
+
+def test_dpm_solver_sde_step_variance_is_ddim_eta_1(ddpm):
+    """With x_0^ = 0 (ZeroImage) the correction vanishes and each step adds sigma'^2 (1 - e^{-2h}) =
+    (1 - ab') / (1 - ab) (1 - ab / ab'), DDIM eq. 16 at eta = 1."""
+    g = torch.Generator().manual_seed(4)
+    found = _step_variances(lambda on_step: samplers.dpm_solver_2m_sde(ZeroImage(_ddpm_std), ddpm, _start(), 20, g,
+                                                                        on_step=on_step))
+    grid = _ddim_grid(20)
+    for t, t_next in zip(grid[1:], grid[2:]):
+        ab, ab_next = ALPHA_BARS[t], ALPHA_BARS[t_next]
+        assert found[t] == pytest.approx((1 - ab_next) / (1 - ab) * (1 - ab / ab_next), rel=0.05, abs=1e-10), t
+    assert found[0] < 1e-12
 
 
 @pytest.mark.parametrize("steps", [1, 7, 100])

@@ -16,8 +16,8 @@ OnStep = Callable[[int, torch.Tensor], None]  # (t, x after the step at t) -> No
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to sample: ``sampler`` is ancestral | ddim | dpm++2m | dpm++2m-sde (DDPM), cfg (guided) or prior (VAE). Fields left
-    None take the run's defaults; a model kind's ``resolve`` fills them in, and fields that do not
+    """How to sample: ``sampler`` is ancestral | ddim | dpm++2m | dpm++2m-sde (DDPM), cfg (guided) or prior
+    (VAE). Fields left None take the run's defaults; a model kind's ``resolve`` fills them in, and fields that do not
     apply to the model stay None."""
 
     sampler: str | None = None

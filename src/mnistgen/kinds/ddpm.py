@@ -1,5 +1,5 @@
 """The unconditional DDPM (SPEC section 2): a U-Net that predicts eps (or v / x_0, converted to eps), ancestral,
-DDIM or DPM-Solver++(2M) sampling."""
+DDIM or DPM-Solver++(2M) sampling (deterministic, or its SDE variant)."""
 
 from __future__ import annotations
 
