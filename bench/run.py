@@ -68,6 +68,9 @@ VARIANTS = {  # name -> overrides
     "compile": {"train.compile": True},
     "fp32": {"train.amp": "off"},  # channels_last in float32 (the cpu DDPM preset itself uses bf16 where native)
     "bf16": {"train.amp": "bf16"},  # channels_last under CPU bf16 autocast
+    # the widths of the `cpu` U-Net's three levels (16x16, 8x8, 4x4; preset 32/64/128), docs/cpu-design.md
+    "widths-40-64-96": {"model.channels": "40,64,96", "model.bottleneck": 96},
+    "widths-24-64-160": {"model.channels": "24,64,160", "model.bottleneck": 160},
 }
 
 
