@@ -244,9 +244,12 @@ def _ddim_np(x, steps, eta, seed):
     return x
 
 
-def _dpm_solver_2m_np(x, steps):
+def _dpm_solver_2m_np(x, steps, seed=None):
     """DPM-Solver++(2M) as Lu et al. 2022 write it (algorithm 2): h_i = lambda_i - lambda_{i-1},
-    r_i = h_{i-1} / h_i, D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2}."""
+    r_i = h_{i-1} / h_i, D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2}. With a ``seed``, its
+    SDE variant, written as a DDIM step at eta = 1 (DDIM eq. 12 and 16) whose x0 is D_i: the step's
+    noise is the one consistent with D_i."""
+    z = None if seed is None else _draws(seed)
     grid = _ddim_grid(steps)
     lam = [0.5 * np.log(ALPHA_BARS[t] / (1 - ALPHA_BARS[t])) for t in grid]
     x0s, hs = [], []
@@ -262,29 +265,12 @@ def _dpm_solver_2m_np(x, steps):
         else:
             r = hs[-2] / hs[-1]
             d = (1 + 1 / (2 * r)) * x0s[-1] - 1 / (2 * r) * x0s[-2]
-        x = np.sqrt((1 - ab_next) / (1 - ab)) * x - np.sqrt(ab_next) * (np.exp(-hs[-1]) - 1) * d
-
-
-def _dpm_solver_2m_sde_np(x, steps, seed):
-    """SDE-DPM-Solver++(2M) written as a DDIM step at eta = 1 (DDIM eq. 12 and 16) whose x0 is the
-    second-order D_i of algorithm 2: the step's noise is the one consistent with D_i."""
-    z = _draws(seed)
-    grid = _ddim_grid(steps)
-    lam = [0.5 * np.log(ALPHA_BARS[t] / (1 - ALPHA_BARS[t])) for t in grid]
-    x0s = []
-    for i, t in enumerate(grid):
-        ab = ALPHA_BARS[t]
-        x0s.append(np.clip((x - np.sqrt(1 - ab) * _net_np(x, float(t))) / np.sqrt(ab), -1, 1))
-        if i + 1 == len(grid):
-            return x0s[-1]
-        ab_next = ALPHA_BARS[grid[i + 1]]
-        d = x0s[-1]
-        if i > 0:
-            r = (lam[i] - lam[i - 1]) / (lam[i + 1] - lam[i])
-            d = (1 + 1 / (2 * r)) * x0s[-1] - 1 / (2 * r) * x0s[-2]
-        eps = (x - np.sqrt(ab) * d) / np.sqrt(1 - ab)
-        sigma = np.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
-        x = np.sqrt(ab_next) * d + np.sqrt(1 - ab_next - sigma**2) * eps + sigma * next(z)
+        if z is None:
+            x = np.sqrt((1 - ab_next) / (1 - ab)) * x - np.sqrt(ab_next) * (np.exp(-hs[-1]) - 1) * d
+        else:
+            eps = (x - np.sqrt(ab) * d) / np.sqrt(1 - ab)
+            sigma = np.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
+            x = np.sqrt(ab_next) * d + np.sqrt(1 - ab_next - sigma**2) * eps + sigma * next(z)
 
 
 def _guided_np(x, labels, w, steps, seed):
@@ -333,7 +319,7 @@ def test_dpm_solver_loop_matches_numpy(ddpm, steps):
 @pytest.mark.parametrize("steps", [2, 10, 50])
 def test_dpm_solver_sde_loop_matches_numpy(ddpm, steps):
     out = samplers.dpm_solver_2m_sde(Net(), ddpm, _noise(), steps, torch.Generator().manual_seed(13))
-    np.testing.assert_allclose(out.double().numpy(), _dpm_solver_2m_sde_np(_noise().double().numpy(), steps, 13),
+    np.testing.assert_allclose(out.double().numpy(), _dpm_solver_2m_np(_noise().double().numpy(), steps, 13),
                                atol=2e-4, rtol=0)
 
 

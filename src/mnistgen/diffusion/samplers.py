@@ -114,11 +114,13 @@ def ddim(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: i
 
 @torch.no_grad()
 def dpm_solver_2m(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: int = 20,
-                  clip_x0: bool = True, on_step: OnStep | None = None) -> torch.Tensor:
+                  clip_x0: bool = True, on_step: OnStep | None = None, sde: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2), deterministic, on ``steps`` timesteps of the DDPM grid.
     With lambda = log(alpha / sigma) and h = lambda' - lambda, x' = (sigma' / sigma) x - alpha' (e^{-h} - 1) D,
     where D = x0 on the first step and D = (1 + 1 / 2r) x0 - (1 / 2r) x0_prev, r = h_prev / h, after it (x0:
-    the network's clipped prediction). The last step lands on sigma = 0, where x' = x0."""
+    the network's clipped prediction). The last step lands on sigma = 0, where x' = x0. ``sde``: the
+    SDE variant instead (:func:`dpm_solver_2m_sde`), its noise drawn from ``generator``."""
     snr = process.schedule.snr
     ab = process.schedule.alpha_bars
     grid = ddim_timesteps(process.T, steps)
@@ -134,14 +136,18 @@ def dpm_solver_2m(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor,
             t_next = grid[i + 1]
             h = 0.5 * torch.log(snr[t_next] / snr[t])  # lambda' - lambda > 0
             d = x0 if x0_prev is None else x0 + h / (2 * h_prev) * (x0 - x0_prev)
-            x = ((1 - ab[t_next]) / (1 - ab[t])).sqrt() * x - ab[t_next].sqrt() * torch.expm1(-h) * d
+            ratio = ((1 - ab[t_next]) / (1 - ab[t])).sqrt()  # sigma' / sigma
+            if sde:
+                x = (ratio * torch.exp(-h) * x - ab[t_next].sqrt() * torch.expm1(-2 * h) * d
+                     + (1 - ab[t_next]).sqrt() * (-torch.expm1(-2 * h)).sqrt() * _randn_like(x, generator))
+            else:
+                x = ratio * x - ab[t_next].sqrt() * torch.expm1(-h) * d
             x0_prev, h_prev = x0, h
         if on_step is not None:
             on_step(t, x)
     return x
 
 
-@torch.no_grad()
 def dpm_solver_2m_sde(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: int = 50,
                       generator: torch.Generator | None = None, clip_x0: bool = True,
                       on_step: OnStep | None = None) -> torch.Tensor:
@@ -150,28 +156,7 @@ def dpm_solver_2m_sde(model: nn.Module, process: GaussianDiffusion, x: torch.Ten
     x' = (sigma' / sigma) e^{-h} x + alpha' (1 - e^{-2h}) D + sigma' sqrt(1 - e^{-2h}) z, with D as in
     :func:`dpm_solver_2m`. With D = x0 (its first step) this is exactly DDIM at eta = 1; the second-order
     D corrects it with the previous step's x0. The last step lands on sigma = 0, where x' = x0."""
-    snr = process.schedule.snr
-    ab = process.schedule.alpha_bars
-    grid = ddim_timesteps(process.T, steps)
-    x0_prev = h_prev = None
-    for i, t in enumerate(grid):
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        x0 = process.predict_x0(x, tt, process.eps(model, x, tt))
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
-        if i + 1 == len(grid):
-            x = x0
-        else:
-            t_next = grid[i + 1]
-            h = 0.5 * torch.log(snr[t_next] / snr[t])  # lambda' - lambda > 0
-            d = x0 if x0_prev is None else x0 + h / (2 * h_prev) * (x0 - x0_prev)
-            sigma_next = (1 - ab[t_next]).sqrt()
-            x = (sigma_next / (1 - ab[t]).sqrt() * torch.exp(-h) * x - ab[t_next].sqrt() * torch.expm1(-2 * h) * d
-                 + sigma_next * (-torch.expm1(-2 * h)).sqrt() * _randn_like(x, generator))
-            x0_prev, h_prev = x0, h
-        if on_step is not None:
-            on_step(t, x)
-    return x
+    return dpm_solver_2m(model, process, x, steps, clip_x0, on_step, sde=True, generator=generator)
 
 
 @torch.no_grad()
