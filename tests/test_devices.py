@@ -230,7 +230,7 @@ def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir, monkeypat
     initial = [p.detach().clone() for p in full.model.parameters()]
     assert full.amp_dtype == torch.float16 and full.scaler.is_enabled()
     full.fit()
-    assert spy.seen == {torch.float16} and [r.precision for r in full.history] == ["float16", "float16"]
+    assert spy.seen == {torch.float16} and [r.compute_dtype for r in full.history] == ["float16", "float16"]
     assert len(stages) == full.step and set(stages) == {OptState.UNSCALED}
     assert full.scaler.get_scale() > 1  # a real loss scale, not the disabled scaler's 1.0
     moved = [not torch.equal(a, b) for a, b in zip(initial, full.model.parameters())]

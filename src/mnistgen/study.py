@@ -167,8 +167,8 @@ def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
         if history:
             seconds = sum(r.seconds for r in history)
             images = sum(r.images_per_s * r.seconds for r in history)
-            precision = ", ".join(dict.fromkeys(r.precision or "not recorded" for r in history))
-            rows.append((title, f"training: {len(history)} epochs ({precision}), seconds / images per s",
+            dtypes = ", ".join(dict.fromkeys(r.compute_dtype or "dtype not recorded" for r in history))
+            rows.append((title, f"training: {len(history)} epochs ({dtypes}), seconds / images per s",
                          f"{seconds:.0f} s / {images / max(seconds, 1e-9):.0f}"))
     return rows
 

@@ -40,7 +40,7 @@ class EpochRecord(JsonRecord):
     lr: float
     seconds: float
     images_per_s: float
-    precision: str | None = None  # "float32", or the autocast dtype of the steps; None: written before it was kept
+    compute_dtype: str | None = None  # "float32" or the steps' autocast dtype; None: a run older than this field
 
 
 @dataclass(frozen=True)

@@ -334,7 +334,7 @@ class Trainer:
             epoch=self.epoch, step=self.step, train_loss=train_loss, val_loss=val_loss,
             lr=self.optimizer.param_groups[0]["lr"], seconds=round(self.epoch_seconds, 3),
             images_per_s=round(self.epoch_count * self.world / max(self.epoch_seconds, 1e-9), 2),
-            precision=str(self.amp_dtype or torch.float32).removeprefix("torch."))
+            compute_dtype=str(self.amp_dtype or torch.float32).removeprefix("torch."))
         self.history.append(record)
         self.epoch_loss.zero_()
         self.epoch_count, self.epoch_seconds = 0, 0.0
