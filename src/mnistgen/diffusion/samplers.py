@@ -116,7 +116,8 @@ def ddim(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: i
 def dpm_solver_2m(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: int = 20,
                   clip_x0: bool = True, on_step: OnStep | None = None, sde: bool = False,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2), deterministic, on ``steps`` timesteps of the DDPM grid.
+    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2) on ``steps`` timesteps of the DDPM grid: deterministic,
+    or with ``sde`` its SDE variant.
     With lambda = log(alpha / sigma) and h = lambda' - lambda, x' = (sigma' / sigma) x - alpha' (e^{-h} - 1) D,
     where D = x0 on the first step and D = (1 + 1 / 2r) x0 - (1 / 2r) x0_prev, r = h_prev / h, after it (x0:
     the network's clipped prediction). The last step lands on sigma = 0, where x' = x0. ``sde``: the
@@ -151,12 +152,14 @@ def dpm_solver_2m(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor,
 def dpm_solver_2m_sde(model: nn.Module, process: GaussianDiffusion, x: torch.Tensor, steps: int = 50,
                       generator: torch.Generator | None = None, clip_x0: bool = True,
                       on_step: OnStep | None = None) -> torch.Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", appendix: the second-order multistep
-    solver of the reverse SDE in data prediction). With lambda = log(alpha / sigma), h = lambda' - lambda:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", the second-order multistep solver of the
+    reverse SDE in data prediction; the midpoint form of diffusers' "sde-dpmsolver++"). With
+    lambda = log(alpha / sigma), h = lambda' - lambda:
     x' = (sigma' / sigma) e^{-h} x + alpha' (1 - e^{-2h}) D + sigma' sqrt(1 - e^{-2h}) z, with D as in
     :func:`dpm_solver_2m`. With D = x0 (its first step) this is exactly DDIM at eta = 1; the second-order
     D corrects it with the previous step's x0. The last step lands on sigma = 0, where x' = x0."""
-    return dpm_solver_2m(model, process, x, steps, clip_x0, on_step, sde=True, generator=generator)
+    return dpm_solver_2m(model, process, x, steps=steps, clip_x0=clip_x0, on_step=on_step, sde=True,
+                         generator=generator)
 
 
 @torch.no_grad()
