@@ -69,13 +69,16 @@ VARIANTS = {  # name -> overrides
     "fp32": {"train.amp": "off"},  # channels_last in float32 (the cpu DDPM preset itself uses bf16 where native)
     "bf16": {"train.amp": "bf16"},  # channels_last under CPU bf16 autocast
     # the widths of the `cpu` U-Net's three levels (16x16, 8x8, 4x4; preset 32/64/128), docs/cpu-design.md
-    "widths-40-64-96": {"model.channels": "40,64,96", "model.bottleneck": 96},
-    "widths-24-64-160": {"model.channels": "24,64,160", "model.bottleneck": 160},
+    # (results/widths-2026-11-26-vm.json: compare_variants("ddpm", "cpu", ["preset", "widths-40-64-96",
+    # "widths-24-64-160"], steps=25, rounds=4))
+    "widths-40-64-96": {"model.channels": (40, 64, 96), "model.bottleneck": 96},
+    "widths-24-64-160": {"model.channels": (24, 64, 160), "model.bottleneck": 160},
 }
 
 
 def bench_trainer(kind: str, name: str, steps: int, variant: str = "preset") -> tuple[Trainer, list[torch.Tensor]]:
-    """A trainer on random data with EMA from step 0, in one of the memory-format / compile variants."""
+    """A trainer on random data with EMA from step 0, in one of the VARIANTS (memory format, compile, precision,
+    level widths)."""
     cfg = apply_overrides(preset(kind, name), {"train.ema_start": 0, **VARIANTS[variant]})
     bs = cfg.train.batch_size
     x, y = _batch(cfg, bs * (steps + 3))
@@ -188,7 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--variants", default="channels_last,compile",
-                        help="extra ddpm/cpu training variants to time (channels_last, compile, fp32, bf16); empty for none")
+                        help=f"extra ddpm/cpu training variants to time ({', '.join(VARIANTS)}); empty for none")
     args = parser.parse_args()
     steps = 3 if args.quick else 10
     torch.manual_seed(0)
