@@ -13,6 +13,8 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
+from mnistgen.files import temporary_sibling
+
 _HEADER_BYTES = 128  # an .npy version 1.0 header, padded
 
 
@@ -31,16 +33,14 @@ def npz_size(specs: dict[str, ArraySpec]) -> int:
 
 
 def write_npz(path: Path, specs: dict[str, ArraySpec]) -> None:
-    """Write ``{name}.npy`` entries in order, streaming each one's chunks; the file appears atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+    """Write ``{name}.npy`` entries in order, streaming each one's chunks; the file appears atomically
+    (a fresh temporary file renamed over ``path``, as ``files.write_atomic`` does)."""
+    with temporary_sibling(path) as (fd, tmp):
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED,
+                                                        allowZip64=True) as archive:
             for name, spec in specs.items():
                 _write_entry(archive, name, spec)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_entry(archive: zipfile.ZipFile, name: str, spec: ArraySpec) -> None:

@@ -6,14 +6,16 @@ The bottom layer of mnistgen: it imports nothing else of the package but its err
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mnistgen.errors import UserError
 
@@ -34,21 +36,36 @@ def _fsync_dir(folder: Path) -> None:
 TEMP_SUFFIX = ".tmp"
 
 
+FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp's own 0o600 would hide results
+
+
+@contextlib.contextmanager
+def temporary_sibling(path: Path) -> Iterator[tuple[int, Path]]:
+    """A new file beside ``path`` under a random name (``tempfile.mkstemp``: O_CREAT | O_EXCL, so a
+    link planted under any name is never followed), as (fd, path); removed if the block fails.
+    The name is ``.NAME.RANDOM.tmp``, which :func:`remove_stale_temp_files` clears after a kill."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        yield fd, tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file, never half of one.
-    A failed write (a full disk) removes its temporary file and re-raises; a killed one leaves
-    ``.NAME.PID.tmp``, which :func:`remove_stale_temp_files` clears on the next start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
+    The data goes to a fresh temporary file (:func:`temporary_sibling`), which ``os.replace`` renames
+    over ``path``: a symbolic link at ``path`` is replaced, never written through. A failed write (a
+    full disk) removes the temporary file and re-raises."""
+    with temporary_sibling(path) as (fd, tmp):
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     _fsync_dir(path.parent)
 
 
@@ -109,3 +126,31 @@ class JsonRecord:
     @classmethod
     def from_json(cls, d: dict):
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def refuse_links(root: Path, names: Iterator[str] | tuple[str, ...]) -> None:
+    """Refuse, with one line, a folder whose entries ``names`` (folders mnistgen writes into) include
+    a symbolic link: files written there would land wherever the link points."""
+    for name in names:
+        if (Path(root) / name).is_symlink():
+            raise UserError(f"{Path(root) / name} is a symbolic link; mnistgen writes only into real folders "
+                            f"(remove the link, or use another directory)")
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~&])")
+
+
+def markdown_text(text: object) -> str:
+    """``text`` as inert Markdown: one line, every character Markdown or HTML gives a meaning escaped
+    with a backslash (for text read from a file someone else wrote)."""
+    one_line = " ".join(str(text).split())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)

@@ -1,9 +1,18 @@
 """Checkpoint files: torch state written atomically (``files.write_atomic``), read back onto the CPU
-with its format and model kind checked."""
+with its format and model kind checked.
+
+A checkpoint may come from someone else, so it is never unpickled: every load is
+``torch.load(weights_only=True)``, which builds tensors, containers and plain values and nothing
+else. Format 2 stored NumPy's RNG state as an array; such a file loads with exactly NumPy's array
+types allowed (:data:`FORMAT2_GLOBALS`). A file that needs any other global (an object whose
+``__reduce__`` calls ``exec``, say) is refused in one line naming it, before anything is built.
+"""
 
 from __future__ import annotations
 
+import importlib
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +21,17 @@ import torch
 from mnistgen.errors import UserError
 from mnistgen.files import write_atomic
 
-FORMAT_VERSION = 2  # 2: per-rank generator and RNG states
+FORMAT_VERSION = 3  # 2: per-rank generator and RNG states; 3: NumPy's RNG state as a tensor and plain values
+
+# The globals a format-2 checkpoint needs for NumPy's RNG state (an ndarray of uint32), by NumPy 2 and 1
+# names; with numpy.dtype comes the uint32 dtype's own class.
+FORMAT2_GLOBALS = ("numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
+                   "numpy.dtype")
+
+
+class UnsafeFile(UserError):
+    """A file that would run code or build arbitrary objects if it were unpickled: refused, never
+    treated as merely damaged (no fallback to another file)."""
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -55,8 +74,13 @@ def load_checkpoint(path: Path, kind: str | None = None, mmap: bool = False) -> 
     when only weights are wanted) are never read."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    allowed = _allowed_globals(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        with torch.serialization.safe_globals(allowed):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:  # weights_only refused something the scan above did not name
+        raise UnsafeFile(f"{path} is refused: loading it would need more than tensors and plain values "
+                         f"({' '.join(str(e).split())[:200]}); nothing was loaded") from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict) or "format_version" not in state:
@@ -70,3 +94,29 @@ def load_checkpoint(path: Path, kind: str | None = None, mmap: bool = False) -> 
     if kind is not None and found != kind:
         raise UserError(f"{path} holds a {found!r} model, not a {kind!r} model")
     return state
+
+
+def _allowed_globals(path: Path) -> list:
+    """The globals ``path`` needs, if all are NumPy's array types of format 2 (resolved to objects for
+    ``torch.serialization.safe_globals``); any other global refuses the file with its name."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - not a zip file, truncated, ...
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+    foreign = [name for name in needed if name not in FORMAT2_GLOBALS]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UnsafeFile(f"{path} is refused: opening it would call {foreign[0]}{more} (only tensors and plain "
+                         f"values are loaded, never code); nothing was loaded")
+    allowed = [_resolve(name, path) for name in needed]
+    if "numpy.dtype" in needed:  # unpickling the key's dtype also builds its class (not named by the scan)
+        allowed.append(type(_resolve("numpy.dtype", path)("uint32")))
+    return allowed
+
+
+def _resolve(name: str, path: Path):
+    module, _, attribute = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError):
+        raise UnsafeFile(f"{path} needs {name}, which this NumPy does not have; nothing was loaded") from None

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ import torch
 from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
 from mnistgen.images import save_grid
-from mnistgen.files import JsonRecord, remove_stale_temp_files, write_atomic, write_json
-from mnistgen.training.checkpoint import completed_epochs, describe_error
+from mnistgen.files import JsonRecord, refuse_links, remove_stale_temp_files, write_atomic, write_json
+from mnistgen.training.checkpoint import UnsafeFile, completed_epochs, describe_error
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class RunDir:
     figures = property(lambda self: self.root / "figures")
     last_checkpoint = property(lambda self: self.checkpoints / "last.pt")
     lock_file = property(lambda self: self.root / "train.lock")
+    FOLDERS = ("checkpoints", "samples", "figures", "tb")  # the folders mnistgen writes into
+
+    def check_no_links(self) -> None:
+        """Refuse a run directory whose folders are symbolic links (writes would land where they point)."""
+        refuse_links(self.root, self.FOLDERS)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -65,7 +71,7 @@ class RunDir:
         if fcntl is None:
             yield
             return
-        with open(self.lock_file, "a+") as f:
+        with _open_lock_file(self.lock_file) as f:
             if not _try_lock(f, self):
                 yield
                 return
@@ -101,6 +107,8 @@ class RunDir:
             return newest_epoch[1] if newest_epoch else None
         try:
             last_epoch = completed_epochs(self.last_checkpoint)[0]
+        except UnsafeFile:
+            raise  # a planted payload is not damage: never fall back past it
         except UserError as e:
             if newest_epoch is None:
                 raise
@@ -162,6 +170,25 @@ class RunDir:
         """Replace metrics.json (atomically)."""
         write_json(self.metrics, values)
 
+
+
+def _open_lock_file(path: Path):
+    """``train.lock`` opened for reading and writing, created if missing, never through a symbolic link
+    (O_NOFOLLOW) and only if it is a regular file with no other name (a hard link planted there would
+    have its target overwritten with the owner's line)."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link; remove it (mnistgen never writes through a link)") from None
+        raise UserError(f"cannot open the lock file {path} ({e.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link to another file"
+        raise UserError(f"{path} is {what}; remove it (mnistgen writes its owner into the lock file)")
+    return os.fdopen(fd, "r+")
 
 
 def _try_lock(f, run: RunDir) -> bool:

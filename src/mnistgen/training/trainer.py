@@ -95,16 +95,28 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNGs' states as tensors and plain values (checkpoint format 3: loadable weights-only)."""
+    algorithm, key, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"algorithm": algorithm, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _numpy_state(saved) -> tuple:
+    """``np.random.set_state``'s tuple from format 3's dict, or format 2's tuple (its key an ndarray) as is."""
+    if not isinstance(saved, dict):
+        return saved
+    key = saved["key"].numpy().astype(np.uint32)  # (624,) MT19937 key
+    return saved["algorithm"], key, saved["pos"], saved["has_gauss"], saved["cached_gaussian"]
+
+
 def _set_rng_state(state: dict) -> None:
     """Restore the global RNGs; the torch states are CPU ByteTensors, as the setters require."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state(state["numpy"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both machines have
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
