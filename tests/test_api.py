@@ -15,6 +15,7 @@ from PIL import Image
 import mnistgen
 from mnistgen import api
 from mnistgen.errors import UserError
+from mnistgen.weightfiles import read_weights
 
 SMALL = {"data.train_limit": 512, "data.val_limit": 128}
 
@@ -192,8 +193,12 @@ def test_export_writes_loadable_models_with_cards(runs, tmp_path, mnist_dir):
         a = shipped.sample(3, labels=labels, generator=_generator(), progress=False)
         b = original.sample(3, labels=labels, generator=_generator(), progress=False)
         assert (a - b).abs().mean() < 0.005 and (a - b).abs().max() < 0.2  # float16 weights: nearly the same samples
-        weights = torch.load(card.parent / "checkpoints" / "last.pt", weights_only=False)["model"]
+        weights = read_weights(card.parent / "model.safetensors").tensors
         assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+        assert not (card.parent / "checkpoints").exists()  # weights only, as safetensors
+        listed = json.loads((card.parent / "MANIFEST.json").read_text())["sha256"]
+        assert set(listed) == {p.relative_to(card.parent).as_posix() for p in card.parent.rglob("*")
+                               if p.is_file() and p.name != "MANIFEST.json"}
     assert "val neg" not in cards[0].read_text() and "ELBO" in cards[0].read_text()
     assert "predicts" not in cards[0].read_text()  # the VAE has no noise process
     for kind, card in zip(("ddpm", "cfg"), cards[1:]):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ from mnistgen.data.mnist import native_size
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.metrics import RunMetrics, read_metrics
-from mnistgen.files import check_writable_dir
+from mnistgen.files import check_writable_dir, markdown_text, refuse_links, write_atomic
 from mnistgen.training.checkpoint import describe_error
 from mnistgen.images import save_animation
 from mnistgen.kinds import EvaluationRequest, TrainedModel
@@ -36,6 +37,7 @@ from mnistgen.study import MODELS, SETTINGS, metric_rows, read_provenance, run_s
 from mnistgen.training import distributed
 from mnistgen.training.device import default_preset, pick_device
 from mnistgen.training.rundir import EpochRecord, RunDir
+from mnistgen.weightfiles import MANIFEST_NAME, WEIGHTS_NAME, read_manifest, save_weights, write_manifest
 
 PRETRAINED = "pretrained:"
 PRETRAINED_DIR = Path(__file__).with_name("pretrained")
@@ -327,7 +329,9 @@ def train(kind: str, preset: str | None = None, out: str | os.PathLike | None = 
 
 def _writable_copy(run: str | os.PathLike, out: str | os.PathLike | None) -> Path:
     """A run directory that evaluation and figures may write into: the run itself, or for a
-    pretrained model a copy of it in ``out`` (made once)."""
+    pretrained model a copy of it in ``out``, which must be new or empty (or an earlier copy of the
+    same model, whose results are kept). The copy is built in a fresh folder beside ``out`` and renamed
+    into place, so nothing already in ``out`` (a planted link, say) is written through."""
     if not is_pretrained(run):
         if out is not None and Path(out) != Path(run):
             raise UserError("--out applies to pretrained models; a run directory keeps its own results")
@@ -335,12 +339,23 @@ def _writable_copy(run: str | os.PathLike, out: str | os.PathLike | None) -> Pat
     if out is None:
         raise UserError(f"{run} is read-only; pass --out DIR to evaluate or draw it there")
     source, target = run_path(run), Path(out)
-    saved = _saved_config(target)
-    if saved is not None and saved.to_dict() != RunDir(source).read_config().to_dict():
-        raise UserError(f"{target} already holds another run; choose another --out")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise UserError(f"--out {target} is a link or a file; give a new or empty directory")
     check_writable_dir(target, "--out")
-    if saved is None:  # made once: later evaluations and figures keep their own results there
-        shutil.copytree(source, target, dirs_exist_ok=True)
+    if target.is_dir() and any(target.iterdir()):
+        saved = _saved_config(target) if (target / MANIFEST_NAME).is_file() else None
+        if saved is None or saved.to_dict() != RunDir(source).read_config().to_dict():
+            raise UserError(f"--out {target} is not empty and holds no copy of {run}; give a new or empty directory")
+        RunDir(target).check_no_links()
+        return target  # an earlier copy: its evaluations and figures are kept
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".copy", dir=target.parent))
+    try:
+        staging.chmod(0o755)
+        shutil.copytree(source, staging / "run", symlinks=True)  # the package's files, never links in out
+        os.replace(staging / "run", target)  # an empty directory is replaced whole
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -396,11 +411,13 @@ def reproduce(preset: str | None = None, out: str | os.PathLike | None = None, *
 
 # -- the pretrained models shipped in the package ------------------------------------------------
 
-def export_pretrained(study: str | os.PathLike, dest: str | os.PathLike = PRETRAINED_DIR, *,
-                      commit: str | None = None, trained_on: str | None = None) -> list[Path]:
+def export_pretrained(study: str | os.PathLike, dest: str | os.PathLike, *, commit: str | None = None,
+                      trained_on: str | None = None) -> list[Path]:
     """Write the shipped form of a finished study's generative runs into ``dest/KIND/``: config,
-    history, metrics, the per-epoch previews the figures read, a weights-only checkpoint (the
-    sampling weights in float16) and MODEL_CARD.md. Returns the model cards' paths."""
+    history, metrics, the per-epoch previews the figures read, ``model.safetensors`` (the sampling
+    weights in float16), MODEL_CARD.md and MANIFEST.json (every file's SHA-256). Each folder is built
+    beside its destination and moved in; an earlier export there loses only the files its own
+    manifest lists. Returns the model cards' paths."""
     study, dest = Path(study), Path(dest)
     _check_export(study, dest)
     try:
@@ -411,12 +428,21 @@ def export_pretrained(study: str | os.PathLike, dest: str | os.PathLike = PRETRA
         raise UserError(f"{study / 'provenance.json'} is damaged ({type(e).__name__}); pass --commit and "
                         f"--trained-on, or repair it") from None
     runs = [load_run(study / name, torch.device("cpu")) for name in MODELS]  # all read before anything is replaced
-    return [_export_run(trained, dest / name, commit, trained_on) for name, trained in zip(MODELS, runs)]
+    dest.mkdir(parents=True, exist_ok=True)
+    return [_export_run(trained, dest / name, str(commit), str(trained_on)) for name, trained in zip(MODELS, runs)]
+
+
+def _inside_installed_package(path: Path) -> bool:
+    """Whether ``path`` lies in this mnistgen as installed into a site-packages folder (not a checkout)."""
+    package = Path(__file__).resolve().parent
+    installed = any(part in ("site-packages", "dist-packages") for part in package.parts)
+    there = path.resolve()
+    return installed and (there == package or package in there.parents)
 
 
 def _check_export(study: Path, dest: Path) -> None:
     """Everything an export needs, before it replaces anything: every model evaluated, and a
-    destination that is neither inside the study nor holding anything but earlier exports."""
+    destination outside the study and the installed package whose model folders are new or earlier exports."""
     for name in MODELS:
         if not (study / name / "config.json").is_file():
             raise UserError(f"{study} is not a study directory: it has no {name}/ run")
@@ -426,36 +452,67 @@ def _check_export(study: Path, dest: Path) -> None:
     here, there = study.resolve(), dest.resolve()
     if there == here or here in there.parents or there in here.parents:
         raise UserError(f"--to {dest} overlaps the study {study}; export into another directory")
+    if _inside_installed_package(dest):
+        raise UserError(f"--to {dest} lies inside the installed mnistgen package; export into another directory")
     for name in MODELS:
-        if (dest / name).exists() and not (dest / name / "MODEL_CARD.md").is_file():
-            raise UserError(f"{dest / name} exists and is not an exported model; choose another --to")
+        folder = dest / name
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise UserError(f"{folder} is a link or a file, not an exported model; choose another --to")
+        if folder.exists():
+            if not (folder / MANIFEST_NAME).is_file():
+                raise UserError(f"{folder} exists and is not an exported model (no {MANIFEST_NAME}); choose another --to")
+            read_manifest(folder)  # a damaged manifest is refused before anything is written
+            refuse_links(folder, ["samples"])
     check_writable_dir(dest, "--to")
 
 
 def _export_run(trained: TrainedModel, out: Path, commit: str, trained_on: str) -> Path:
+    """Build the exported folder in a fresh sibling of ``out`` and move it into place."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp's 0o700 would hide the exported model from other users
+        names = _write_export(trained, staging, commit, trained_on)
+        _move_into_place(staging, out, names)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "MODEL_CARD.md"
+
+
+def _write_export(trained: TrainedModel, out: Path, commit: str, trained_on: str) -> list[str]:
+    """Every file of an exported model into the new folder ``out``; returns their names, MANIFEST.json last."""
     from mnistgen.figures.diffusion import nearest_epochs
-    from mnistgen.training.checkpoint import save_checkpoint
 
     source, config = trained.run, trained.config
-    if out.exists():
-        shutil.rmtree(out)
     target = RunDir(out)
     target.write_config(config)
     target.write_history(list(trained.history))
     weights = {k: (v.half() if v.is_floating_point() else v) for k, v in trained.model.state_dict().items()}
-    last = trained.history[-1]
-    save_checkpoint(target.last_checkpoint, {"config": config.to_dict(), "model": weights, "ema": None,
-                                             "step": last.step, "epoch": last.epoch, "batch": 0,
-                                             "history": [r.to_json() for r in trained.history]})
+    save_weights(out / WEIGHTS_NAME, weights, config.to_dict())
+    names = ["config.json", "history.json", WEIGHTS_NAME, "metrics.json", "MODEL_CARD.md"]
     if source.sample_epochs() and kinds.get(config.kind).figures_read_previews:
         for epoch in nearest_epochs(source.sample_epochs()):
-            target.samples.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source.epoch_samples(epoch), target.epoch_samples(epoch))
+            write_atomic(target.epoch_samples(epoch), source.epoch_samples(epoch).read_bytes())
+            names.append(target.epoch_samples(epoch).relative_to(out).as_posix())
     metrics = read_metrics(source)
-    shutil.copy(source.metrics, target.metrics)
-    card = out / "MODEL_CARD.md"
-    card.write_text(model_card(config, trained.history, metrics, commit, trained_on))
-    return card
+    write_atomic(target.metrics, source.metrics.read_bytes())
+    write_atomic(out / "MODEL_CARD.md", model_card(config, trained.history, metrics, commit, trained_on).encode())
+    write_manifest(out, names)
+    return [*names, MANIFEST_NAME]
+
+
+def _move_into_place(staging: Path, out: Path, names: list[str]) -> None:
+    """``staging`` becomes ``out``: renamed whole when ``out`` is new; otherwise each file replaces its
+    namesake (the manifest last), and the files only the old manifest listed are removed. Files
+    the old manifest does not list (a user's notes) are left alone."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = read_manifest(out)
+    for name in names:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, out / name)
+    for name in sorted(set(old) - set(names)):
+        (out / name).unlink(missing_ok=True)
 
 
 def _objective_lines(process) -> list[str]:
@@ -472,6 +529,7 @@ def _objective_lines(process) -> list[str]:
 def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, trained_on: str) -> str:
     """The model card of a shipped model: what it is, how it was made, what it scored."""
     seconds = sum(r.seconds for r in history)
+    commit, trained_on = markdown_text(commit), markdown_text(trained_on)  # text from provenance.json
     lines = [f"# pretrained:{config.kind}", "",
              f"mnistgen's {kinds.get(config.kind).long_title} model, preset `{config.preset}`, "
              f"weights stored in float16 "
@@ -479,7 +537,7 @@ def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, tra
              "## How it was made", "",
              f"- command: `mnistgen reproduce --preset {config.preset}` (this run is its `{config.kind}/` directory), "
              f"then `mnistgen export STUDY_DIR`",
-             f"- trained at commit: `{commit}`",
+             f"- trained at commit: {commit}",
              f"- data: MNIST training set (60,000 images{', first ' + str(config.data.train_limit) if config.data.train_limit else ''}); "
              f"validation loss on {config.data.val_limit or 10_000} test images",
              f"- training: {len(history)} epochs, {history[-1].step:,} optimizer steps, {seconds / 60:.1f} minutes "
@@ -487,8 +545,8 @@ def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, tra
     lines += _objective_lines(config.process)
     lines += ["", "## Measured", ""]
     if metrics.evaluated_with is not None:
-        lines.append(f"- metrics computed by {metrics.evaluated_with}")
-    lines += [f"- {metric}: {value}" for metric, value in metric_rows(metrics)]
+        lines.append(f"- metrics computed by {markdown_text(metrics.evaluated_with)}")
+    lines += [f"- {markdown_text(metric)}: {markdown_text(value)}" for metric, value in metric_rows(metrics)]
     lines += ["", "MNIST-FD, KID, precision, recall, density and coverage are computed in the features of "
                   "mnistgen's own MNIST classifier (not Inception); compare them only with other mnistgen numbers."]
     return "\n".join(lines) + "\n"

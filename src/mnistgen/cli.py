@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "histogram of its samples, all in the features of mnistgen's classifier (not Inception). "
                     "VAE: also the negative ELBO and the IWAE bound on -log p(x), on grey-level and on "
                     "dynamically binarized test images. CFG: also class accuracy and per-digit coverage. "
-                    "Classifier runs: test accuracy, and RUN/classifier.pt (compact weights).")
+                    "Classifier runs: test accuracy, and RUN/classifier.safetensors (compact weights).")
     p.add_argument("--n", type=_positive_int, default=1000, help="samples to judge (CFG: N // 10 per digit)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="DDPM sampler (default: the run's)")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDPM grid or CFG grid)")
@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per weight of --guidance-sweep (default: --n)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the bundled classifier)")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="judge weights: a classifier run's classifier.safetensors or checkpoint (default: the "
+                        "bundled classifier)")
     p.add_argument("--iwae-k", type=_positive_int, default=500, help="importance samples per image (VAE)")
     p.add_argument("--n-images", type=_positive_int, default=10_000, help="test images for the IWAE bound (VAE)")
     _run_parser(sub, "figures", "render a run's figures into RUN/figures/",
@@ -145,10 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p = sub.add_parser("export", help="write a finished study's models in the form mnistgen ships them",
                        description="Write the VAE, DDPM and CFG runs of a finished study as the pretrained models "
-                                   "(float16 sampling weights, config, history, metrics, the previews the figures "
-                                   "read, MODEL_CARD.md) into DEST/vae, DEST/ddpm, DEST/cfg.")
+                                   "(float16 sampling weights as model.safetensors, config, history, metrics, the "
+                                   "previews the figures read, MODEL_CARD.md, and MANIFEST.json with every file's "
+                                   "SHA-256) into DEST/vae, DEST/ddpm, DEST/cfg. An earlier export there loses only "
+                                   "the files its manifest lists.")
     p.add_argument("study", type=Path, help="a study directory written by mnistgen reproduce")
-    p.add_argument("--to", type=Path, default=None, help="default: the package's pretrained/ folder")
+    p.add_argument("--to", type=Path, required=True,
+                   help="the folder to write into (never the installed package; src/mnistgen/pretrained in a checkout "
+                        "refreshes the shipped models)")
     p.add_argument("--commit", default=None, help="the commit that trained it (default: the study's provenance)")
     p.add_argument("--trained-on", default=None, help="the device it was trained on (default: the study's provenance)")
     return parser
@@ -330,7 +336,7 @@ def _reproduce(args) -> int:
 def _export(args) -> int:
     from mnistgen import api
 
-    for card in api.export_pretrained(args.study, args.to or api.PRETRAINED_DIR, commit=args.commit,
+    for card in api.export_pretrained(args.study, args.to, commit=args.commit,
                                       trained_on=args.trained_on):
         print(f"wrote {card.parent}")
     return 0

@@ -146,11 +146,12 @@ def refuse_links(root: Path, names: Iterator[str] | tuple[str, ...]) -> None:
                             f"(remove the link, or use another directory)")
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~&])")
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*\[\]<>!|&~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
 def markdown_text(text: object) -> str:
-    """``text`` as inert Markdown: one line, every character Markdown or HTML gives a meaning escaped
-    with a backslash (for text read from a file someone else wrote)."""
+    """``text`` as inert Markdown on one line: each character that can open markup, a link, an image,
+    a table cell or HTML is escaped with a backslash (an underscore only where it could open
+    emphasis, so that ``FD_inf`` stays readable). For text read from a file someone else wrote."""
     one_line = " ".join(str(text).split())
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+    return _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(0), one_line)

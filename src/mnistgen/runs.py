@@ -32,6 +32,7 @@ from mnistgen.training.device import pick_device
 from mnistgen.training.ema import sampling_weights
 from mnistgen.training.rundir import EpochRecord, RunDir
 from mnistgen.training.trainer import Objective, StopRequest, Trainer
+from mnistgen.weightfiles import WEIGHTS_NAME, read_weights, verify_manifest
 
 
 def check_resume(run: RunDir, config: RunConfig) -> None:
@@ -89,6 +90,7 @@ def train(config: RunConfig, out: Path, data_dir: str | os.PathLike | None = Non
     kind = kinds.get(config.kind)
     run = RunDir(Path(out))
     check_writable_dir(run.root, "run directory")
+    run.check_no_links()
     check_resume(run, config) if resume else _check_new_run(run)
     main = distributed.is_main_process()
     with StopRequest() as stop:  # SIGINT / SIGTERM from here on end with a checkpoint and one line
@@ -114,11 +116,15 @@ def train(config: RunConfig, out: Path, data_dir: str | os.PathLike | None = Non
 
 def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: str | None = None,
              checkpoint: Path | None = None, generative: bool = False) -> TrainedModel:
-    """A run's settings and its sampling weights from its newest checkpoint (or ``checkpoint``);
-    ``kind`` refuses a run of another kind, ``generative=True`` one that does not generate."""
+    """A run's settings and its sampling weights from its newest checkpoint (or ``checkpoint``), or from
+    an exported model folder's ``model.safetensors`` (checked against its manifest first); ``kind``
+    refuses a run of another kind, ``generative=True`` one that does not generate."""
     run = RunDir(Path(path))
     if not run.root.is_dir():
         raise UserError(f"run directory {run.root} does not exist")
+    exported = checkpoint is None and not run.has_checkpoint() and (run.root / WEIGHTS_NAME).is_file()
+    if exported:  # before config.json is parsed: a changed byte is named first
+        verify_manifest(run.root, EXPORTED_READS)
     config = run.read_config()
     model_kind = kinds.get(config.kind)
     if generative and not model_kind.generative:
@@ -127,19 +133,41 @@ def load_run(path: str | os.PathLike, device: torch.device | None = None, kind: 
     if kind is not None and config.kind != kind:
         raise UserError(f"{run.root} holds a {config.kind!r} run, not a {kind!r} run")
     device = device or torch.device("cpu")
+    weights, history, source = _exported_weights(run, config) if exported else _checkpoint_weights(run, config,
+                                                                                                    checkpoint)
+    model = model_kind.build_model(config).to(device)
+    load_weights(model, weights, source)
+    model.eval()
+    return TrainedModel(config, model, model_kind.build_process(config, device), history, run)
+
+
+EXPORTED_READS = [WEIGHTS_NAME, "config.json", "history.json"]  # what loading an exported folder reads
+
+
+def _exported_weights(run: RunDir, config: RunConfig) -> tuple[dict, tuple[EpochRecord, ...], Path]:
+    """(weights, history, file) of an exported model folder."""
+    path = run.root / WEIGHTS_NAME
+    stored = read_weights(path, config.kind)
+    try:
+        history = tuple(run.read_history())
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{run.history} is unreadable ({describe_error(e)})") from None
+    return stored.tensors, history, path
+
+
+def _checkpoint_weights(run: RunDir, config: RunConfig,
+                        checkpoint: Path | None) -> tuple[dict, tuple[EpochRecord, ...], Path]:
+    """(sampling weights, history, file) of a run's newest checkpoint (or ``checkpoint``)."""
     checkpoint = checkpoint or run.newest_checkpoint()
     if checkpoint is None:
         raise UserError(f"{run.root} has no checkpoint yet; train it first")
     state = load_checkpoint(checkpoint, config.kind, mmap=True)  # reads only what is used
-    model = model_kind.build_model(config).to(device)
     try:
         weights = sampling_weights(state, config.train.ema_start)
         history = tuple(EpochRecord.from_json(r) for r in state["history"])
     except (KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{checkpoint} is damaged ({describe_error(e)})") from None
-    load_weights(model, weights, checkpoint)
-    model.eval()
-    return TrainedModel(config, model, model_kind.build_process(config, device), history, run)
+    return weights, history, checkpoint
 
 
 def check_request(config: RunConfig, request: EvaluationRequest, where: str | os.PathLike) -> None:
@@ -162,6 +190,7 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
     kind = kinds.get(trained.config.kind)
     check_request(trained.config, request, trained.run.root)
     check_writable_dir(trained.run.root, "run directory")
+    trained.run.check_no_links()
     read_metrics(trained.run)  # a damaged metrics.json is refused now, not after the work
     start = time.perf_counter()
     metrics = kind.own_metrics(trained, request, data_dir, device, RunMetrics(trained.config.kind,
@@ -182,5 +211,6 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
 def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The figures of the run at ``path`` (its kind decides which) into RUN/figures/; returns their paths."""
     trained = load_run(path, device, generative=True)
+    trained.run.check_no_links()
     check_writable_dir(trained.run.figures, "figures directory")
     return kinds.get(trained.config.kind).render_figures(trained, data_dir)

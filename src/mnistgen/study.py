@@ -23,7 +23,7 @@ import torch
 from mnistgen import kinds
 from mnistgen.config import preset
 from mnistgen.errors import UserError
-from mnistgen.files import write_json
+from mnistgen.files import write_atomic, write_json
 from mnistgen.provenance import git_commit
 from mnistgen.evaluation.metrics import Likelihood, RunMetrics, SampleQuality, read_metrics
 from mnistgen.kinds import EvaluationRequest
@@ -82,6 +82,8 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
         run = RunDir(out / kind)
         if run.config.is_file() and (found := run.read_config().preset) != preset_name:
             raise UserError(f"{out} holds a {found!r} study; continue it with --preset {found} or choose another --out")
+        run.check_no_links()
+        run.newest_checkpoint()  # every checkpoint the study will open is read (weights-only) before any work
     write_provenance(out, preset_name, device)
     for kind in MODELS:
         run = RunDir(out / kind)
@@ -210,5 +212,5 @@ published numbers; the binarized ones are.</p>
 </body></html>
 """
     path = out / "report.html"
-    path.write_text(page)
+    write_atomic(path, page.encode())
     return path

@@ -18,8 +18,9 @@ from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
 from mnistgen.models.classifier import Classifier
 from mnistgen.training.checkpoint import describe_error, load_checkpoint, load_weights
+from mnistgen.weightfiles import read_weights, verify_manifest
 
-BUNDLED_CLASSIFIER = Path(__file__).with_name("weights") / "classifier.pt"
+BUNDLED_CLASSIFIER = Path(__file__).with_name("weights") / "classifier.safetensors"
 
 
 class FeatureStats(NamedTuple):
@@ -33,15 +34,24 @@ class Judgement(NamedTuple):
 
 
 def load_classifier(path: Path | None = None, device: torch.device | str = "cpu") -> Classifier:
-    """The classifier shipped with mnistgen (or the weights at ``path``), in eval mode."""
+    """The classifier shipped with mnistgen (checked against its SHA-256 manifest), or the weights at
+    ``path``: a ``.safetensors`` file written by ``evaluate`` on a classifier run, or a classifier
+    run's checkpoint (read weights-only). In eval mode."""
     path = Path(path) if path is not None else BUNDLED_CLASSIFIER
     if not path.is_file():
         raise UserError(f"classifier weights {path} not found; create them with `mnistgen train classifier`")
-    state = load_checkpoint(path, "classifier")  # a foreign, damaged or other-model file: one line
+    if path == BUNDLED_CLASSIFIER:
+        verify_manifest(path.parent, [path.name])
+    if path.suffix == ".safetensors":
+        stored = read_weights(path, "classifier")
+        config_dict, weights = stored.config, stored.tensors
+    else:
+        state = load_checkpoint(path, "classifier")  # a foreign, damaged or other-model file: one line
+        config_dict, weights = state.get("config"), state.get("model")
     try:
-        config = RunConfig.from_dict(state["config"])  # every field checked, as for a run
+        config = RunConfig.from_dict(config_dict)  # every field checked, as for a run
         model = Classifier(config.model)
-        weights = {k: v.float() for k, v in state["model"].items()}
+        weights = {k: v.float() for k, v in weights.items()}
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     except (KeyError, TypeError, AttributeError) as e:

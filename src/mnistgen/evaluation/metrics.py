@@ -23,8 +23,9 @@ from mnistgen.evaluation.kid import KID, kid
 from mnistgen.evaluation.prdc import PRDC, prdc, prdc_against_subsets
 from mnistgen.errors import UserError
 from mnistgen.files import JsonRecord
-from mnistgen.training.checkpoint import describe_error, save_checkpoint
+from mnistgen.training.checkpoint import describe_error
 from mnistgen.training.rundir import RunDir
+from mnistgen.weightfiles import save_weights
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,8 @@ def reference_set(classifier, data_dir: str | os.PathLike | None, device) -> Ref
 
 
 def export_classifier(config: RunConfig, model: torch.nn.Module, path: Path) -> Path:
-    """Compact judge weights (float16, about half a megabyte): what mnistgen bundles as its classifier."""
+    """Compact judge weights (float16 safetensors with the config in their metadata, about half a
+    megabyte): what mnistgen bundles as its classifier."""
     weights = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    save_checkpoint(path, {"config": config.to_dict(), "model": weights})
+    save_weights(path, weights, config.to_dict())
     return path

@@ -39,5 +39,5 @@ class ClassifierKind(ModelKind):
         return replace(metrics, test_accuracy=(predictions == test.y.cpu()).float().mean().item())
 
     def export(self, trained: TrainedModel) -> list[Path]:
-        """RUN/classifier.pt: the compact judge weights that ``evaluate --classifier`` takes."""
-        return [export_classifier(trained.config, trained.model, trained.run.root / "classifier.pt")]
+        """RUN/classifier.safetensors: the compact judge weights that ``evaluate --classifier`` takes."""
+        return [export_classifier(trained.config, trained.model, trained.run.root / "classifier.safetensors")]
