@@ -91,7 +91,7 @@ want resume && ((budget - (SECONDS - start) > 120)) && {
     kill -9 $pid 2> /dev/null
     wait $pid 2> /dev/null
     if [ -f "$out/killed/checkpoints/last.pt" ]; then
-        log "killed after the first checkpoint ($((SECONDS - s)) s): $(python3 -c "import torch; s = torch.load('$out/killed/checkpoints/last.pt', map_location='cpu', weights_only=False); print('epoch', s['epoch'], 'batch', s['batch'], 'step', s['step'])" 2>&1 | tail -1)"
+        log "killed after the first checkpoint ($((SECONDS - s)) s): $(python3 -c "import torch; s = torch.load('$out/killed/checkpoints/last.pt', map_location='cpu', weights_only=True); print('epoch', s['epoch'], 'batch', s['batch'], 'step', s['step'])" 2>&1 | tail -1)"
         step resume 120 mnistgen train ddpm --resume --device "$device" --no-progress --out "$out/killed" \
             && epoch_line "$out/killed"
     else

@@ -53,9 +53,16 @@ def test_shipped_cfg_draws_the_requested_digit(classifier):
 
 
 def test_a_swapped_weights_file_is_refused(tmp_path):
+    """Swapped in: the manifest names the file; with the manifest rewritten to match, the weights'
+    own config still refuses them."""
+    from mnistgen.weightfiles import write_manifest
+
     for name in ("ddpm", "cfg"):
         shutil.copytree(api.PRETRAINED_DIR / name, tmp_path / name)
-    shutil.copy(tmp_path / "ddpm" / "checkpoints" / "last.pt", tmp_path / "cfg" / "checkpoints" / "last.pt")
+    shutil.copy(tmp_path / "ddpm" / "model.safetensors", tmp_path / "cfg" / "model.safetensors")
+    with pytest.raises(UserError, match="cfg/model.safetensors does not match its SHA-256"):
+        mnistgen.load(tmp_path / "cfg", "cpu")
+    write_manifest(tmp_path / "cfg", ["model.safetensors", "config.json", "history.json"])
     with pytest.raises(UserError, match="'ddpm' model, not a 'cfg' model"):
         mnistgen.load(tmp_path / "cfg", "cpu")
 
@@ -94,5 +101,7 @@ def test_the_wheel_carries_every_shipped_file(tmp_path):
     package = source / "src" / "mnistgen"
     shipped = {f"mnistgen/{p.relative_to(package).as_posix()}" for p in package.rglob("*")
                if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
-    assert any(name.startswith("mnistgen/pretrained/cfg/checkpoints/") for name in shipped)
+    assert {"mnistgen/pretrained/cfg/model.safetensors", "mnistgen/pretrained/cfg/MANIFEST.json",
+            "mnistgen/evaluation/weights/classifier.safetensors", "mnistgen/evaluation/weights/MANIFEST.json"} <= shipped
+    assert not any(name.endswith(".pt") for name in shipped)  # nothing shipped is a pickle
     assert shipped <= packed, sorted(shipped - packed)

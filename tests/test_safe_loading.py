@@ -347,3 +347,19 @@ def test_a_flipped_byte_in_the_bundled_judge_is_named(tmp_path, monkeypatch):
     _flip_a_byte(fd.BUNDLED_CLASSIFIER, 2000)
     with pytest.raises(UserError, match="classifier.safetensors does not match its SHA-256"):
         fd.load_classifier()
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    """The source itself: each call of ``torch.load`` passes ``weights_only=True`` (torch >= 2.5 may default to False)."""
+    import ast
+
+    package = Path(mnistgen.__file__).parent
+    calls = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                calls.append((path.name, node.lineno, safe))
+    assert calls and all(safe for _, _, safe in calls), calls

@@ -48,7 +48,7 @@ def _worker(rank, world, tmp):
 def test_two_process_gloo_step_equals_single_process_step(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     single = _one_step(_cfg(2 * PER_RANK_BATCH), tmp_path / "single")
-    ranks = [torch.load(tmp_path / f"weights{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in range(2)]
     torch.manual_seed(0)
     initial = kinds.get("classifier").build_model(_cfg(PER_RANK_BATCH)).state_dict()
     moved = 0
