@@ -363,3 +363,24 @@ def test_every_torch_load_in_the_package_is_weights_only():
                            for k in node.keywords)
                 calls.append((path.name, node.lineno, safe))
     assert calls and all(safe for _, _, safe in calls), calls
+
+
+def test_every_global_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    """Format 3: NumPy's, Python's and torch's global streams continue after a save and a weights-only load."""
+    import random
+
+    import numpy as np
+
+    from mnistgen.runs import build_trainer
+    from mnistgen.training.checkpoint import save_checkpoint
+
+    config = RunConfig.from_dict(json.loads((FORMAT2 / "config.json").read_text()))
+    trainer = build_trainer(config, tmp_path / "run", preview=False)
+    np.random.seed(7), random.seed(7), torch.manual_seed(7)
+    np.random.random(3), random.random(), np.random.standard_normal()  # a cached Gaussian half-drawn
+    save_checkpoint(tmp_path / "state.pt", trainer.state_dict())
+    expected = (np.random.random(5).tolist(), np.random.standard_normal(3).tolist(), random.random(), torch.rand(2))
+    np.random.seed(0), random.seed(0), torch.manual_seed(0)
+    trainer.load_state_dict(load_checkpoint(tmp_path / "state.pt"))
+    got = (np.random.random(5).tolist(), np.random.standard_normal(3).tolist(), random.random(), torch.rand(2))
+    assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
