@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,28 @@ def test_sample_draws_any_n_in_bounded_batches(vae_run, tmp_path, monkeypatch):
 
     with Image.open(tmp_path / "many.png") as grid:  # 400 of the 1,007 samples: 20 columns of 30 px
         assert grid.size[0] <= 20 * 30 + 2 < 32 * 30
+
+
+@pytest.mark.parametrize("out, written", [
+    ("{run}.npz", ("{run}.npz", "{run}.png")),  # a file named after the run, beside its folder
+    ("{run}.png", ("{run}.npz", "{run}.png")),
+    ("{run}.v2", ("{run}.v2.npz", "{run}.v2.png")),  # any other suffix is part of the name
+])
+def test_sample_files_may_sit_beside_the_run_they_come_from(out, written, vae_run, capsys):
+    """``--out runs/vae.npz`` names two files, not the folder ``runs/vae``: both are written beside it."""
+    for path in written:
+        Path(path.format(run=vae_run)).unlink(missing_ok=True)
+    assert main(["sample", str(vae_run), "--n", "4", "--out", out.format(run=vae_run), "--no-progress"]) == 0
+    for path in written:
+        assert Path(path.format(run=vae_run)).is_file()
+    assert (vae_run / "config.json").is_file()  # the run itself untouched
+
+
+def test_sample_out_that_is_a_folder_or_would_overwrite_one_is_refused(vae_run, tmp_path, capsys):
+    (tmp_path / "grid.png").mkdir()
+    for out, message in ((vae_run, f"--out {vae_run} is a directory"),
+                         (tmp_path / "grid", f"would write {tmp_path / 'grid.png'}, which is a directory")):
+        assert main(["sample", str(vae_run), "--n", "4", "--out", str(out)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "grid.npz").exists()

@@ -202,10 +202,13 @@ def _sample(args) -> int:
     from mnistgen.files import check_writable_dir
     from mnistgen.images import save_grid
 
-    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".npz") else args.out
-    if stem.is_dir() or args.out.is_dir():
+    npz, png = _sample_files(args.out)
+    if args.out.is_dir():
         raise UserError(f"--out {args.out} is a directory; give a file name such as {args.out / 'samples'}")
-    check_writable_dir(stem.parent, "--out's folder")
+    for path in (npz, png):
+        if path.is_dir():
+            raise UserError(f"--out {args.out} would write {path}, which is a directory; choose another file name")
+    check_writable_dir(npz.parent, "--out's folder")
     if args.animate is not None:
         if args.animate.suffix.lower() != ".gif":
             raise UserError(f"--animate writes a GIF; give a file name ending in .gif, got {args.animate}")
@@ -225,7 +228,7 @@ def _sample(args) -> int:
     specs = {"images": ArraySpec(np.float32, (n, 1, 28, 28), ())}
     if digit is not None:
         specs = {"labels": ArraySpec(np.int64, (n,), ()), **specs}
-    _check_free_space(stem.with_suffix(".npz"), npz_size(specs))  # before anything of size n exists
+    _check_free_space(npz, npz_size(specs))  # before anything of size n exists
     labels = None
     if digit is not None:
         labels = labels_per_digit(args.n) if digit == "all" else torch.full((n,), digit, dtype=torch.long)
@@ -244,11 +247,11 @@ def _sample(args) -> int:
             yield batch.numpy()
 
     specs["images"] = specs["images"]._replace(chunks=chunks())
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    write_npz(stem.with_suffix(".npz"), specs)
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    write_npz(npz, specs)
     per_row = min(args.n, GRID_PER_CLASS) if args.label == "all" else None
-    save_grid(torch.cat(grid), stem.with_suffix(".png"), nrow=per_row)
-    print(f"wrote {n} samples to {stem.with_suffix('.npz')} and a grid of {len(shown)} to {stem.with_suffix('.png')}")
+    save_grid(torch.cat(grid), png, nrow=per_row)
+    print(f"wrote {n} samples to {npz} and a grid of {len(shown)} to {png}")
     if args.animate is not None:
         shown = labels_per_digit(min(args.n, ANIMATE_PER_DIGIT)) if digit == "all" else labels
         shown_n = min(n, ANIMATE_MAX) if shown is None else min(len(shown), ANIMATE_MAX)
@@ -256,6 +259,13 @@ def _sample(args) -> int:
                       generator=torch.Generator(model.device).manual_seed(args.seed), **options)
         print(f"wrote the reverse process of {shown_n} samples (drawn afresh, same seed) to {args.animate}")
     return 0
+
+
+def _sample_files(out: Path) -> tuple[Path, Path]:
+    """The two files ``sample --out`` writes: FILE.npz and FILE.png, for FILE, FILE.npz or FILE.png
+    (any other suffix is part of the name: ``--out runs/ddpm.v2`` writes ``runs/ddpm.v2.npz``)."""
+    stem = out.with_suffix("") if out.suffix in (".png", ".npz") else out
+    return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".png")
 
 
 def _grid_indices(n: int, per_class: int | None):
