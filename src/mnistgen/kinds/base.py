@@ -15,7 +15,6 @@ from typing import ClassVar, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from mnistgen.config import RunConfig, range_of
 from mnistgen.data.mnist import TensorData, labels_per_digit, load
@@ -23,6 +22,7 @@ from mnistgen.diffusion import samplers
 from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.metrics import PRDC_K, Reference, RunMetrics, SampleQuality, sample_quality
+from mnistgen.progress import Progress
 from mnistgen.training.rundir import EpochRecord, RunDir
 from mnistgen.training.trainer import Objective, Preview
 
@@ -134,7 +134,7 @@ class ModelKind:
                        process=None, batch_size: int = SAMPLE_BATCH, progress: bool = False) -> Iterator[torch.Tensor]:
         """``n`` samples (``len(labels)`` when labelled) as CPU batches of at most ``batch_size``."""
         process = self.process_for(config, model, process)  # built once for all batches
-        bar = tqdm(total=n, disable=not progress or n <= batch_size, desc="sampling", unit="img", dynamic_ncols=True)
+        bar = Progress(n, "sampling", progress and n > batch_size, unit="img", summary=True)
         for first in range(0, n, batch_size):
             count = min(batch_size, n - first)
             chunk = labels[first: first + count] if labels is not None else None

@@ -26,11 +26,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from mnistgen.config import RunConfig, TrainConfig
 from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
+from mnistgen.progress import Progress, say
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
 from mnistgen.training.ema import EMA, ema_in_use
@@ -401,7 +401,7 @@ class Trainer:
                     self._interrupt_if_signalled(stop)  # noted before training or during an epoch's end
                     record = self._fit_epoch(stop)
                     if self.show_progress:
-                        tqdm.write(f"{self.config.kind} epoch {record.epoch}: train {record.train_loss:.4f}  "
+                        say(f"{self.config.kind} epoch {record.epoch}: train {record.train_loss:.4f}  "
                                    f"val {record.val_loss:.4f}  {record.images_per_s:.0f} img/s  {record.seconds:.1f}s")
                 self._interrupt_if_signalled(stop)  # a signal during the last epoch's end still stops the command
             except OSError as e:
@@ -411,8 +411,8 @@ class Trainer:
 
     def _fit_epoch(self, stop: StopRequest) -> EpochRecord:
         batches = self.epoch_batches()
-        bar = tqdm(total=len(batches), initial=self.batch, disable=not self.show_progress, leave=False,
-                   desc=f"{self.config.kind} epoch {self.epoch + 1}/{self.tc.epochs}", dynamic_ncols=True)
+        bar = Progress(len(batches), f"{self.config.kind} epoch {self.epoch + 1}/{self.tc.epochs}", self.show_progress,
+                       initial=self.batch, leave=False)  # in a log file the epoch's own line says it all
         last_save, tick, tick_images = time.monotonic(), time.perf_counter(), 0
         for idx in batches[self.batch:]:
             self.train_step(idx)
