@@ -6,13 +6,17 @@ test passes only if the marker never appears and the command ends in one line wi
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import os
+import pickle
 import re
 import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -25,7 +29,7 @@ from mnistgen.evaluation import fd
 from mnistgen.study import write_report
 from mnistgen.training.checkpoint import FORMAT_VERSION, load_checkpoint
 from mnistgen.training.rundir import RunDir
-from mnistgen.runs import train
+from mnistgen.runs import build_trainer, train
 from mnistgen.config import RunConfig
 from mnistgen.weightfiles import FORMAT, MANIFEST_NAME, WEIGHTS_NAME, read_weights, write_manifest
 
@@ -116,6 +120,17 @@ def test_a_payload_in_an_epoch_checkpoint_is_not_a_fallback(runs, tmp_path, caps
         mnistgen.load(run, device="cpu")
 
 
+def test_a_legacy_pickle_checkpoint_is_refused_not_skipped(runs, tmp_path, capsys):
+    """A last.pt in torch's old non-zip format (here a bare pickle) cannot be scanned: it is loaded
+    weights-only, refused as a payload, and never passed over for the genuine epoch_002.pt."""
+    run, marker = tmp_path / "run", tmp_path / "ran"
+    shutil.copytree(runs / "ddpm", run)
+    (run / "checkpoints" / "last.pt").write_bytes(pickle.dumps(Payload(marker), protocol=2))
+    for command in (f"sample {run} --n 2 --out {tmp_path}/x --no-progress", f"train ddpm --out {run} --resume"):
+        _refused(*_run(command, capsys), marker, what="last.pt")
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_a_bare_payload_as_the_classifier_never_runs(runs, tmp_path, capsys):
     marker, judge = tmp_path / "ran", tmp_path / "judge.pt"
     torch.save(Payload(marker), judge)
@@ -132,7 +147,7 @@ def test_a_payload_in_safetensors_metadata_is_inert_text(tmp_path, capsys):
     """A pickle payload in a metadata field is only text: the model loads (its manifest rewritten to
     match) and nothing runs; a payload in place of the config is refused in one line."""
     marker = tmp_path / "ran"
-    pickled = __import__("pickle").dumps(Payload(marker)).decode("latin-1")
+    pickled = pickle.dumps(Payload(marker)).decode("latin-1")
     model = tmp_path / "ddpm"
     shutil.copytree(api.PRETRAINED_DIR / "ddpm", model)
     config = json.loads((model / "config.json").read_text())
@@ -159,7 +174,12 @@ def test_a_format_2_checkpoint_resumes_bit_exact(tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(FORMAT2, resumed)
     config = RunConfig.from_dict(json.loads((FORMAT2 / "config.json").read_text()))
-    assert load_checkpoint(FORMAT2 / "checkpoints" / "last.pt")["format_version"] == 2
+    saved = load_checkpoint(FORMAT2 / "checkpoints" / "last.pt")
+    assert saved["format_version"] == 2
+    trainer = build_trainer(config, resumed, preview=False)
+    assert trainer.resume()
+    algorithm, key, pos, has_gauss, cached = np.random.get_state()  # format 2's NumPy state restored
+    assert (key == saved["rng"][0]["numpy"][1]).all() and (pos, has_gauss, cached) == saved["rng"][0]["numpy"][2:]
     train(config, resumed, device=torch.device("cpu"), resume=True, show_progress=False)
     train(config, tmp_path / "whole", device=torch.device("cpu"), show_progress=False)
     a = load_checkpoint(resumed / "checkpoints" / "last.pt")
@@ -175,10 +195,28 @@ def test_a_format_2_checkpoint_resumes_bit_exact(tmp_path):
     assert isinstance(numpy_state, dict) and numpy_state["key"].shape == (624,)
 
 
+def test_a_format_2_checkpoint_pickled_under_numpy_1_loads(tmp_path):
+    """NumPy 1 names its array reconstructor ``numpy.core.multiarray._reconstruct`` (NumPy 2:
+    ``numpy._core``): the fixture's pickle with that name still loads, with the same RNG key."""
+    import zipfile
+
+    path = tmp_path / "last.pt"
+    with zipfile.ZipFile(FORMAT2 / "checkpoints" / "last.pt") as source, zipfile.ZipFile(path, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data.pkl"):  # protocol 2: GLOBAL takes newline-ended names
+                data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+            out.writestr(info.filename, data)
+    assert "numpy.core.multiarray._reconstruct" in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    expected = load_checkpoint(FORMAT2 / "checkpoints" / "last.pt")["rng"][0]["numpy"]
+    found = load_checkpoint(path, mmap=True)["rng"][0]["numpy"]
+    assert (found[1] == expected[1]).all() and found[2:] == expected[2:]
+
+
 def test_format_2_admits_numpy_arrays_and_nothing_else(tmp_path):
     """A format-2 file with one more global than NumPy's array types is refused with that global's name."""
     state = load_checkpoint(FORMAT2 / "checkpoints" / "last.pt")
-    state["extra"] = __import__("datetime").timedelta(days=1)  # harmless, but not a tensor or a plain value
+    state["extra"] = datetime.timedelta(days=1)  # harmless, but not a tensor or a plain value
     torch.save(state, tmp_path / "last.pt")
     with pytest.raises(UserError, match=r"would call datetime\.timedelta"):
         load_checkpoint(tmp_path / "last.pt")
@@ -216,8 +254,6 @@ def test_a_linked_lock_file_is_refused_and_its_target_kept(tmp_path, victim, cap
 def test_links_at_the_old_predictable_temp_names_are_never_followed(runs, tmp_path, victim):
     """Links planted at every name a write of this process could have used before (``.NAME.PID.tmp``)
     and at the files themselves: training, evaluation and sampling replace links, never write through them."""
-    import os
-
     run = tmp_path / "run"
     shutil.copytree(runs / "vae", run)
     for folder, names in ((run, ["metrics.json", "history.json", "config.json"]),
@@ -233,6 +269,20 @@ def test_links_at_the_old_predictable_temp_names_are_never_followed(runs, tmp_pa
     assert _digest(victim) == before
     assert not (run / "history.json").is_symlink() and len(json.loads((run / "history.json").read_text())) == 3
     assert (tmp_path / "x.npz").is_file() and not (tmp_path / "x.npz").is_symlink()
+
+
+def test_the_atomic_writers_never_write_through_a_link_at_a_predictable_name(tmp_path, victim):
+    """Direct: links at the names the writers once used (``.NAME.PID.tmp``) and at the target itself."""
+    from mnistgen.arrays import ArraySpec, write_npz
+    from mnistgen.files import write_atomic
+
+    for name in ("a.json", "b.npz"):
+        (tmp_path / f".{name}.{os.getpid()}.tmp").symlink_to(victim)
+        (tmp_path / name).symlink_to(victim)
+    write_atomic(tmp_path / "a.json", b"{}")
+    write_npz(tmp_path / "b.npz", {"x": ArraySpec(np.float32, (2,), [np.zeros(2, np.float32)])})
+    assert victim.read_text() == "precious\n"
+    assert (tmp_path / "a.json").read_bytes() == b"{}" and np.load(tmp_path / "b.npz")["x"].shape == (2,)
 
 
 def test_a_linked_report_is_replaced_not_written_through(runs, tmp_path, victim):
@@ -286,12 +336,12 @@ def test_export_needs_to_and_keeps_unrelated_files(runs, tmp_path, victim, capsy
     assert main(["export", str(study), "--to", str(dest)]) == 0
     (dest / "ddpm" / "notes.txt").write_text("mine")
     listed = json.loads((dest / "ddpm" / MANIFEST_NAME).read_text())
-    (dest / "ddpm" / "old-weights.bin").write_text("an earlier export's file")
-    listed["sha256"]["old-weights.bin"] = "0" * 64
+    (dest / "ddpm" / "samples" / "epoch_999.npz").write_text("an earlier export's preview")
+    listed["sha256"]["samples/epoch_999.npz"] = "0" * 64
     (dest / "ddpm" / MANIFEST_NAME).write_text(json.dumps(listed))
     assert main(["export", str(study), "--to", str(dest)]) == 0
     assert (dest / "ddpm" / "notes.txt").read_text() == "mine"  # not listed: kept
-    assert not (dest / "ddpm" / "old-weights.bin").exists()  # listed by the old manifest only: removed
+    assert not (dest / "ddpm" / "samples" / "epoch_999.npz").exists()  # the old export's own, not the new: removed
     assert mnistgen.load(dest / "ddpm", device="cpu").sample(2, progress=False).shape == (2, 1, 28, 28)
     assert not list(dest.glob(".*"))  # no staging folder left behind
     listed["sha256"] = {"../outside/victim.txt": "0" * 64}
@@ -299,6 +349,42 @@ def test_export_needs_to_and_keeps_unrelated_files(runs, tmp_path, victim, capsy
     status, lines = _run(f"export {study} --to {dest}", capsys)
     assert status == 2 and "which is not a file of this folder" in lines[0], lines
     assert victim.read_text() == "precious\n" and (dest / "ddpm" / "notes.txt").is_file()
+
+
+def test_export_removes_only_its_own_kind_of_file_whatever_a_manifest_lists(runs, tmp_path, victim):
+    """An earlier export's manifest (anyone may rewrite it) listing a user's file, or a file behind a
+    linked folder, removes neither: only names an export writes are ever removed."""
+    study, dest = tmp_path / "study", tmp_path / "shipped"
+    shutil.copytree(runs, study)
+    assert main(["export", str(study), "--to", str(dest)]) == 0
+    (dest / "ddpm" / "notes.txt").write_text("mine")
+    (dest / "ddpm" / "figures").symlink_to(victim.parent, target_is_directory=True)
+    listed = json.loads((dest / "ddpm" / MANIFEST_NAME).read_text())
+    listed["sha256"].update({"notes.txt": "0" * 64, "figures/victim.txt": "0" * 64})
+    (dest / "ddpm" / MANIFEST_NAME).write_text(json.dumps(listed))
+    assert main(["export", str(study), "--to", str(dest)]) == 0
+    assert (dest / "ddpm" / "notes.txt").read_text() == "mine" and victim.read_text() == "precious\n"
+
+
+def test_export_never_copies_through_a_link_in_the_study(runs, tmp_path, victim, capsys):
+    study = tmp_path / "study"
+    shutil.copytree(runs, study)
+    preview = sorted((study / "ddpm" / "samples").glob("epoch_*.npz"))[-1]
+    preview.unlink()
+    preview.symlink_to(victim)
+    status, lines = _run(f"export {study} --to {tmp_path}/shipped", capsys)
+    assert status == 2 and len(lines) == 1 and f"{preview} is a symbolic link" in lines[0], lines
+    assert not (tmp_path / "shipped").exists()
+
+
+def test_a_study_whose_run_folder_is_a_link_is_refused(runs, tmp_path, victim, capsys):
+    study = tmp_path / "study"
+    shutil.copytree(runs, study)
+    shutil.rmtree(study / "cfg")
+    (study / "cfg").symlink_to(victim.parent, target_is_directory=True)
+    status, lines = _run(f"reproduce --out {study} --no-progress", capsys)
+    assert status == 2 and len(lines) == 1 and "cfg is a symbolic link" in lines[0], lines
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.txt"]
 
 
 def test_export_refuses_the_installed_package(runs, tmp_path, monkeypatch):
@@ -350,28 +436,30 @@ def test_a_flipped_byte_in_the_bundled_judge_is_named(tmp_path, monkeypatch):
 
 
 def test_every_torch_load_in_the_package_is_weights_only():
-    """The source itself: each call of ``torch.load`` passes ``weights_only=True`` (torch >= 2.5 may default to False)."""
+    """The source itself: each call of ``torch.load`` passes ``weights_only=True`` (torch >= 2.5 may
+    default to False), and nothing loads through another name for it."""
     import ast
 
     package = Path(mnistgen.__file__).parent
-    calls = []
+    calls, other_routes = [], []
     for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        text = path.read_text()
+        other_routes += [path.name for pattern in ("from torch import load", "serialization.load(", "pickle.load",
+                                                   "import pickle as", "allow_pickle=True") if pattern in text]
+        for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
                 safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
                            for k in node.keywords)
                 calls.append((path.name, node.lineno, safe))
     assert calls and all(safe for _, _, safe in calls), calls
+    assert other_routes == []
 
 
 def test_every_global_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     """Format 3: NumPy's, Python's and torch's global streams continue after a save and a weights-only load."""
     import random
 
-    import numpy as np
-
-    from mnistgen.runs import build_trainer
     from mnistgen.training.checkpoint import save_checkpoint
 
     config = RunConfig.from_dict(json.loads((FORMAT2 / "config.json").read_text()))

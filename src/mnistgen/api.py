@@ -12,8 +12,8 @@ The command line is a thin layer over these functions. Bad arguments raise
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -26,7 +26,7 @@ from mnistgen.data.mnist import native_size
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.metrics import RunMetrics, read_metrics
-from mnistgen.files import check_writable_dir, markdown_text, refuse_links, write_atomic
+from mnistgen.files import check_writable_dir, fresh_dir, markdown_text, refuse_links, write_atomic
 from mnistgen.training.checkpoint import describe_error
 from mnistgen.images import save_animation
 from mnistgen.kinds import EvaluationRequest, TrainedModel
@@ -330,8 +330,7 @@ def train(kind: str, preset: str | None = None, out: str | os.PathLike | None = 
 def _writable_copy(run: str | os.PathLike, out: str | os.PathLike | None) -> Path:
     """A run directory that evaluation and figures may write into: the run itself, or for a
     pretrained model a copy of it in ``out``, which must be new or empty (or an earlier copy of the
-    same model, whose results are kept). The copy is built in a fresh folder beside ``out`` and renamed
-    into place, so nothing already in ``out`` (a planted link, say) is written through."""
+    same model, whose results are kept)."""
     if not is_pretrained(run):
         if out is not None and Path(out) != Path(run):
             raise UserError("--out applies to pretrained models; a run directory keeps its own results")
@@ -343,20 +342,32 @@ def _writable_copy(run: str | os.PathLike, out: str | os.PathLike | None) -> Pat
         raise UserError(f"--out {target} is a link or a file; give a new or empty directory")
     check_writable_dir(target, "--out")
     if target.is_dir() and any(target.iterdir()):
-        saved = _saved_config(target) if (target / MANIFEST_NAME).is_file() else None
-        if saved is None or saved.to_dict() != RunDir(source).read_config().to_dict():
-            raise UserError(f"--out {target} is not empty and holds no copy of {run}; give a new or empty directory")
-        RunDir(target).check_no_links()
-        return target  # an earlier copy: its evaluations and figures are kept
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".copy", dir=target.parent))
+        _check_earlier_copy(source, target, run)
+    else:
+        _copy_into_place(source, target)
+    return target
+
+
+def _check_earlier_copy(source: Path, target: Path, run) -> None:
+    """A non-empty ``--out`` is accepted only as an earlier copy of the same model, with real folders."""
+    saved = _saved_config(target) if (target / MANIFEST_NAME).is_file() else None
+    if saved is None or saved.to_dict() != RunDir(source).read_config().to_dict():
+        raise UserError(f"--out {target} is not empty and holds no copy of {run}; give a new or empty directory")
+    RunDir(target).check_no_links()
+
+
+def _copy_into_place(source: Path, target: Path) -> None:
+    """Copy ``source`` into a fresh folder beside ``target`` and rename it over ``target`` (new or
+    empty), so nothing already at ``target`` (a planted link, say) is ever written through."""
+    staging = fresh_dir(target, ".copy")
     try:
-        staging.chmod(0o755)
-        shutil.copytree(source, staging / "run", symlinks=True)  # the package's files, never links in out
-        os.replace(staging / "run", target)  # an empty directory is replaced whole
+        shutil.copytree(source, staging / "run", symlinks=True)
+        os.replace(staging / "run", target)
+    except OSError as e:  # --out was filled meanwhile, or the disk is full
+        raise UserError(f"could not copy {source} into --out {target} ({e.strerror or e}); nothing was "
+                        f"written there") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n: int = 1000, seed: int = 0,
@@ -446,6 +457,8 @@ def _check_export(study: Path, dest: Path) -> None:
     for name in MODELS:
         if not (study / name / "config.json").is_file():
             raise UserError(f"{study} is not a study directory: it has no {name}/ run")
+        copied = [RunDir(study / name).metrics, *sorted((study / name / "samples").glob("epoch_*.npz"))]
+        refuse_links(study / name, [p.relative_to(study / name).as_posix() for p in copied] + ["samples"])
         if read_metrics(RunDir(study / name)).quality is None:
             raise UserError(f"{study / name} has not been evaluated; finish `mnistgen reproduce` (or run "
                             f"`mnistgen evaluate {study / name}`) before exporting")
@@ -468,9 +481,8 @@ def _check_export(study: Path, dest: Path) -> None:
 
 def _export_run(trained: TrainedModel, out: Path, commit: str, trained_on: str) -> Path:
     """Build the exported folder in a fresh sibling of ``out`` and move it into place."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
+    staging = fresh_dir(out, ".export")
     try:
-        staging.chmod(0o755)  # mkdtemp's 0o700 would hide the exported model from other users
         names = _write_export(trained, staging, commit, trained_on)
         _move_into_place(staging, out, names)
     finally:
@@ -512,7 +524,13 @@ def _move_into_place(staging: Path, out: Path, names: list[str]) -> None:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / name, out / name)
     for name in sorted(set(old) - set(names)):
-        (out / name).unlink(missing_ok=True)
+        if EXPORTED_FILE.fullmatch(name):  # never a name an export does not write, whatever a manifest says
+            (out / name).unlink(missing_ok=True)
+
+
+# The names an export writes: what an earlier export's manifest may have removed.
+EXPORTED_FILE = re.compile(rf"(config|history|metrics)\.json|MODEL_CARD\.md|{re.escape(WEIGHTS_NAME)}|"
+                           rf"{re.escape(MANIFEST_NAME)}|samples/epoch_\d+\.npz")
 
 
 def _objective_lines(process) -> list[str]:
@@ -530,13 +548,14 @@ def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, tra
     """The model card of a shipped model: what it is, how it was made, what it scored."""
     seconds = sum(r.seconds for r in history)
     commit, trained_on = markdown_text(commit), markdown_text(trained_on)  # text from provenance.json
+    preset_name = markdown_text(config.preset)  # config.json's text: any string
     lines = [f"# pretrained:{config.kind}", "",
-             f"mnistgen's {kinds.get(config.kind).long_title} model, preset `{config.preset}`, "
+             f"mnistgen's {kinds.get(config.kind).long_title} model, preset {preset_name}, "
              f"weights stored in float16 "
              f"({'EMA weights' if config.train.ema_decay > 0 else 'the trained weights'}).", "",
              "## How it was made", "",
-             f"- command: `mnistgen reproduce --preset {config.preset}` (this run is its `{config.kind}/` directory), "
-             f"then `mnistgen export STUDY_DIR`",
+             f"- command: mnistgen reproduce --preset {preset_name} (this run is its {config.kind}/ directory), "
+             f"then mnistgen export STUDY_DIR --to DIR",
              f"- trained at commit: {commit}",
              f"- data: MNIST training set (60,000 images{', first ' + str(config.data.train_limit) if config.data.train_limit else ''}); "
              f"validation loss on {config.data.val_limit or 10_000} test images",

@@ -13,7 +13,7 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from mnistgen.files import temporary_sibling
+from mnistgen.files import fsync_dir, temporary_sibling
 
 _HEADER_BYTES = 128  # an .npy version 1.0 header, padded
 
@@ -36,11 +36,14 @@ def write_npz(path: Path, specs: dict[str, ArraySpec]) -> None:
     """Write ``{name}.npy`` entries in order, streaming each one's chunks; the file appears atomically
     (a fresh temporary file renamed over ``path``, as ``files.write_atomic`` does)."""
     with temporary_sibling(path) as (fd, tmp):
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED,
-                                                        allowZip64=True) as archive:
-            for name, spec in specs.items():
-                _write_entry(archive, name, spec)
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for name, spec in specs.items():
+                    _write_entry(archive, name, spec)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _write_entry(archive: zipfile.ZipFile, name: str, spec: ArraySpec) -> None:

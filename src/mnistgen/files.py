@@ -12,17 +12,19 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from mnistgen.errors import UserError
 
 MIN_FREE_BYTES = 64 * 2**20  # refuse to start a run on a disk with less free space than this
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening a folder)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -34,25 +36,43 @@ def _fsync_dir(folder: Path) -> None:
 
 
 TEMP_SUFFIX = ".tmp"
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp's own 0o600 would hide results
+def _fresh(beside: Path, suffix: str, create) -> Path:
+    """``create(.NAME.RANDOM+suffix)`` beside ``beside``, retried on the (unlikely) name already taken.
+    ``create`` must fail when the name exists in any form (a planted link included)."""
+    for _ in range(100):
+        candidate = beside.with_name(f".{beside.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            create(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {beside}")
 
 
 @contextlib.contextmanager
 def temporary_sibling(path: Path) -> Iterator[tuple[int, Path]]:
-    """A new file beside ``path`` under a random name (``tempfile.mkstemp``: O_CREAT | O_EXCL, so a
-    link planted under any name is never followed), as (fd, path); removed if the block fails.
-    The name is ``.NAME.RANDOM.tmp``, which :func:`remove_stale_temp_files` clears after a kill."""
+    """A new file beside ``path`` under a random name, created exclusively (O_CREAT | O_EXCL, as
+    ``tempfile.mkstemp`` does, so a link planted under any name is never followed) with the mode a
+    plain ``open`` gives (the umask applies); as (fd, path), removed if the block fails. The name
+    is ``.NAME.RANDOM.tmp``, which :func:`remove_stale_temp_files` clears after a kill."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    tmp = Path(name)
+    fds: list[int] = []
+    tmp = _fresh(path, TEMP_SUFFIX, lambda p: fds.append(os.open(p, _CREATE_NEW, 0o666)))
     try:
-        os.fchmod(fd, FILE_MODE)
-        yield fd, tmp
+        yield fds[0], tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fresh_dir(beside: Path, suffix: str) -> Path:
+    """A new, empty folder beside ``beside`` (``.NAME.RANDOM+suffix``), made by ``mkdir`` (which never
+    follows a link) with the usual mode: a place to build something that is then renamed into place."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    return _fresh(beside, suffix, lambda p: os.mkdir(p, 0o777))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -66,14 +86,15 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
     """Delete the temporary files of interrupted atomic writes in ``folder`` (call it holding the run's lock)."""
-    stale = sorted(folder.glob(f".*{TEMP_SUFFIX}")) if folder.is_dir() else []
+    stale = [p for p in sorted(folder.glob(f".*{TEMP_SUFFIX}")) if p.is_symlink() or p.is_file()] \
+        if folder.is_dir() else []
     for p in stale:
-        p.unlink(missing_ok=True)
+        p.unlink(missing_ok=True)  # a link itself, never its target
     return stale
 
 
@@ -137,13 +158,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def refuse_links(root: Path, names: Iterator[str] | tuple[str, ...]) -> None:
-    """Refuse, with one line, a folder whose entries ``names`` (folders mnistgen writes into) include
-    a symbolic link: files written there would land wherever the link points."""
+def refuse_links(root: Path, names: Iterable[str]) -> None:
+    """Refuse, with one line, a folder whose entries ``names`` (what mnistgen writes into or copies
+    from) include a symbolic link: writes would land, and copies read, wherever the link points."""
     for name in names:
         if (Path(root) / name).is_symlink():
-            raise UserError(f"{Path(root) / name} is a symbolic link; mnistgen writes only into real folders "
-                            f"(remove the link, or use another directory)")
+            raise UserError(f"{Path(root) / name} is a symbolic link; mnistgen neither writes through nor copies "
+                            f"from links (remove the link, or use another directory)")
 
 
 _MARKDOWN_SPECIAL = re.compile(r"[\\`*\[\]<>!|&~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")

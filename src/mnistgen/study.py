@@ -23,7 +23,7 @@ import torch
 from mnistgen import kinds
 from mnistgen.config import preset
 from mnistgen.errors import UserError
-from mnistgen.files import write_atomic, write_json
+from mnistgen.files import refuse_links, write_atomic, write_json
 from mnistgen.provenance import git_commit
 from mnistgen.evaluation.metrics import Likelihood, RunMetrics, SampleQuality, read_metrics
 from mnistgen.kinds import EvaluationRequest
@@ -78,6 +78,7 @@ def _finished(run: RunDir, epochs: int) -> bool:
 def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
               show_progress: bool = True, log=print) -> Path:
     settings = SETTINGS[preset_name]
+    refuse_links(out, MODELS)  # a run folder linked elsewhere would send every write there
     for kind in MODELS:  # a study directory holds one preset: refused before any work
         run = RunDir(out / kind)
         if run.config.is_file() and (found := run.read_config().preset) != preset_name:

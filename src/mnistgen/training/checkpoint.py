@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import io
 import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,10 @@ FORMAT_VERSION = 3  # 2: per-rank generator and RNG states; 3: NumPy's RNG state
 # names; with numpy.dtype comes the uint32 dtype's own class.
 FORMAT2_GLOBALS = ("numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
                    "numpy.dtype")
+
+
+# How torch's weights-only unpickler words the refusal of a global, a class or a call (not of a bad byte).
+REFUSED_OBJECT = ("Unsupported global", "Can only build", "unrecognized function", "not an allowed global")
 
 
 class UnsafeFile(UserError):
@@ -74,13 +80,13 @@ def load_checkpoint(path: Path, kind: str | None = None, mmap: bool = False) -> 
     when only weights are wanted) are never read."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
-    allowed = _allowed_globals(path)
+    zipped = zipfile.is_zipfile(path)  # torch's format; the legacy one (or a bare pickle) is not scanned
+    allowed = _allowed_globals(path) if zipped else []
     try:
         with torch.serialization.safe_globals(allowed):
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:  # weights_only refused something the scan above did not name
-        raise UnsafeFile(f"{path} is refused: loading it would need more than tensors and plain values "
-                         f"({' '.join(str(e).split())[:200]}); nothing was loaded") from None
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+    except pickle.UnpicklingError as e:
+        raise _refusal(path, e) from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict) or "format_version" not in state:
@@ -96,12 +102,22 @@ def load_checkpoint(path: Path, kind: str | None = None, mmap: bool = False) -> 
     return state
 
 
+def _refusal(path: Path, e: pickle.UnpicklingError) -> UserError:
+    """The weights-only unpickler's refusal as one line: an object it would not build is a payload
+    (:class:`UnsafeFile`); a bad opcode or a cut file is damage."""
+    reason = " ".join(str(e).split("WeightsUnpickler error:")[-1].split())
+    if not any(sign in reason for sign in REFUSED_OBJECT):
+        return UserError(f"cannot read checkpoint {path}: UnpicklingError: {reason[:200]}")
+    return UnsafeFile(f"{path} is refused: loading it would need more than tensors and plain values "
+                      f"({reason[:200]}); nothing was loaded")
+
+
 def _allowed_globals(path: Path) -> list:
     """The globals ``path`` needs, if all are NumPy's array types of format 2 (resolved to objects for
     ``torch.serialization.safe_globals``); any other global refuses the file with its name."""
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as e:  # noqa: BLE001 - not a zip file, truncated, ...
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign zip file
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
     foreign = [name for name in needed if name not in FORMAT2_GLOBALS]
     if foreign:
@@ -110,13 +126,18 @@ def _allowed_globals(path: Path) -> list:
                          f"values are loaded, never code); nothing was loaded")
     allowed = [_resolve(name, path) for name in needed]
     if "numpy.dtype" in needed:  # unpickling the key's dtype also builds its class (not named by the scan)
-        allowed.append(type(_resolve("numpy.dtype", path)("uint32")))
+        allowed.append(type(_resolve("numpy.dtype", path)("uint32")))  # numpy.dtype names itself: no pair
     return allowed
 
 
 def _resolve(name: str, path: Path):
+    """The object a pickle names ``module.attribute``, paired with that name for ``safe_globals`` (a
+    NumPy 1 file names ``numpy.core...``, which NumPy 2 provides under ``numpy._core``)."""
     module, _, attribute = name.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), attribute)
+        with warnings.catch_warnings():  # NumPy 2 warns that numpy.core is deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            found = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError):
         raise UnsafeFile(f"{path} needs {name}, which this NumPy does not have; nothing was loaded") from None
+    return (found, name) if f"{found.__module__}.{found.__qualname__}" != name else found
