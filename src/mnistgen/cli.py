@@ -74,6 +74,9 @@ def _train_parser(sub) -> None:
                         "model, process)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/KIND-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log to OUT/tb for `tensorboard --logdir runs/` (= --set train.tensorboard=true; needs "
+                        "pip install 'mnistgen[tensorboard]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
 
@@ -162,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args) -> dict[str, str]:
     overrides = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
-                 "train.seed": args.seed, "data.dataset": args.dataset}
+                 "train.seed": args.seed, "data.dataset": args.dataset,
+                 "train.tensorboard": True if getattr(args, "tensorboard", False) else None}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     for item in args.set:
         key, eq, value = item.partition("=")

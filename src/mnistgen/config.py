@@ -96,6 +96,11 @@ class TrainConfig:
     checkpoint_minutes: float = ranged(10.0, 0)  # mid-epoch checkpoint interval, 0 = only at epoch ends
     channels_last: bool = False  # train in NHWC memory format (faster convolutions on x86 CPUs)
     compile: bool = False  # torch.compile the training forward/backward (the sampling model stays eager)
+    tensorboard: bool = False  # log to RUN/tb for TensorBoard (needs the tensorboard package)
+
+
+# Settings that change what a run records, never what it trains: --resume may change them.
+RECORDING_ONLY = ("train.tensorboard",)
 
 
 @dataclass(frozen=True)
@@ -284,7 +289,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         raise UserError(f"bad value {value!r} for {name}: expected {hint.__name__}") from None
 
 
-def _flat(config: RunConfig) -> dict[str, Any]:
+def flat_config(config: RunConfig) -> dict[str, Any]:
+    """{"kind", "preset", "section.field": value} for every setting of ``config``."""
     d = config.to_dict()
     flat = {k: d[k] for k in ("kind", "preset")}
     for section in ("data", "train", "model", "process"):
@@ -294,7 +300,7 @@ def _flat(config: RunConfig) -> dict[str, Any]:
 
 def differences(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:
     """{"section.field": (value in a, value in b)} for every setting that differs (``preset`` included)."""
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flat_config(a), flat_config(b)
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mnistgen import kinds
-from mnistgen.config import RunConfig, differences
+from mnistgen.config import RECORDING_ONLY, RunConfig, differences, flat_config
 from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, UserError
 from mnistgen.evaluation.fd import load_classifier
@@ -31,6 +31,7 @@ from mnistgen.training.checkpoint import describe_error, load_checkpoint, load_w
 from mnistgen.training.device import pick_device
 from mnistgen.training.ema import sampling_weights
 from mnistgen.training.rundir import EpochRecord, RunDir
+from mnistgen.training.tensorboard import TensorBoardLog, require_tensorboard, tensorboard_installed, write_hparams
 from mnistgen.training.trainer import Objective, StopRequest, Trainer
 from mnistgen.weightfiles import WEIGHTS_NAME, read_weights, verify_manifest
 
@@ -46,12 +47,12 @@ def check_resume(run: RunDir, config: RunConfig) -> None:
         raise UserError(f"{run.root} holds a {saved.kind!r} run, not {config.kind!r}")
     newest = run.newest_checkpoint()
     trained_with = RunConfig.from_dict(load_checkpoint(newest, config.kind, mmap=True)["config"])
-    edited = {k: v for k, v in differences(trained_with, saved).items() if k != "train.epochs"}
+    edited = {k: v for k, v in differences(trained_with, saved).items() if k not in ("train.epochs", *RECORDING_ONLY)}
     if edited:
         listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(edited.items()))
         raise UserError(f"{run.config} was edited after {newest.name} was written ({listed}); "
                         f"restore it, or pass a larger --epochs to extend the run")
-    changed = differences(saved, config)
+    changed = {k: v for k, v in differences(saved, config).items() if k not in RECORDING_ONLY}
     extension = changed.pop("train.epochs", None)
     if extension is not None and extension[1] < extension[0]:
         changed["train.epochs"] = extension
@@ -79,7 +80,8 @@ def build_trainer(config: RunConfig, out: str | os.PathLike, device: torch.devic
     model = kind.build_model(config).to(device)
     objective = objective or kind.build_objective(config, device)
     drawn = kind.preview(config, kind.build_process(config, device)) if preview else None
-    return Trainer(model, objective, train_data, val_data, config, RunDir(Path(out)), drawn, show_progress)
+    log = TensorBoardLog(RunDir(Path(out)).tensorboard) if config.train.tensorboard and distributed.rank() == 0 else None
+    return Trainer(model, objective, train_data, val_data, config, RunDir(Path(out)), drawn, show_progress, log)
 
 
 def train(config: RunConfig, out: Path, data_dir: str | os.PathLike | None = None,
@@ -91,6 +93,8 @@ def train(config: RunConfig, out: Path, data_dir: str | os.PathLike | None = Non
     run = RunDir(Path(out))
     check_writable_dir(run.root, "run directory")
     run.check_no_links()
+    if config.train.tensorboard:
+        require_tensorboard()
     check_resume(run, config) if resume else _check_new_run(run)
     main = distributed.is_main_process()
     with StopRequest() as stop:  # SIGINT / SIGTERM from here on end with a checkpoint and one line
@@ -205,6 +209,8 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
     metrics = replace(metrics, evaluation_seconds=round(time.perf_counter() - start, 1),
                       evaluated_with=source_version())
     trained.run.write_metrics(metrics.to_json())  # the file holds this evaluation, all from one model state
+    if trained.config.train.tensorboard and trained.run.tensorboard.is_dir() and tensorboard_installed():
+        write_hparams(trained.run.tensorboard, flat_config(trained.config), metrics.scalars())
     return metrics
 
 

@@ -128,6 +128,12 @@ class RunMetrics:
     evaluation_seconds: float | None = None
     evaluated_with: str | None = None  # which mnistgen computed these (version, commit)
 
+    def scalars(self) -> dict[str, float]:
+        """The single numbers of :meth:`to_json` (scores, not lists, texts or timings): what a
+        hyperparameter view compares runs by."""
+        return {k: float(v) for k, v in self.to_json().items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and "seconds" not in k}
+
     def to_json(self) -> dict:
         values: dict = {"model": self.model, "preset": self.preset}
         if self.test_accuracy is not None:

@@ -56,6 +56,7 @@ class RunDir:
     figures = property(lambda self: self.root / "figures")
     last_checkpoint = property(lambda self: self.checkpoints / "last.pt")
     lock_file = property(lambda self: self.root / "train.lock")
+    tensorboard = property(lambda self: self.root / "tb")
     FOLDERS = ("checkpoints", "samples", "figures", "tb")  # the folders mnistgen writes into
 
     def check_no_links(self) -> None:

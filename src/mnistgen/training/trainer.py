@@ -44,6 +44,19 @@ class Objective(Protocol):
         """Mean loss over the batch, a scalar tensor."""
 
 
+class RunLog(Protocol):
+    """Where the trainer reports what it measures (``training.tensorboard.TensorBoardLog``)."""
+
+    def start(self, step: int) -> None:
+        """Open the log; a resumed run passes the step it resumes from."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+
+    def images(self, step: int, tag: str, images: torch.Tensor, nrow: int | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Preview(NamedTuple):
     """The per-epoch sample grid: ``draw(model)`` gives images in [0, 1], (N, 1, H, W), laid out ``nrow`` per row."""
 
@@ -139,9 +152,11 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
 
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train_data: TensorData, val_data: TensorData,
-                 config: RunConfig, run: RunDir, preview: Preview | None = None, show_progress: bool = True):
+                 config: RunConfig, run: RunDir, preview: Preview | None = None, show_progress: bool = True,
+                 log: RunLog | None = None):
         self.config, self.tc = config, config.train
         self.run, self.objective, self.preview = run, objective, preview
+        self.log = log  # per-step and per-epoch measurements (rank 0 only), or None
         self.train_data, self.val_data = train_data, val_data
         self.device = train_data.x.device
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -164,6 +179,8 @@ class Trainer:
         self.epoch_count = 0
         self.epoch_seconds = 0.0
         self.history: list[EpochRecord] = []
+        self.last_loss = torch.zeros((), device=self.device)  # the latest batch's loss (read at log steps)
+        self.grad_norm = torch.zeros((), device=self.device)  # measured on log steps when a log is kept
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -277,11 +294,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
 
-    def optimizer_step(self) -> None:
-        """Gradient clipping, Adam, LR schedule."""
-        if self.tc.grad_clip > 0:
+    def optimizer_step(self, measure: bool = False) -> None:
+        """Gradient clipping, Adam, LR schedule; ``measure`` also keeps the gradient's global norm
+        (unscaled first: GradScaler's step then skips its own unscaling, so the update is the same)."""
+        if self.tc.grad_clip > 0 or measure:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        if self.tc.grad_clip > 0:
+            self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)  # the norm before clipping
+        elif measure:
+            self.grad_norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in self.model.parameters()
+                             if p.grad is not None]))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -291,13 +314,14 @@ class Trainer:
         if self.ema is not None and self.step >= self.tc.ema_start:
             self.ema.update_parameters(self.model)
 
-    def train_step(self, idx: torch.Tensor) -> None:
+    def train_step(self, idx: torch.Tensor, measure: bool = False) -> None:
         x, y = self.batch_at(idx)
         loss = self.forward(x, y)
         self.backward(loss)
-        self.optimizer_step()
+        self.optimizer_step(measure)
         self.ema_step()
-        self.epoch_loss += loss.detach().float() * len(idx)
+        self.last_loss = loss.detach().float()
+        self.epoch_loss += self.last_loss * len(idx)
         self.epoch_count += len(idx)
 
     def _check_finite(self) -> float:
@@ -352,14 +376,37 @@ class Trainer:
         self.epoch_count, self.epoch_seconds = 0, 0.0
         if self.rank == 0:
             if self.preview is not None:
-                model = self.sampling_model
-                model.eval()
-                with torch.no_grad():
-                    self.run.save_epoch_samples(self.epoch, self.preview.draw(model), self.preview.nrow)
-                model.train()
+                self._save_preview(record.step)
             self.run.write_history(self.history)
+            self._log_epoch(record)
         self.save(epoch_file=True)
         return record
+
+    def _save_preview(self, step: int) -> None:
+        """The epoch's preview grid into samples/ (and the log)."""
+        model = self.sampling_model
+        model.eval()
+        with torch.no_grad():
+            images = self.preview.draw(model)  # (N, 1, H, W) in [0, 1]
+        model.train()
+        self.run.save_epoch_samples(self.epoch, images, self.preview.nrow)
+        if self.log is not None:
+            self.log.images(step, "preview", images, self.preview.nrow)
+
+    def _log_epoch(self, record: EpochRecord) -> None:
+        """The history.json record as epoch/* scalars at the epoch's last step."""
+        if self.log is not None:
+            self.log.scalars(record.step, {f"epoch/{name}": float(getattr(record, name)) for name in
+                                           ("train_loss", "val_loss", "lr", "images_per_s", "seconds")})
+
+    def _log_step(self, images_per_s: float) -> None:
+        """The per-step scalars of a log step (the values are read from the device here, where the
+        progress update syncs anyway)."""
+        values = {"train/loss": self.last_loss.item(), "train/lr": self.optimizer.param_groups[0]["lr"],
+                  "train/images_per_s": images_per_s, "train/grad_norm": float(self.grad_norm)}
+        if self.scaler.is_enabled():
+            values["train/loss_scale"] = float(self.scaler.get_scale())
+        self.log.scalars(self.step, values)
 
     def _decide(self, last_save: float, stop: StopRequest) -> tuple[bool, int | None]:
         """(a mid-epoch checkpoint is due, the signal to stop on), agreed by every rank: rank 0's clock
@@ -395,6 +442,8 @@ class Trainer:
         checkpoint between two steps or epochs and raise :class:`Interrupted`; a failed write (a full
         disk) raises :class:`RunStopped` naming the checkpoint that is kept."""
         self.model.train()
+        if self.log is not None:
+            self.log.start(self.step)
         with contextlib.nullcontext(stop) if stop is not None else StopRequest() as stop:
             try:
                 while self.epoch < self.tc.epochs:
@@ -407,6 +456,9 @@ class Trainer:
             except OSError as e:
                 raise RunStopped(f"could not write into {self.run.root} ({e.strerror or e}); stopped; "
                                  f"{self._kept()}") from None
+            finally:
+                if self.log is not None:
+                    self.log.close()
         return self.history
 
     def _fit_epoch(self, stop: StopRequest) -> EpochRecord:
@@ -415,17 +467,20 @@ class Trainer:
                        initial=self.batch, leave=False)  # in a log file the epoch's own line says it all
         last_save, tick, tick_images = time.monotonic(), time.perf_counter(), 0
         for idx in batches[self.batch:]:
-            self.train_step(idx)
+            log_step = (self.batch + 1) % self.tc.log_every == 0 or self.batch + 1 == len(batches)
+            self.train_step(idx, measure=log_step and self.log is not None)
             self.batch += 1
             tick_images += len(idx) * self.world
-            log_step = self.batch % self.tc.log_every == 0 or self.batch == len(batches)
             if not log_step and not (self.world == 1 and stop.signal is not None):
                 continue
             now = time.perf_counter()
             self.epoch_seconds += now - tick
             loss = self._check_finite()
-            bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{tick_images / max(now - tick, 1e-9):.0f}")
+            images_per_s = tick_images / max(now - tick, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{images_per_s:.0f}")
             bar.update(self.batch - bar.n)
+            if log_step and self.log is not None:
+                self._log_step(images_per_s)
             due, signal_number = self._decide(last_save, stop)
             if signal_number is not None:
                 bar.close()
