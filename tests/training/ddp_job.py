@@ -26,10 +26,10 @@ if mode == "kill-after-first-checkpoint":
 elif mode == "raise-on-rank-1":
     step = Trainer.train_step
 
-    def failing_step(self, idx):
+    def failing_step(self, idx, measure=False):
         if self.rank == 1 and self.step == 1:
             raise RuntimeError("injected failure on rank 1")
-        step(self, idx)
+        step(self, idx, measure)
 
     Trainer.train_step = failing_step
 elif mode != "none":

@@ -1,5 +1,6 @@
-"""Data-parallel runs under torchrun with gloo (2 CPU processes): exact resume after a kill, a
-failing rank that ends the job promptly, and a refused change of world size."""
+"""Data-parallel runs under torchrun with gloo (2 CPU processes): exact resume after a kill (with
+TensorBoard switched on, which only rank 0 writes and which changes no weight), a failing rank that
+ends the job promptly, and a refused change of world size."""
 
 import os
 import signal
@@ -52,8 +53,9 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "resume it with 2 process(es) in total" in err[0]
 
-    resumed = _torchrun("none", out, "--resume")
+    resumed = _torchrun("none", out, "--resume", "--tensorboard")  # logging switched on for the rest
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
     final = load_checkpoint(out / "checkpoints" / "last.pt", "ddpm")
     assert final["step"] == uninterrupted["step"] and final["epoch"] == 3
     for section in ("model", "ema"):
