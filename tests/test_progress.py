@@ -48,13 +48,19 @@ def test_training_and_sampling_show_bars_on_a_terminal_and_lines_in_a_file(termi
     run = _on_a_terminal if terminal else _through_a_pipe
     trained = run(["train", "vae", *SMALL, "--out", str(tmp_path / "vae")])
     sampled = run(["sample", str(tmp_path / "vae"), "--n", "1200", "--out", str(tmp_path / "x")])
+    evaluated = run(["evaluate", str(tmp_path / "vae"), "--n", "20", "--n-images", "50", "--iwae-k", "2"])
     epochs = [line for line in trained.splitlines() if "vae epoch " in line and " val " in line]
     assert len(epochs) == 2  # the epoch lines either way
     if terminal:
         assert "\r" in trained.replace("\r\n", "\n") and "it/s" in trained  # live bar frames
         assert "\r" in sampled.replace("\r\n", "\n") and "img/s" in sampled
+        assert "\r" in evaluated.replace("\r\n", "\n") and "IWAE-2 bound" in evaluated
     else:
         assert "\r" not in trained and "\r" not in sampled
         assert len(trained.splitlines()) == 4, trained  # device, two epochs, the summary
         summary = [line for line in sampled.splitlines() if line.startswith("sampling: 1,200 img in ")]
         assert len(summary) == 1 and len(sampled.splitlines()) == 2, sampled
+        steps = [line for line in evaluated.splitlines() if line.startswith("ELBO and IWAE-2 bound, ")]
+        assert [line.split(":")[0] for line in steps] == ["ELBO and IWAE-2 bound, grey levels",
+                                                          "ELBO and IWAE-2 bound, binarized"], evaluated
+        assert all(" 50 img in " in line for line in steps) and "\r" not in evaluated

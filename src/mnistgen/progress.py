@@ -7,9 +7,10 @@ carriage return into the file. There each long loop says once, on one line, what
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from tqdm.auto import tqdm
 
@@ -60,3 +61,13 @@ class Progress:
 def say(text: str) -> None:
     """One line on stdout that does not tear a live bar (``tqdm.write``)."""
     tqdm.write(text)
+
+
+@contextlib.contextmanager
+def long_step(desc: str, count: int, enabled: bool = True, unit: str = "img") -> Iterator[None]:
+    """A step with no inner loop to report from (an IWAE bound, a point of a sweep): a bar that
+    completes at its end on a terminal, one line in a log file."""
+    bar = Progress(count, desc, enabled, unit=unit, summary=True)
+    yield
+    bar.update(count)
+    bar.close()

@@ -15,6 +15,7 @@ from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.evaluation.metrics import Reference, RunMetrics, SweepPoint, read_metrics
+from mnistgen.progress import long_step
 from mnistgen.kinds.base import DiffusionKind, EvaluationRequest, TrainedModel, conditional_labels, in_range
 from mnistgen.models.unet import ConditionalUNet
 
@@ -67,11 +68,14 @@ class GuidedKind(DiffusionKind):
         """MNIST-FD and class accuracy at each weight of ``request.guidance_sweep``."""
         if not request.guidance_sweep:
             return metrics
-        points = tuple(SweepPoint.of(self.sample_quality(
-            trained, classifier, reference, request.sweep_samples or request.n_samples, request.seed,
-            SamplerSettings(steps=request.settings.steps, guidance=w), request.progress, detail=False))
-            for w in request.guidance_sweep)
-        return replace(metrics, guidance_sweep=points)
+        n = request.sweep_samples or request.n_samples
+        points = []
+        for w in request.guidance_sweep:
+            with long_step(f"guidance sweep, w = {w:g}", n, request.progress):
+                points.append(SweepPoint.of(self.sample_quality(
+                    trained, classifier, reference, n, request.seed,
+                    SamplerSettings(steps=request.settings.steps, guidance=w), request.progress, detail=False)))
+        return replace(metrics, guidance_sweep=tuple(points))
 
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import diffusion

@@ -13,6 +13,7 @@ from mnistgen.config import RunConfig
 from mnistgen.diffusion.samplers import OnStep, SamplerSettings
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
 from mnistgen.evaluation.metrics import Likelihood, RunMetrics
+from mnistgen.progress import long_step
 from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel
 from mnistgen.models.vae import VAE, VAEObjective
 
@@ -54,12 +55,13 @@ class VAEKind(ModelKind):
         levels) and dynamically binarized (one Bernoulli draw per pixel, seeded)."""
         test = self.load_data(trained.config, "test", data_dir, device)
         g = torch.Generator(device).manual_seed(request.seed)
-        n = min(request.n_images, len(test))
-        grey = neg_elbo_mean(trained.model, test.x, g), iwae_nll_mean(trained.model, test.x[:n], request.iwae_k, g)
+        n, k = min(request.n_images, len(test)), request.iwae_k
+        with long_step(f"ELBO and IWAE-{k} bound, grey levels", n, request.progress):
+            grey = neg_elbo_mean(trained.model, test.x, g), iwae_nll_mean(trained.model, test.x[:n], k, g)
         binary = torch.bernoulli(test.x, generator=g)  # (N, 1, 28, 28) in {0, 1}
-        likelihood = Likelihood(*grey, request.iwae_k, n, len(test), neg_elbo_mean(trained.model, binary, g),
-                                iwae_nll_mean(trained.model, binary[:n], request.iwae_k, g))
-        return replace(metrics, likelihood=likelihood)
+        with long_step(f"ELBO and IWAE-{k} bound, binarized", n, request.progress):
+            binarized = neg_elbo_mean(trained.model, binary, g), iwae_nll_mean(trained.model, binary[:n], k, g)
+        return replace(metrics, likelihood=Likelihood(*grey, k, n, len(test), *binarized))
 
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import vae
