@@ -177,7 +177,8 @@ def test_sample_files_may_sit_beside_the_run_they_come_from(out, written, vae_ru
 
 def test_sample_out_that_is_a_folder_or_would_overwrite_one_is_refused(vae_run, tmp_path, capsys):
     (tmp_path / "grid.png").mkdir()
-    for out, message in ((vae_run, f"--out {vae_run} is a directory"),
+    for out, message in ((vae_run, f"--out {vae_run} is a directory"), (Path("."), "--out . is a directory"),
+                         (Path("/"), "--out / is a directory"),
                          (tmp_path / "grid", f"would write {tmp_path / 'grid.png'}, which is a directory")):
         assert main(["sample", str(vae_run), "--n", "4", "--out", str(out)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()

@@ -4,6 +4,7 @@ carriage returns: one per epoch, one per long sampling step."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import struct
@@ -64,3 +65,21 @@ def test_training_and_sampling_show_bars_on_a_terminal_and_lines_in_a_file(termi
         assert [line.split(":")[0] for line in steps] == ["ELBO and IWAE-2 bound, grey levels",
                                                           "ELBO and IWAE-2 bound, binarized"], evaluated
         assert all(" 50 img in " in line for line in steps) and "\r" not in evaluated
+
+
+def test_an_epoch_line_reaches_a_log_file_while_the_run_goes_on(tmp_path):
+    """stdout into a pipe is block-buffered by Python unless told otherwise: each epoch's line must
+    be there when the epoch ends, not when the process exits (a kill would lose it)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    job = subprocess.Popen([sys.executable, "-m", "mnistgen", "train", "vae", *SMALL, "--epochs", "200",
+                            "--out", str(tmp_path / "vae")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True, env=env)
+    try:
+        for line in job.stdout:
+            if "vae epoch 1:" in line:
+                break
+        history = json.loads((tmp_path / "vae" / "history.json").read_text())
+        assert job.poll() is None and len(history) < 20  # read soon after it was written, not a buffer later
+    finally:
+        job.kill()
+        job.wait()

@@ -206,9 +206,9 @@ def _sample(args) -> int:
     from mnistgen.files import check_writable_dir
     from mnistgen.images import save_grid
 
-    npz, png = _sample_files(args.out)
     if args.out.is_dir():
         raise UserError(f"--out {args.out} is a directory; give a file name such as {args.out / 'samples'}")
+    npz, png = _sample_files(args.out)
     for path in (npz, png):
         if path.is_dir():
             raise UserError(f"--out {args.out} would write {path}, which is a directory; choose another file name")
@@ -268,7 +268,7 @@ def _sample(args) -> int:
 def _sample_files(out: Path) -> tuple[Path, Path]:
     """The two files ``sample --out`` writes: FILE.npz and FILE.png, for FILE, FILE.npz or FILE.png
     (any other suffix is part of the name: ``--out runs/ddpm.v2`` writes ``runs/ddpm.v2.npz``)."""
-    stem = out.with_suffix("") if out.suffix in (".png", ".npz") else out
+    stem = out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".png")
 
 
@@ -357,6 +357,8 @@ def _export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # each line reaches a log file when it is printed, in order with stderr
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)

@@ -16,7 +16,10 @@ from tqdm.auto import tqdm
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:
-    """Whether ``stream`` (default: stderr, where bars go) is an interactive terminal."""
+    """Whether ``stream`` (default: stderr, where bars go) is an interactive terminal, or a notebook's
+    (a Jupyter kernel's streams are not terminals, but tqdm.auto draws its widgets there)."""
+    if "ipykernel" in sys.modules:
+        return True
     stream = stream if stream is not None else sys.stderr
     try:
         return stream.isatty()
@@ -38,18 +41,22 @@ class Progress:
 
     @property
     def n(self) -> int:
+        """How many have been done (``initial`` included)."""
         return self.count
 
     def update(self, k: int = 1) -> None:
+        """``k`` more done."""
         self.count += k
         if self.bar is not None:
             self.bar.update(k)
 
     def set_postfix(self, **values) -> None:
+        """Values shown after a live bar (none in a log file)."""
         if self.bar is not None:
             self.bar.set_postfix(**values)
 
     def close(self) -> None:
+        """End the bar; in a log file, with ``summary``, print the one line of what was done."""
         if self.bar is not None:
             self.bar.close()
         elif self.enabled and self.summary:
@@ -59,8 +66,10 @@ class Progress:
 
 
 def say(text: str) -> None:
-    """One line on stdout that does not tear a live bar (``tqdm.write``)."""
+    """One line on stdout that does not tear a live bar (``tqdm.write``), flushed at once: in a log
+    file it is there as soon as it is said, and in order with the lines on stderr."""
     tqdm.write(text)
+    sys.stdout.flush()
 
 
 @contextlib.contextmanager
@@ -68,6 +77,8 @@ def long_step(desc: str, count: int, enabled: bool = True, unit: str = "img") ->
     """A step with no inner loop to report from (an IWAE bound, a point of a sweep): a bar that
     completes at its end on a terminal, one line in a log file."""
     bar = Progress(count, desc, enabled, unit=unit, summary=True)
-    yield
-    bar.update(count)
-    bar.close()
+    try:
+        yield
+        bar.update(count)
+    finally:
+        bar.close()

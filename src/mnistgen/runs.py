@@ -210,7 +210,8 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
                       evaluated_with=source_version())
     trained.run.write_metrics(metrics.to_json())  # the file holds this evaluation, all from one model state
     if trained.config.train.tensorboard and trained.run.tensorboard.is_dir() and tensorboard_installed():
-        write_hparams(trained.run.tensorboard, flat_config(trained.config), metrics.scalars())
+        write_hparams(trained.run.tensorboard, flat_config(trained.config), metrics.scalars(),
+                      trained.history[-1].step if trained.history else 0)
     return metrics
 
 

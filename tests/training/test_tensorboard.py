@@ -123,3 +123,31 @@ def test_resume_may_switch_logging_on(tmp_path):
     assert main(["train", "vae", *SMALL, "--epochs", "1", "--out", str(run)]) == 0
     assert main(["train", "vae", "--out", str(run), "--resume", "--epochs", "2", "--tensorboard", "--no-progress"]) == 0
     assert _steps(_events(run), "epoch/train_loss") == [json.loads((run / "history.json").read_text())[1]["step"]]
+
+
+def test_a_failed_log_write_stops_the_logging_not_the_training(tmp_path, monkeypatch, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", full_disk)
+    assert main(["train", "vae", *SMALL, "--tensorboard", "--out", str(tmp_path / "run")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "TensorBoard" in line]
+    assert len(lines) == 1 and "stopped (No space left on device); training goes on" in lines[0], lines
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
+
+
+def test_a_new_run_drops_the_events_of_an_earlier_failed_attempt(tmp_path):
+    """A run that died before its first checkpoint left events in tb/; the next one into the same
+    folder purges them, so no step of the old attempt is shown beside the new run's."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    with SummaryWriter(str(run / "tb")) as writer:
+        for step in (3, 300):
+            writer.add_scalar("train/loss", 123.0, step)
+    assert main(["train", "vae", *SMALL, "--tensorboard", "--out", str(run)]) == 0
+    events = _events(run)
+    steps = _steps(events, "train/loss")
+    assert steps == sorted(set(steps)) and 300 not in steps and 123.0 not in [e.value for e in events.Scalars("train/loss")]

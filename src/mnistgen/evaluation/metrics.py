@@ -115,6 +115,11 @@ class Likelihood(JsonRecord):
     binarized_iwae_nll: float | None = None
 
 
+# Numbers in metrics.json that say how a score was measured, not what it is.
+MEASURED_WITH = frozenset({"steps", "eta", "guidance", "n_samples", "iwae_k", "iwae_n_images", "n_test_images",
+                           "kid_subsets", "kid_subset_size", "prdc_k", "mnist_fd_resamples"})
+
+
 @dataclass(frozen=True)
 class RunMetrics:
     """Everything ``evaluate`` found for one run; each part is None where the model kind has none."""
@@ -129,10 +134,11 @@ class RunMetrics:
     evaluated_with: str | None = None  # which mnistgen computed these (version, commit)
 
     def scalars(self) -> dict[str, float]:
-        """The single numbers of :meth:`to_json` (scores, not lists, texts or timings): what a
-        hyperparameter view compares runs by."""
+        """The scores of :meth:`to_json` (single numbers; not lists, texts, timings or the settings
+        they were measured with): what a hyperparameter view compares runs by."""
         return {k: float(v) for k, v in self.to_json().items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and "seconds" not in k}
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and "seconds" not in k
+                and k not in MEASURED_WITH}
 
     def to_json(self) -> dict:
         values: dict = {"model": self.model, "preset": self.preset}

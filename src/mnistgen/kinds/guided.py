@@ -15,9 +15,9 @@ from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.evaluation.metrics import Reference, RunMetrics, SweepPoint, read_metrics
-from mnistgen.progress import long_step
 from mnistgen.kinds.base import DiffusionKind, EvaluationRequest, TrainedModel, conditional_labels, in_range
 from mnistgen.models.unet import ConditionalUNet
+from mnistgen.progress import long_step
 
 PREVIEW_PER_DIGIT = 2  # the per-epoch grid: two samples per digit, one row per digit (F12 shows the first)
 

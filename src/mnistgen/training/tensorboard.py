@@ -12,6 +12,7 @@ increase once read back. Only the process that writes the run directory (rank 0)
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -23,8 +24,10 @@ INSTALL = "pip install 'mnistgen[tensorboard]' (or pip install tensorboard)"
 
 
 def tensorboard_installed() -> bool:
+    """Whether the tensorboard package and ``torch.utils.tensorboard``, which writes through it, import."""
     try:
-        import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
+        import tensorboard  # noqa: F401
+        import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         return False
     return True
@@ -37,37 +40,61 @@ def require_tensorboard() -> None:
 
 
 class TensorBoardLog:
-    """Scalars and images for one run's ``tb/`` folder; the writer opens at :meth:`start`."""
+    """Scalars and images for one run's ``tb/`` folder; the writer opens at :meth:`start`. A failed
+    write (a full disk) is said once on stderr and ends the logging, never the training: the log
+    only records the run."""
 
     def __init__(self, log_dir: Path):
         self.log_dir = Path(log_dir)
         self.writer = None
 
     def start(self, step: int) -> None:
-        """Open the event file; ``step`` > 0 (a resumed run) purges events logged after that step."""
+        """Open the event file, purging whatever a killed process logged after ``step`` (the
+        checkpoint resumed from; 0 for a new run, which drops an earlier failed attempt's events)."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if step > 0 else None)
+        try:
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1)
+        except OSError as e:
+            self._stop(e)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        """One point per tag at optimizer step ``step``."""
+        self._write(lambda writer: [writer.add_scalar(tag, value, step) for tag, value in values.items()])
 
     def images(self, step: int, tag: str, images: torch.Tensor, nrow: int | None = None) -> None:
         """A grid of images (N, 1, H, W) in [0, 1]."""
-        self.writer.add_image(tag, grid_image(images, nrow), step)
+        self._write(lambda writer: writer.add_image(tag, grid_image(images, nrow), step))
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        """Flush and close the event file."""
+        self._write(lambda writer: writer.close())
+        self.writer = None
+
+    def _write(self, write) -> None:
+        if self.writer is None:  # not started, or stopped by a failed write
+            return
+        try:
+            write(self.writer)
+        except OSError as e:
+            self._stop(e)
+
+    def _stop(self, e: OSError) -> None:
+        self.writer = None
+        print(f"mnistgen: TensorBoard logging into {self.log_dir} stopped ({e.strerror or e}); training goes on",
+              file=sys.stderr)
 
 
-def write_hparams(log_dir: Path, config: dict[str, object], metrics: dict[str, float]) -> None:
-    """The run's flattened config (``section.field``) as hyperparameters, with its final metrics, in
-    ``log_dir`` itself (so TensorBoard shows them beside the run's scalars)."""
+def write_hparams(log_dir: Path, config: dict[str, object], metrics: dict[str, float], step: int) -> None:
+    """The run's flattened config (``section.field``) as hyperparameters, with its final metrics at
+    the run's last optimizer ``step``, in ``log_dir`` itself (so TensorBoard shows them beside the
+    run's scalars). A failed write is one line on stderr: metrics.json already holds the numbers."""
     from torch.utils.tensorboard import SummaryWriter
 
     values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()}
-    with SummaryWriter(str(log_dir)) as writer:
-        writer.add_hparams(values, {f"metrics/{k}": v for k, v in metrics.items()}, run_name=".")
+    try:
+        with SummaryWriter(str(log_dir)) as writer:
+            writer.add_hparams(values, {f"metrics/{k}": v for k, v in metrics.items()}, run_name=".",
+                               global_step=step)
+    except OSError as e:
+        print(f"mnistgen: could not add the metrics to TensorBoard in {log_dir} ({e.strerror or e})", file=sys.stderr)

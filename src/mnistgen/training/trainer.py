@@ -50,11 +50,14 @@ class RunLog(Protocol):
     def start(self, step: int) -> None:
         """Open the log; a resumed run passes the step it resumes from."""
 
-    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """One value per tag at optimizer step ``step``."""
 
-    def images(self, step: int, tag: str, images: torch.Tensor, nrow: int | None = None) -> None: ...
+    def images(self, step: int, tag: str, images: torch.Tensor, nrow: int | None = None) -> None:
+        """A grid of images (N, 1, H, W) in [0, 1] at optimizer step ``step``."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush and close; called however training ends."""
 
 
 class Preview(NamedTuple):
@@ -295,8 +298,10 @@ class Trainer:
         self.scaler.scale(loss).backward()
 
     def optimizer_step(self, measure: bool = False) -> None:
-        """Gradient clipping, Adam, LR schedule; ``measure`` also keeps the gradient's global norm
-        (unscaled first: GradScaler's step then skips its own unscaling, so the update is the same)."""
+        """Gradient clipping, Adam, LR schedule; ``measure`` also keeps the gradient's global norm,
+        taken after ``scaler.unscale_`` (which the scaler's step then skips). The update is the same
+        bits as an unmeasured step's: unscaling multiplies by 1 / scale where a fused step would
+        divide by the scale, and GradScaler's scales are powers of two, for which both are exact."""
         if self.tc.grad_clip > 0 or measure:
             self.scaler.unscale_(self.optimizer)
         if self.tc.grad_clip > 0:
