@@ -6,14 +6,13 @@ file's size is known before it is written (and checked against the free disk spa
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from mnistgen.files import fsync_dir, temporary_sibling
+from mnistgen.files import atomic_file
 
 _HEADER_BYTES = 128  # an .npy version 1.0 header, padded
 
@@ -34,16 +33,10 @@ def npz_size(specs: dict[str, ArraySpec]) -> int:
 
 def write_npz(path: Path, specs: dict[str, ArraySpec]) -> None:
     """Write ``{name}.npy`` entries in order, streaming each one's chunks; the file appears atomically
-    (a fresh temporary file renamed over ``path``, as ``files.write_atomic`` does)."""
-    with temporary_sibling(path) as (fd, tmp):
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for name, spec in specs.items():
-                    _write_entry(archive, name, spec)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    fsync_dir(path.parent)
+    (``files.atomic_file``)."""
+    with atomic_file(path) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, spec in specs.items():
+            _write_entry(archive, name, spec)
 
 
 def _write_entry(archive: zipfile.ZipFile, name: str, spec: ArraySpec) -> None:

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 from mnistgen.errors import UserError
 
@@ -75,18 +75,26 @@ def fresh_dir(beside: Path, suffix: str) -> Path:
     return _fresh(beside, suffix, lambda p: os.mkdir(p, 0o777))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file, never half of one.
-    The data goes to a fresh temporary file (:func:`temporary_sibling`), which ``os.replace`` renames
-    over ``path``: a symbolic link at ``path`` is replaced, never written through. A failed write (a
-    full disk) removes the temporary file and re-raises."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces ``path`` when the block ends, so that a crash leaves
+    either the old or the new file, never half of one. The bytes go to a fresh temporary file
+    (:func:`temporary_sibling`), which is fsynced and renamed over ``path`` (a symbolic link at
+    ``path`` is replaced, never written through). A failed write (a full disk) removes the
+    temporary file and re-raises."""
     with temporary_sibling(path) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:

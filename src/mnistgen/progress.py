@@ -36,8 +36,8 @@ class Progress:
         self.desc, self.unit, self.summary, self.enabled = desc, unit, summary, enabled
         self.start, self.initial, self.count = time.perf_counter(), initial, initial
         live = enabled and is_terminal()
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True,
-                        disable=not live) if live else None
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave,
+                        dynamic_ncols=True) if live else None
 
     @property
     def n(self) -> int:

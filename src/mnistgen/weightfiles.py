@@ -34,12 +34,11 @@ class WeightFile:
 
     tensors: dict[str, torch.Tensor]
     config: dict
-    metadata: dict[str, str]
 
 
-def save_weights(path: Path, tensors: dict[str, torch.Tensor], config: dict, **extra: str) -> None:
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], config: dict) -> None:
     """Write ``tensors`` (contiguous CPU copies) as safetensors, with ``config`` as JSON in the metadata."""
-    metadata = {"format": FORMAT, "config": json.dumps(config, sort_keys=True), **extra}
+    metadata = {"format": FORMAT, "config": json.dumps(config, sort_keys=True)}
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata)
     write_atomic(Path(path), data)
 
@@ -66,7 +65,7 @@ def read_weights(path: Path, kind: str | None = None) -> WeightFile:
         raise UserError(f"{path} has no readable config in its metadata ({type(e).__name__})") from None
     if kind is not None and config.get("kind") != kind:
         raise UserError(f"{path} holds a {config.get('kind')!r} model, not a {kind!r} model")
-    return WeightFile(tensors, config, metadata)
+    return WeightFile(tensors, config)
 
 
 # -- the manifest ------------------------------------------------------------------------------
@@ -101,8 +100,8 @@ def _inside(name: object) -> bool:
     """A relative path with no '..', no absolute root and no backslash (it cannot leave its folder)."""
     if not isinstance(name, str) or not name or "\\" in name:
         return False
-    parts = PurePosixPath(name).parts
-    return not PurePosixPath(name).is_absolute() and ".." not in parts and "." not in parts
+    relative = PurePosixPath(name)
+    return not relative.is_absolute() and ".." not in relative.parts
 
 
 def verify_manifest(folder: Path, names: list[str]) -> None:

@@ -307,9 +307,7 @@ class Trainer:
         if self.tc.grad_clip > 0:
             self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)  # the norm before clipping
         elif measure:
-            self.grad_norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in self.model.parameters()
-                             if p.grad is not None]))
+            self.grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
