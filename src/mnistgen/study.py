@@ -75,9 +75,8 @@ def _finished(run: RunDir, epochs: int) -> bool:
     return newest is not None and completed_epochs(newest)[0] >= epochs
 
 
-def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
-              show_progress: bool = True, log=print) -> Path:
-    settings = SETTINGS[preset_name]
+def check_study(preset_name: str, out: Path) -> None:
+    """Refuse a study directory that cannot be continued with this preset, before any work."""
     refuse_links(out, MODELS)  # a run folder linked elsewhere would send every write there
     for kind in MODELS:  # a study directory holds one preset: refused before any work
         run = RunDir(out / kind)
@@ -85,25 +84,41 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
             raise UserError(f"{out} holds a {found!r} study; continue it with --preset {found} or choose another --out")
         run.check_no_links()
         run.newest_checkpoint()  # every checkpoint the study will open is read (weights-only) before any work
+
+
+def study_model(kind: str, preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
+                show_progress: bool = True, log=print) -> None:
+    """One model's part of the study: train it (or resume, or skip a finished run), evaluate it
+    unless its metrics are current, draw its figures. The parts of different models are independent."""
+    settings = SETTINGS[preset_name]
+    run = RunDir(out / kind)
+    config = run.read_config() if run.config.is_file() else preset(kind, preset_name)  # a run keeps its settings
+    trained = not _finished(run, config.train.epochs)
+    if trained:
+        log(f"[{kind}] training ({preset_name} preset)")
+        resume = run.newest_checkpoint() is not None
+        train(config, run.root, data_dir, device, resume=resume, show_progress=show_progress)
+    else:
+        log(f"[{kind}] trained already, skipping")
+    if trained or read_metrics(run).quality is None:
+        log(f"[{kind}] evaluating")
+        sweep = kinds.get(kind).sweep_weights or None
+        evaluate_run(run.root, device, data_dir, EvaluationRequest(
+            n_samples=settings.n_samples, iwae_k=settings.iwae_k, guidance_sweep=sweep,
+            sweep_samples=settings.sweep_samples if sweep else None, progress=show_progress))
+    log(f"[{kind}] figures")
+    render_figures(run.root, device, data_dir)
+
+
+def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
+              show_progress: bool = True, log=print, models: tuple[str, ...] = MODELS) -> Path | None:
+    """The study's models in order, then the report (only when ``models`` is all of them)."""
+    check_study(preset_name, out)
     write_provenance(out, preset_name, device)
-    for kind in MODELS:
-        run = RunDir(out / kind)
-        config = run.read_config() if run.config.is_file() else preset(kind, preset_name)  # a run keeps its settings
-        trained = not _finished(run, config.train.epochs)
-        if trained:
-            log(f"[{kind}] training ({preset_name} preset)")
-            resume = run.newest_checkpoint() is not None
-            train(config, run.root, data_dir, device, resume=resume, show_progress=show_progress)
-        else:
-            log(f"[{kind}] trained already, skipping")
-        if trained or read_metrics(run).quality is None:
-            log(f"[{kind}] evaluating")
-            sweep = kinds.get(kind).sweep_weights or None
-            evaluate_run(run.root, device, data_dir, EvaluationRequest(
-                n_samples=settings.n_samples, iwae_k=settings.iwae_k, guidance_sweep=sweep,
-                sweep_samples=settings.sweep_samples if sweep else None, progress=show_progress))
-        log(f"[{kind}] figures")
-        render_figures(run.root, device, data_dir)
+    for kind in models:
+        study_model(kind, preset_name, out, data_dir, device, show_progress, log)
+    if tuple(models) != MODELS:
+        return None
     report = write_report(out, preset_name, device)
     log(f"report: {report}")
     return report
