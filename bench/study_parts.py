@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.part == "report":
             print(study.write_report(args.out, args.preset, device))
         else:
-            study.study_model(args.part, args.preset, args.out, args.data_dir, device, show_progress=False)
+            study.study_model(args.part, args.preset, args.out, args.data_dir, device, show_progress=True)  # a log file gets a line per long step
     except UserError as e:
         print(f"study_parts: error: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import torch
 from guards import DeviceTransfers, NoFloat64
 from mnistgen.config import apply_overrides, preset
 from mnistgen.diffusion import samplers
+from tests.diffusion.sampling import sample
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.errors import UserError
 from mnistgen.evaluation.fd import judge, load_classifier
@@ -353,11 +354,11 @@ def test_ddpm_schedule_lookups_never_copy_between_devices():
     x = torch.empty(4, 1, 28, 28, device="meta")
     with DeviceTransfers() as guard:
         process.loss(model, x)
-        samplers.ancestral(model, process, x)
-        samplers.ancestral(model, process, x, steps=10)
-        samplers.ddim(model, process, x, steps=10, eta=1.0)
-        samplers.dpm_solver_2m(model, process, x, steps=10)
-        samplers.dpm_solver_2m_sde(model, process, x, steps=10)
+        sample("ancestral", model, process, x)
+        sample("ancestral", model, process, x, steps=10)
+        sample("ddim", model, process, x, steps=10, eta=1.0)
+        sample("dpm++2m", model, process, x, steps=10)
+        sample("dpm++2m-sde", model, process, x, steps=10)
     assert guard.ops == []
 
 
@@ -370,7 +371,7 @@ def test_cfg_sampler_moves_its_grid_once():
     counts = []
     for steps in (4, 16):
         with DeviceTransfers() as guard:
-            samplers.guided(model, process, z, labels, 1.0, steps)
+            sample("ancestral", model, process, z, steps=steps, labels=labels, w=1.0)
         counts.append(len(guard.ops))
     assert counts[0] == counts[1] <= 1
 

@@ -12,7 +12,8 @@ PACKAGE = Path(mnistgen.__file__).parent
 LAYERS = {  # bottom (0) to top
     "errors": 0, "files": 0, "arrays": 0, "images": 0, "provenance": 0, "weightfiles": 0, "progress": 0,
     "config": 1,
-    "data": 2, "models": 2, "diffusion": 2,
+    "diffusion": 1,
+    "data": 2, "models": 2,
     "training": 3,
     "evaluation": 4, "figures": 4,
     "kinds": 5,

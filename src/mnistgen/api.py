@@ -121,12 +121,12 @@ class Model:
         return labels, generator
 
     def sample_batches(self, n: int, *, labels=None, guidance: float | None = None, sampler: str | None = None,
-                       steps: int | None = None, eta: float | None = None,
+                       steps: int | None = None, eta: float | None = None, grid: str | None = None,
                        generator: torch.Generator | None = None, progress: bool = True,
                        batch_size: int = SAMPLE_BATCH) -> Iterator[torch.Tensor]:
         """:meth:`sample` as CPU batches of at most ``batch_size``: memory stays bounded for any n.
         Every argument is checked here, before the first batch is asked for."""
-        settings = SamplerSettings(sampler, steps, eta, guidance)
+        settings = SamplerSettings(sampler, steps, eta, guidance, grid)
         labels, generator = self._prepare(n, labels, settings, generator)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
@@ -139,13 +139,13 @@ class Model:
             yield native_size(batch)
 
     def sample(self, n: int, *, labels=None, guidance: float | None = None, sampler: str | None = None,
-               steps: int | None = None, eta: float | None = None, generator: torch.Generator | None = None,
-               progress: bool = True) -> torch.Tensor:
+               steps: int | None = None, eta: float | None = None, grid: str | None = None,
+               generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
         """``n`` samples, (n, 1, 28, 28) in [0, 1] on the CPU, with the run's default sampler unless
         overridden. The CFG model needs ``labels``: one digit or one per sample. ``generator`` (on the
         model's device) makes the draw repeatable."""
         return torch.cat(list(self.sample_batches(n, labels=labels, guidance=guidance, sampler=sampler, steps=steps,
-                                                  eta=eta, generator=generator, progress=progress)))
+                                                  eta=eta, grid=grid, generator=generator, progress=progress)))
 
     def _times(self, settings: SamplerSettings) -> list[int]:
         if not self.kind.iterative:
@@ -155,13 +155,14 @@ class Model:
     @torch.no_grad()
     def reverse_chain(self, n: int = 4, *, at: Sequence[int] | None = None, labels=None,
                       guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
-                      eta: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                      eta: float | None = None, grid: str | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
         """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
         down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
         A t the sampler does not visit (one on fewer than T steps skips most) is replaced by the nearest one it does.
         Default: up to six distinct states from nearly pure noise to the end.
         Returns (n, len(at), 1, 28, 28) in [0, 1] (n, number of default states, ... without ``at``)."""
-        settings = SamplerSettings(sampler, steps, eta, guidance)
+        settings = SamplerSettings(sampler, steps, eta, guidance, grid)
         labels, generator = self._prepare(n, labels, settings, generator)  # settings checked first
         times = self._times(settings)
         first = times[0]
@@ -187,7 +188,7 @@ class Model:
         evenly spaced over the sampler's steps, the finished samples held at the end. ``options`` as
         for :meth:`reverse_chain`; returns the path."""
         settings = SamplerSettings(options.get("sampler"), options.get("steps"), options.get("eta"),
-                                   options.get("guidance"))
+                                   options.get("guidance"), options.get("grid"))
         self.kind.check_settings(self.config, settings)
         times = self._times(settings)
         if not isinstance(frames, int) or frames < 2:
@@ -372,7 +373,7 @@ def _copy_into_place(source: Path, target: Path) -> None:
 
 def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n: int = 1000, seed: int = 0,
              sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-             guidance: float | None = None, guidance_sweep: Sequence[float] | None = None,
+             grid: str | None = None, guidance: float | None = None, guidance_sweep: Sequence[float] | None = None,
              sweep_samples: int | None = None, iwae_k: int = 500, n_images: int = 10_000,
              classifier: str | os.PathLike | None = None, device: str | torch.device = "auto",
              data_dir: str | os.PathLike | None = None, progress: bool = True) -> RunMetrics:
@@ -380,7 +381,7 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
     metrics.json: MNIST-FD (with its bootstrap std and FD_inf), KID, precision / recall / density /
     coverage, class histogram and accuracy of ``n`` samples; the VAE's ELBO and IWAE bound (grey-level
     and binarized test images); the CFG model's guidance sweep; the classifier's test accuracy."""
-    request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance), iwae_k, n_images,
+    request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance, grid), iwae_k, n_images,
                                 tuple(guidance_sweep) if guidance_sweep is not None else None, sweep_samples,
                                 Path(classifier) if classifier is not None else None, progress)
     if is_pretrained(run):  # refused before the copy into out is made

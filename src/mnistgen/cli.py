@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from mnistgen.config import DATASETS, KINDS, SAMPLERS
+from mnistgen.diffusion.samplers import GRID_SPACINGS
 from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 
 
@@ -81,6 +82,17 @@ def _train_parser(sub) -> None:
     _add_common(p)
 
 
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """The diffusion models' sampler options, from the sampler registry."""
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="diffusion models: the sampler (default: the run's; every sampler works for both)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="network evaluations (a guided step's batched pair counts once)")
+    p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
+    p.add_argument("--grid", choices=GRID_SPACINGS, default=None,
+                   help="levels evenly spaced in the process's time (default) or in log-SNR")
+
+
 def _sample_parser(sub) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run",
                        description="Draw samples: writes FILE.png (a grid) and FILE.npz (images float32 in [0, 1], "
@@ -88,9 +100,7 @@ def _sample_parser(sub) -> None:
     p.add_argument("run", type=Path, help="a run directory, or pretrained:vae | pretrained:ddpm | pretrained:cfg")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (per class with --label all)")
     p.add_argument("--out", type=Path, required=True, help="FILE, FILE.png or FILE.npz: both files are written")
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="DDPM only (default: the run's)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDPM grid or CFG grid)")
-    p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
+    _add_sampler_options(p)
     p.add_argument("--label", default=None, help="CFG only: a digit 0-9 or 'all'")
     p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
     p.add_argument("--seed", type=_non_negative_int, default=0)
@@ -123,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "dynamically binarized test images. CFG: also class accuracy and per-digit coverage. "
                     "Classifier runs: test accuracy, and RUN/classifier.safetensors (compact weights).")
     p.add_argument("--n", type=_positive_int, default=1000, help="samples to judge (CFG: N // 10 per digit)")
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="DDPM sampler (default: the run's)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (DDPM grid or CFG grid)")
-    p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
+    _add_sampler_options(p)
     p.add_argument("--guidance", type=_non_negative_float, default=None, help="CFG guidance weight w >= 0")
     p.add_argument("--guidance-sweep", default=None, metavar="W1,W2,...",
                    help="CFG: also MNIST-FD, KID and class accuracy for each w, e.g. 0,0.3,1,2,4")
@@ -218,7 +226,7 @@ def _sample(args) -> int:
             raise UserError(f"--animate writes a GIF; give a file name ending in .gif, got {args.animate}")
         check_writable_dir(args.animate.parent, "--animate's folder")
     model = api.load(args.run, args.device)
-    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance)
+    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance, grid=args.grid)
     model.kind.check_settings(model.config, SamplerSettings(**options))
     if not model.kind.takes_labels and args.label is not None:
         labelled = " or ".join(name for name, k in kinds.REGISTRY.items() if k.takes_labels)
@@ -305,7 +313,7 @@ def _evaluate(args) -> int:
 
     sweep = _parse_weights(args.guidance_sweep) if args.guidance_sweep else None
     metrics = api.evaluate(args.run, out=args.out, n=args.n, seed=args.seed, sampler=args.sampler,
-                           steps=args.steps, eta=args.eta, guidance=args.guidance, guidance_sweep=sweep,
+                           steps=args.steps, eta=args.eta, grid=args.grid, guidance=args.guidance, guidance_sweep=sweep,
                            sweep_samples=args.sweep_samples, iwae_k=args.iwae_k, n_images=args.n_images,
                            classifier=args.classifier, device=args.device, data_dir=args.data_dir,
                            progress=not args.no_progress)

@@ -16,12 +16,13 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
+from mnistgen.diffusion.samplers import SAMPLERS as SAMPLER_REGISTRY
 from mnistgen.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "clamped-snr")
-SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++2m-sde")
+SAMPLERS = tuple(SAMPLER_REGISTRY)  # the sampler registry's names (mnistgen.diffusion.samplers)
 PREDICTIONS = ("eps", "v", "x0")
 T_DISTRIBUTIONS = ("uniform", "cosine")
 AMP_MODES = ("auto", "native", "bf16", "fp16", "off")
@@ -159,18 +160,28 @@ class DDPMConfig:
 
     def check(self) -> None:
         _check(self.beta_start < self.beta_end, "need process.beta_start < process.beta_end")
-        _choice(self.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
-        _check(self.loss_weighting != "clamped-snr" or self.min_snr_gamma >= 1,
-               f"bad process.min_snr_gamma {self.min_snr_gamma}: clamped-snr needs gamma >= 1 (its floor)")
-        _check(self.loss_weighting != "clamped-snr" or self.prediction != "eps",
-               "process.loss_weighting clamped-snr needs process.prediction v or x0: on an eps network its floor "
-               "weights the noisiest steps' eps error by 1 / SNR (up to 2.5e4)")
-        _choice(self.prediction, PREDICTIONS, "process.prediction")
+        _check_objective(self)
         _choice(self.t_distribution, T_DISTRIBUTIONS, "process.t_distribution")
-        _choice(self.sampler, SAMPLERS, "process.sampler")
-        _check(self.sampler == "ancestral" or self.sample_steps <= self.timesteps,
-               f"bad process.sample_steps {self.sample_steps}: sampling steps must be in [1, {self.timesteps}] "
-               f"(process.timesteps)")
+        _check_sampler(self, self.timesteps)
+
+
+def _check_objective(process: "DDPMConfig | CFGConfig") -> None:
+    """The prediction target and the loss weighting, the same rules for both processes."""
+    _choice(process.prediction, PREDICTIONS, "process.prediction")
+    _choice(process.loss_weighting, LOSS_WEIGHTINGS, "process.loss_weighting")
+    _check(process.loss_weighting != "clamped-snr" or process.min_snr_gamma >= 1,
+           f"bad process.min_snr_gamma {process.min_snr_gamma}: clamped-snr needs gamma >= 1 (its floor)")
+    _check(process.loss_weighting != "clamped-snr" or process.prediction != "eps",
+           "process.loss_weighting clamped-snr needs process.prediction v or x0: on an eps network its floor "
+           "weights the noisiest steps' eps error by 1 / SNR (up to 2.5e4)")
+
+
+def _check_sampler(process: "DDPMConfig | CFGConfig", most_steps: int | None) -> None:
+    """The default sampler against the registry, its steps against the process's timesteps (if discrete)."""
+    _choice(process.sampler, SAMPLERS, "process.sampler")
+    _check(most_steps is None or process.sampler == "ancestral" or process.sample_steps <= most_steps,
+           f"bad process.sample_steps {process.sample_steps}: sampling steps must be in [1, {most_steps}] "
+           f"(process.timesteps)")
 
 
 @dataclass(frozen=True)
@@ -178,15 +189,20 @@ class CFGConfig:
     lambda_min: float = ranged(-20.0, -30, 30)
     lambda_max: float = ranged(20.0, -30, 30)
     p_uncond: float = ranged(0.1, 0, 1, high_open=True)
-    v: float = ranged(0.3, 0, 1)  # variance interpolation exponent
+    v: float = ranged(0.3, 0, 1)  # variance interpolation exponent of the ancestral step
     guidance: float = ranged(0.3, 0, 100)  # w
+    sampler: str = "ancestral"  # the paper's sampler (its step, on a grid uniform in the cosine schedule's time)
     sample_steps: int = ranged(256, 1, 100_000)
+    eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
     prediction: str = "eps"  # what the network outputs: eps (the paper's) | v | x0; the sampler converts to eps
+    loss_weighting: str = "uniform"  # as DDPMConfig's; uniform is the paper's loss
+    min_snr_gamma: float = ranged(5.0, 0, 1e6, low_open=True)
     num_labels: ClassVar[int] = 10  # conditions on the digit class (plus a learned null label)
 
     def check(self) -> None:
         _check(self.lambda_min < self.lambda_max, "need process.lambda_min < process.lambda_max")
-        _choice(self.prediction, PREDICTIONS, "process.prediction")
+        _check_objective(self)
+        _check_sampler(self, None)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from torch import nn
 
 from mnistgen.config import DDPMConfig
 from mnistgen.diffusion import samplers
+from tests.diffusion.sampling import sample
 from mnistgen.diffusion.ddpm import GaussianDiffusion
 
 
@@ -25,7 +26,7 @@ def test_schedule_values(process):
 
 def test_schedule_is_not_mutated_by_sampling(process):
     before = [v.clone() for v in process.schedule]
-    samplers.ddim(lambda x, t: torch.zeros_like(x), process, torch.randn(2, 1, 4, 4), steps=10, eta=1.0)
+    sample("ddim", lambda x, t: torch.zeros_like(x), process, torch.randn(2, 1, 4, 4), steps=10, eta=1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, process.schedule))
 
 
@@ -101,21 +102,21 @@ def target():
 
 def test_ancestral_sampling_with_oracle_recovers_the_image(process, target):
     g = torch.Generator().manual_seed(0)
-    out = samplers.ancestral(Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), g)
+    out = sample("ancestral", Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), g)
     torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("steps, eta", [(50, 0.0), (20, 1.0), (1000, 0.0)])
 def test_ddim_with_oracle_recovers_the_image(process, target, steps, eta):
     g = torch.Generator().manual_seed(1)
-    out = samplers.ddim(Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), steps, eta, g)
+    out = sample("ddim", Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), g, steps=steps, eta=eta)
     torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("steps", [1000, 100, 25, 1])
 def test_ancestral_on_fewer_steps_with_oracle_recovers_the_image(process, target, steps):
     g = torch.Generator().manual_seed(2)
-    out = samplers.ancestral(Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), g, steps=steps)
+    out = sample("ancestral", Oracle(process, target), process, torch.randn(4, 1, 8, 8, generator=g), g, steps=steps)
     torch.testing.assert_close(out, target.expand(4, 1, 8, 8), atol=1e-3, rtol=0)
 
 
@@ -127,9 +128,9 @@ def test_dpm_solver_with_oracle_follows_the_exact_path(process, target, steps):
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
     e = (x.double() - np.sqrt(ab[-1]) * target.double()) / np.sqrt(1 - ab[-1])
-    grid = samplers.ddim_timesteps(1000, steps)
+    grid = process.timesteps(steps)
     states = []
-    out = samplers.dpm_solver_2m(Oracle(process, target), process, x, steps, on_step=lambda t, s: states.append(s))
+    out = sample("dpm++2m", Oracle(process, target), process, x, on_step=lambda t, s: states.append(s), steps=steps)
     for t_next, state in zip(grid[1:], states):
         expected = np.sqrt(ab[t_next]) * target.double() + np.sqrt(1 - ab[t_next]) * e
         torch.testing.assert_close(state.double(), expected.expand_as(state), atol=1e-4, rtol=0)
@@ -145,19 +146,19 @@ def test_ddim_sigma_at_eta_one_is_the_ddpm_posterior_std_on_consecutive_steps(pr
 
 
 def test_ddim_grid_covers_both_ends():
-    grid = samplers.ddim_timesteps(1000, 50)
+    grid = GaussianDiffusion(DDPMConfig()).timesteps(50)
     assert grid[0] == 999 and grid[-1] == 0 and len(grid) == 50 and grid == sorted(grid, reverse=True)
 
 
 def test_ddim_eta_zero_is_deterministic_and_generator_controls_noise(process):
     model = lambda x, t: 0.1 * x  # noqa: E731
     x = torch.randn(2, 1, 4, 4)
-    a = samplers.ddim(model, process, x, 10, 0.0, torch.Generator().manual_seed(1))
-    b = samplers.ddim(model, process, x, 10, 0.0, torch.Generator().manual_seed(2))
+    a = sample("ddim", model, process, x, torch.Generator().manual_seed(1), steps=10, eta=0.0)
+    b = sample("ddim", model, process, x, torch.Generator().manual_seed(2), steps=10, eta=0.0)
     torch.testing.assert_close(a, b)
-    c = samplers.ddim(model, process, x, 10, 1.0, torch.Generator().manual_seed(1))
-    d = samplers.ddim(model, process, x, 10, 1.0, torch.Generator().manual_seed(1))
-    e = samplers.ddim(model, process, x, 10, 1.0, torch.Generator().manual_seed(2))
+    c = sample("ddim", model, process, x, torch.Generator().manual_seed(1), steps=10, eta=1.0)
+    d = sample("ddim", model, process, x, torch.Generator().manual_seed(1), steps=10, eta=1.0)
+    e = sample("ddim", model, process, x, torch.Generator().manual_seed(2), steps=10, eta=1.0)
     torch.testing.assert_close(c, d)
     assert not torch.allclose(c, e)
 

@@ -6,6 +6,8 @@ from torch import nn
 
 from mnistgen.config import CFGConfig
 from mnistgen.diffusion import samplers
+from tests.diffusion.sampling import sample
+from mnistgen.diffusion.denoiser import Denoiser, Guided
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 
 
@@ -86,9 +88,10 @@ def test_guidance_weight_zero_is_the_conditional_prediction(process):
     model = Recorder()
     z = torch.randn(3, 1, 2, 2)
     labels = torch.tensor([1, 2, 3])
-    eps0 = process.guided_eps(model, z, torch.tensor(0.0), labels, w=0.0)
+    grid = process.grid(4)
+    eps0 = Guided(Denoiser(model, "eps"), labels, 10, 0.0)(z, grid, 1).eps
     torch.testing.assert_close(eps0, labels.view(-1, 1, 1, 1).float().expand_as(z))
-    eps2 = process.guided_eps(model, z, torch.tensor(0.0), labels, w=2.0)
+    eps2 = Guided(Denoiser(model, "eps"), labels, 10, 2.0)(z, grid, 1).eps
     torch.testing.assert_close(eps2, (3 * labels - 2 * 10).view(-1, 1, 1, 1).float().expand_as(z))
     assert len(model.seen) == 2 and model.seen[0].tolist() == [1, 2, 3, 10, 10, 10]  # one batched pass
 
@@ -101,7 +104,7 @@ def test_null_label_rate_in_training_and_never_at_sampling(process):
     rate = (model.seen[0] == 10).float().mean().item()
     assert rate == pytest.approx(0.1, abs=0.01)
     model.seen.clear()
-    samplers.guided(model, process, torch.zeros(4, 1, 1, 1), torch.arange(4), w=0.0, steps=3, generator=g)
+    sample("ancestral", model, process, torch.zeros(4, 1, 1, 1), g, steps=3, labels=torch.arange(4), w=0.0)
     for seen in model.seen:  # conditional half carries the requested labels, untouched
         assert seen[:4].tolist() == [0, 1, 2, 3]
 
@@ -127,5 +130,5 @@ def test_guided_sampler_with_oracle_recovers_the_image(process, w):
     g = torch.Generator().manual_seed(0)
     target = torch.rand(1, 1, 6, 6, generator=g).double() * 1.6 - 0.8
     z = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
-    out = samplers.guided(Oracle(process, target), process, z, torch.tensor([1, 2, 3]), w, steps=64, generator=g)
+    out = sample("ancestral", Oracle(process, target), process, z, g, steps=64, labels=torch.tensor([1, 2, 3]), w=w)
     torch.testing.assert_close(out, target.expand(3, 1, 6, 6), atol=1e-3, rtol=0)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from mnistgen.config import CFGConfig, DDPMConfig
-from mnistgen.diffusion import samplers
 from mnistgen.diffusion.ddpm import GaussianDiffusion
+from mnistgen.diffusion.denoiser import Denoiser
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
+from tests.diffusion.sampling import sample
 
 AB = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))  # float64, independent of the module's schedule
 
@@ -72,18 +73,19 @@ def test_samplers_see_the_same_eps_whatever_is_predicted(prediction):
     noise = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     ref = GaussianDiffusion(DDPMConfig(prediction="eps"))
     other = GaussianDiffusion(DDPMConfig(prediction=prediction))
-    a = samplers.ddim(_oracle("eps", c), ref, noise, steps=20, eta=0.0)
-    b = samplers.ddim(_oracle(prediction, c), other, noise, steps=20, eta=0.0)
+    a = sample("ddim", _oracle("eps", c), ref, noise, steps=20, eta=0.0)
+    b = sample("ddim", _oracle(prediction, c), other, noise, steps=20, eta=0.0)
     torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
     torch.testing.assert_close(b, c.float().expand_as(b), atol=1e-3, rtol=0)
     process_small = [GaussianDiffusion(DDPMConfig(timesteps=100, prediction=p)) for p in ("eps", prediction)]
-    chains = [samplers.ancestral(_oracle_t(p, c, proc), proc, noise, torch.Generator().manual_seed(1))
+    chains = [sample("ancestral", _oracle_t(p, c, proc), proc, noise, torch.Generator().manual_seed(1))
               for p, proc in zip(("eps", prediction), process_small)]
     torch.testing.assert_close(chains[1], chains[0], atol=1e-4, rtol=0)
     xt = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
-    t = torch.tensor([0, 10, 500, 999])
-    torch.testing.assert_close(other.eps(_oracle(prediction, c), xt, t), ref.eps(_oracle("eps", c), xt, t),
-                               atol=2e-3, rtol=1e-4)
+    grid = other.grid(4)  # t = 999, 666, 333, 0
+    for i in range(4):
+        torch.testing.assert_close(Denoiser(_oracle(prediction, c), prediction)(xt, grid, i).eps,
+                                   Denoiser(_oracle("eps", c), "eps")(xt, grid, i).eps, atol=2e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
@@ -129,8 +131,8 @@ def test_cfg_sampler_sees_the_same_guided_eps_whatever_is_predicted(prediction, 
     config = CFGConfig(lambda_min=-extent, lambda_max=extent)
     z = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 3, 5, 9])
-    runs = [samplers.guided(net, LogSNRDiffusion(replace(config, prediction=p)), z, labels, 0.5, steps=16,
-                            generator=torch.Generator().manual_seed(1))
+    runs = [sample("ancestral", net, LogSNRDiffusion(replace(config, prediction=p)), z,
+                   torch.Generator().manual_seed(1), steps=16, labels=labels, w=0.5)
             for net, p in ((eps_net, "eps"), (other_net, prediction))]
     torch.testing.assert_close(runs[1], runs[0], atol=1e-4, rtol=1e-4)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mnistgen.config import CFGConfig, DDPMConfig
-from mnistgen.diffusion import samplers
+from tests.diffusion.sampling import sample
 from mnistgen.diffusion.ddpm import GaussianDiffusion
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 
@@ -76,7 +76,7 @@ def test_ancestral_step_variance_is_beta_t(ddpm):
     """DDPM algorithm 2 adds sigma_t^2 = beta_t; at small t this is twice the posterior beta~_t, so
     the two cannot be confused."""
     g = torch.Generator().manual_seed(1)
-    found = _step_variances(lambda on_step: samplers.ancestral(ZeroImage(_ddpm_std), ddpm, _start(), g, on_step))
+    found = _step_variances(lambda on_step: sample("ancestral", ZeroImage(_ddpm_std), ddpm, _start(), g, on_step))
     for t in (1, 2, 5, 50, 400, 998):
         assert found[t] == pytest.approx(BETAS[t], rel=0.05), t
     assert found[0] < 1e-12  # no noise at the last step
@@ -87,8 +87,8 @@ def test_ancestral_on_fewer_steps_has_the_restricted_process_variance(ddpm):
     """On a 50-step grid each step adds beta' = 1 - ab_t / ab_t' (the DDPM restricted to the grid),
     not the schedule's beta_t at the same t."""
     g = torch.Generator().manual_seed(4)
-    found = _step_variances(lambda on_step: samplers.ancestral(ZeroImage(_ddpm_std), ddpm, _start(), g, on_step,
-                                                                steps=50))
+    found = _step_variances(lambda on_step: sample("ancestral", ZeroImage(_ddpm_std), ddpm, _start(), g, on_step,
+                                                         steps=50))
     grid = _ddim_grid(50)
     for t, t_next in zip(grid[1:], grid[2:]):  # the state after the step at t is x_{t_next}
         expected = 1 - ALPHA_BARS[t] / ALPHA_BARS[t_next]
@@ -107,8 +107,8 @@ def test_ddim_step_variance_is_eq_16(ddpm, eta):
     """sigma^2 = eta^2 (1 - ab') / (1 - ab) (1 - ab / ab') (DDIM eq. 16) between grid points."""
     g = torch.Generator().manual_seed(2)
     steps = 20
-    found = _step_variances(lambda on_step: samplers.ddim(ZeroImage(_ddpm_std), ddpm, _start(), steps, eta, g,
-                                                           on_step=on_step))
+    found = _step_variances(lambda on_step: sample("ddim", ZeroImage(_ddpm_std), ddpm, _start(), g, on_step,
+                                                    steps=steps, eta=eta))
     grid = _ddim_grid(steps)
     for t, t_next in zip(grid[1:], grid[2:]):  # the state after the step at t is x_{t_next}
         ab, ab_next = ALPHA_BARS[t], ALPHA_BARS[t_next]
@@ -147,8 +147,8 @@ def test_guided_step_variance_interpolates_the_two_variances(logsnr):
     steps = 16
     std = lambda t: torch.sigmoid(-_lambda_of_model_time(t)).sqrt()  # noqa: E731
     labels = torch.randint(0, 10, (2000,), generator=g)
-    found = _step_variances(lambda on_step: samplers.guided(ZeroImage(std), logsnr, _start(), labels, 1.0, steps, g,
-                                                             on_step=on_step))
+    found = _step_variances(lambda on_step: sample("ancestral", ZeroImage(std), logsnr, _start(), g, on_step,
+                                                      steps=steps, labels=labels, w=1.0))
     lam = _log_snr([1 - i / steps for i in range(steps + 1)])
     for i in range(1, steps - 1):  # the state after step i (steps - 1 - i still to go)
         assert found[steps - 1 - i] == pytest.approx(_cfg_step_variance(lam[i], lam[i + 1]), rel=0.05), i
@@ -183,8 +183,8 @@ def test_dpm_solver_converges_at_second_order(ddpm):
     """Halving the step size divides the error by about 4 for DPM-Solver++(2M) and by about 2 for
     DDIM (eta = 0, the first-order solver of the same ODE), once the steps are small enough: on
     this time-uniform grid the step in log-SNR from t = T / K to t = 0 is large below ~40 steps."""
-    dpm = lambda m, x, k: samplers.dpm_solver_2m(m, ddpm, x, k, clip_x0=False)  # noqa: E731
-    ddim = lambda m, x, k: samplers.ddim(m, ddpm, x, k, 0.0, clip_x0=False)  # noqa: E731
+    dpm = lambda m, x, k: sample("dpm++2m", m, ddpm, x, steps=k, clip_x0=False)  # noqa: E731
+    ddim = lambda m, x, k: sample("ddim", m, ddpm, x, steps=k, eta=0.0, clip_x0=False)  # noqa: E731
     errors = {k: _ode_error(dpm, k) for k in (40, 80, 160)}
     first = {k: _ode_error(ddim, k) for k in (40, 80, 160)}
     assert errors[40] / errors[80] > 3.2 and errors[80] / errors[160] > 3.2, errors
@@ -295,7 +295,7 @@ def _noise():
 
 
 def test_ancestral_loop_matches_numpy(ddpm):
-    out = samplers.ancestral(Net(), ddpm, _noise(), torch.Generator().manual_seed(11))
+    out = sample("ancestral", Net(), ddpm, _noise(), torch.Generator().manual_seed(11))
     expected = _ancestral_np(_noise().double().numpy(), 11)
     np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-4, rtol=0)
     assert out.sum().item() == pytest.approx(GOLDEN["ancestral"], abs=2e-3)
@@ -303,7 +303,7 @@ def test_ancestral_loop_matches_numpy(ddpm):
 
 @pytest.mark.parametrize("steps, eta", [(20, 0.0), (20, 0.5), (50, 1.0)])
 def test_ddim_loop_matches_numpy(ddpm, steps, eta):
-    out = samplers.ddim(Net(), ddpm, _noise(), steps, eta, torch.Generator().manual_seed(12))
+    out = sample("ddim", Net(), ddpm, _noise(), torch.Generator().manual_seed(12), steps=steps, eta=eta)
     expected = _ddim_np(_noise().double().numpy(), steps, eta, 12)
     np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-4, rtol=0)
     assert out.sum().item() == pytest.approx(GOLDEN[f"ddim-{steps}-{eta}"], abs=2e-3)
@@ -311,14 +311,14 @@ def test_ddim_loop_matches_numpy(ddpm, steps, eta):
 
 @pytest.mark.parametrize("steps", [1, 2, 10, 50])
 def test_dpm_solver_loop_matches_numpy(ddpm, steps):
-    out = samplers.dpm_solver_2m(Net(), ddpm, _noise(), steps)
+    out = sample("dpm++2m", Net(), ddpm, _noise(), steps=steps)
     np.testing.assert_allclose(out.double().numpy(), _dpm_solver_2m_np(_noise().double().numpy(), steps),
                                atol=2e-4, rtol=0)
 
 
 @pytest.mark.parametrize("steps", [2, 10, 50])
 def test_dpm_solver_sde_loop_matches_numpy(ddpm, steps):
-    out = samplers.dpm_solver_2m_sde(Net(), ddpm, _noise(), steps, torch.Generator().manual_seed(13))
+    out = sample("dpm++2m-sde", Net(), ddpm, _noise(), torch.Generator().manual_seed(13), steps=steps)
     np.testing.assert_allclose(out.double().numpy(), _dpm_solver_2m_np(_noise().double().numpy(), steps, 13),
                                atol=2e-4, rtol=0)
 
@@ -330,8 +330,8 @@ def test_dpm_solver_sde_first_step_is_ddim_at_eta_1(ddpm):
     def keep(name):
         return lambda t, x: first.setdefault(name, x.clone())
 
-    samplers.dpm_solver_2m_sde(Net(), ddpm, _noise(), 10, torch.Generator().manual_seed(3), on_step=keep("sde"))
-    samplers.ddim(Net(), ddpm, _noise(), 10, 1.0, torch.Generator().manual_seed(3), on_step=keep("ddim"))
+    sample("dpm++2m-sde", Net(), ddpm, _noise(), torch.Generator().manual_seed(3), keep("sde"), steps=10)
+    sample("ddim", Net(), ddpm, _noise(), torch.Generator().manual_seed(3), keep("ddim"), steps=10, eta=1.0)
     torch.testing.assert_close(first["sde"], first["ddim"], rtol=0, atol=1e-5)
 
 
@@ -339,8 +339,8 @@ def test_dpm_solver_sde_step_variance_is_ddim_eta_1(ddpm):
     """With x_0^ = 0 (ZeroImage) the correction vanishes and each step adds sigma'^2 (1 - e^{-2h}) =
     (1 - ab') / (1 - ab) (1 - ab / ab'), DDIM eq. 16 at eta = 1."""
     g = torch.Generator().manual_seed(4)
-    found = _step_variances(lambda on_step: samplers.dpm_solver_2m_sde(ZeroImage(_ddpm_std), ddpm, _start(), 20, g,
-                                                                        on_step=on_step))
+    found = _step_variances(lambda on_step: sample("dpm++2m-sde", ZeroImage(_ddpm_std), ddpm, _start(), g, on_step,
+                                                        steps=20))
     grid = _ddim_grid(20)
     for t, t_next in zip(grid[1:], grid[2:]):
         ab, ab_next = ALPHA_BARS[t], ALPHA_BARS[t_next]
@@ -352,7 +352,7 @@ def test_dpm_solver_sde_step_variance_is_ddim_eta_1(ddpm):
 def test_ancestral_on_fewer_steps_matches_numpy(ddpm, steps):
     """The DDPM restricted to the grid, written from its own alphas: alpha' = ab_t / ab_t' (ab = 1 past
     the end), beta' = 1 - alpha', eq. 11 with beta' and sigma^2 = beta'."""
-    out = samplers.ancestral(Net(), ddpm, _noise(), torch.Generator().manual_seed(14), steps=steps)
+    out = sample("ancestral", Net(), ddpm, _noise(), torch.Generator().manual_seed(14), steps=steps)
     z, x = _draws(14), _noise().double().numpy()
     grid = _ddim_grid(steps)
     for i, t in enumerate(grid):
@@ -366,7 +366,7 @@ def test_ancestral_on_fewer_steps_matches_numpy(ddpm, steps):
 @pytest.mark.parametrize("w", [0.0, 0.3, 2.0])
 def test_guided_loop_matches_numpy_in_float32(logsnr, w):
     labels = torch.tensor([0, 4, 9])
-    out = samplers.guided(Net(), logsnr, _noise(), labels, w, 32, torch.Generator().manual_seed(13))
+    out = sample("ancestral", Net(), logsnr, _noise(), torch.Generator().manual_seed(13), steps=32, labels=labels, w=w)
     assert out.dtype == torch.float32
     expected = _guided_np(_noise().double().numpy(), labels.numpy(), w, 32, 13)
     np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-4, rtol=0)
@@ -403,7 +403,7 @@ def test_guided_sampler_returns_the_guided_combination(logsnr, w):
     images = torch.rand(11, 1, 6, 6, generator=g) * 0.2 - 0.1  # |(1 + w) x_c - w x_null| <= 0.9 at w = 4
     labels = torch.tensor([3, 7, 7, 0])
     z = torch.randn(4, 1, 6, 6, generator=g)
-    out = samplers.guided(TwoImages(images), logsnr, z, labels, w, 64, g)
+    out = sample("ancestral", TwoImages(images), logsnr, z, g, steps=64, labels=labels, w=w)
     assert out.dtype == torch.float32
     expected = (1 + w) * images[labels] - w * images[10]
     torch.testing.assert_close(out, expected, atol=2e-3, rtol=0)

@@ -17,6 +17,7 @@ from torch import nn
 from mnistgen.config import DDPMConfig
 from mnistgen.diffusion import parameterisation
 from mnistgen.diffusion.broadcast import per_example
+from mnistgen.diffusion.denoiser import Gaussian, Grid, Prediction
 
 
 class Schedule(NamedTuple):
@@ -91,10 +92,39 @@ class GaussianDiffusion:
         return mean, _at(s.posterior_variance, t, xt).expand_as(xt)
 
     # -- reverse process ----------------------------------------------------------------
-    def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+    def timesteps(self, steps: int, spacing: str = "time") -> list[int]:
+        """``steps`` distinct timesteps from T-1 down to 0: evenly spaced in t (``time``, both ends
+        included; DDIM section 4.2), or those whose log-SNRs lie nearest to evenly spaced values
+        between lambda_{T-1} and lambda_0 (``log-snr``; a repeated timestep is kept once)."""
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"steps must be in [1, {self.T}], got {steps}")
+        if spacing == "time":
+            grid = torch.linspace(self.T - 1, 0, steps).round().long().tolist()
+        elif spacing == "log-snr":
+            lam = self._log_snr_ascending.cpu().double()  # t = T-1 .. 0
+            wanted = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
+            grid = [self.T - 1 - int((lam - v).abs().argmin()) for v in wanted]
+        else:
+            raise ValueError(f"unknown grid spacing {spacing!r}")
+        return list(dict.fromkeys(grid))
+
+    def grid(self, steps: int, spacing: str = "time", device: torch.device | str | None = None) -> Grid:
+        """The levels at :meth:`timesteps` and, last, the clean image (alpha = 1, sigma = 0), on the
+        process's device (``device``, if given, must be it): each constant read from the float64-built
+        schedule."""
+        if device is not None and torch.device(device) != self.device:
+            raise ValueError(f"the process's schedule is on {self.device}, not {device}; "
+                             f"build the process with device={device}")
+        t = self.timesteps(steps, spacing)
+        index = torch.tensor(t, device=self.device)
         s = self.schedule
-        return (xt - _at(s.sqrt_one_minus_alpha_bars, t, xt) * eps) / _at(s.sqrt_alpha_bars, t, xt)
+        one, zero = torch.ones(1, device=self.device), torch.zeros(1, device=self.device)
+        return Grid(alpha=torch.cat([s.sqrt_alpha_bars[index], one]),
+                    sigma=torch.cat([s.sqrt_one_minus_alpha_bars[index], zero]),
+                    alpha_bar=torch.cat([s.alpha_bars[index], one]),
+                    log_snr=torch.cat([s.snr[index].log(), torch.full((1,), math.inf, device=self.device)]),
+                    time=torch.cat([index.float(), -one]), labels=tuple(t), process=self, index=(*t, -1),
+                    ends_clean=True)
 
     def p_step(self, xt: torch.Tensor, t: int, t_next: int, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reverse step (eq. 11) from t down to t_next (-1 after the last step) of the process restricted to a
@@ -109,18 +139,13 @@ class GaussianDiffusion:
             beta = 1 - alpha
         return (xt - beta / s.sqrt_one_minus_alpha_bars[t] * eps) / alpha.sqrt(), beta
 
+    def ancestral_step(self, x: torch.Tensor, prediction: Prediction, grid: Grid, i: int) -> Gaussian:
+        """The ancestral sampler's step i of ``grid``: :meth:`p_step` with the denoiser's eps."""
+        return Gaussian(*self.p_step(x, grid.index[i], grid.index[i + 1], prediction.eps))
+
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the network sees as time: the integer step as a float."""
         return t.float()
-
-    def eps(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """eps_theta(x_t, t) (B, C, H, W) in float32: the network's output, converted from v or x_0 when it
-        predicts those (config.prediction; Salimans & Ho 2022, section 4)."""
-        out = model(xt, self.model_time(t)).float()
-        if self.config.prediction == "eps":
-            return out
-        x = xt.float()
-        return parameterisation.to_eps(self.config.prediction, out, x, *self.alpha_sigma(t, x))
 
     # -- training -----------------------------------------------------------------------
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
@@ -155,7 +180,5 @@ class GaussianDiffusion:
         t = self.sample_t(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         alpha, sigma = self.alpha_sigma(t, x0)  # (B, 1, 1, 1) each
-        out = model(alpha * x0 + sigma * noise, self.model_time(t))  # x_t as in q_sample
-        goal = parameterisation.target(self.config.prediction, x0, noise, alpha, sigma)
-        per_example = (out.float() - goal.float()).pow(2).mean(dim=tuple(range(1, x0.dim())))  # (B,)
-        return (self.loss_weights(t) * per_example).mean()
+        return parameterisation.regression_loss(model, x0, noise, alpha, sigma, self.model_time(t),
+                                                self.config.prediction, self.loss_weights(t))

@@ -9,7 +9,6 @@ not own the network, and nothing in it changes after construction.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,11 +16,7 @@ from torch import nn
 from mnistgen.config import CFGConfig
 from mnistgen.diffusion import parameterisation
 from mnistgen.diffusion.broadcast import per_example
-
-
-class Gaussian(NamedTuple):
-    mean: torch.Tensor
-    variance: torch.Tensor
+from mnistgen.diffusion.denoiser import Gaussian, Grid, Prediction
 
 
 class LogSNRDiffusion:
@@ -47,11 +42,26 @@ class LogSNRDiffusion:
         """alpha_lambda = sqrt(sigmoid(lambda)), sigma_lambda = sqrt(sigmoid(-lambda))."""
         return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
-    def lambda_grid(self, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``steps + 1`` log-SNRs from lambda_min to lambda_max, uniform in u (the sampler's path),
-        float32 on ``device``: computed on the host, moved once."""
-        u = torch.tensor([1.0 - i / steps for i in range(steps + 1)])
-        return self.log_snr(u).to(device)
+    def lambda_grid(self, steps: int, device: torch.device | str = "cpu", spacing: str = "time") -> torch.Tensor:
+        """``steps + 1`` log-SNRs from lambda_min to lambda_max, float32 on ``device`` (computed on the
+        host, moved once): uniform in u (``time``: the cosine schedule's time, the CFG sampler's path)
+        or uniform in lambda (``log-snr``)."""
+        if spacing == "time":
+            lam = self.log_snr(torch.tensor([1.0 - i / steps for i in range(steps + 1)]))
+        elif spacing == "log-snr":
+            c = self.config
+            lam = torch.linspace(c.lambda_min, c.lambda_max, steps + 1, dtype=torch.float64).float()
+        else:
+            raise ValueError(f"unknown grid spacing {spacing!r}")
+        return lam.to(device)
+
+    def grid(self, steps: int, spacing: str = "time", device: torch.device | str = "cpu") -> Grid:
+        """The levels of :meth:`lambda_grid`: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda); the
+        last is lambda_max, the cleanest level the network was trained on."""
+        lam = self.lambda_grid(steps, device, spacing)
+        alpha, sigma = self.alpha_sigma(lam)
+        return Grid(alpha=alpha, sigma=sigma, alpha_bar=torch.sigmoid(lam), log_snr=lam, time=self.model_time(lam),
+                    labels=tuple(range(steps - 1, -1, -1)), process=self)
 
     def model_time(self, lam: torch.Tensor) -> torch.Tensor:
         """The network's time input: lambda mapped linearly onto [0, 1000] (0 = clean, 1000 = noise)."""
@@ -86,7 +96,11 @@ class LogSNRDiffusion:
                clip_x: bool = True) -> Gaussian:
         """Model step: the posterior mean with x replaced by x_theta, variance
         (sigma~^2_{lambda'|lambda})^(1-v) (sigma^2_{lambda|lambda'})^v."""
-        x = self.predict_x(z, lam, eps)
+        return self.step_from_x(z, self.predict_x(z, lam, eps), lam, lam_next, clip_x)
+
+    def step_from_x(self, z: torch.Tensor, x: torch.Tensor, lam: torch.Tensor, lam_next: torch.Tensor,
+                    clip_x: bool = True) -> Gaussian:
+        """:meth:`p_step` given x_theta itself."""
         if clip_x:
             x = x.clamp(-1.0, 1.0)
         posterior = self.q_posterior(z, x, lam, lam_next)
@@ -95,41 +109,28 @@ class LogSNRDiffusion:
         variance = tilde.pow(1 - v) * self.transition_variance(lam, lam_next).pow(v)
         return Gaussian(posterior.mean, per_example(variance, z).expand_as(z))
 
-    # -- model predictions ---------------------------------------------------------------
-    def guided_eps(self, model: nn.Module, z: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor,
-                   w: float) -> torch.Tensor:
-        """eps~ = (1 + w) eps_theta(z, c) - w eps_theta(z, null), both in one batched forward pass, each
-        converted to eps from what the network predicts (config.prediction)."""
-        b = z.shape[0]
-        lam = torch.cat([lam.expand(b) if lam.dim() == 0 else lam] * 2)  # (2B,)
-        zz = torch.cat([z, z])  # (2B, C, H, W): conditional, then unconditional
-        null = torch.full_like(labels, model.null_label)
-        out = model(zz, self.model_time(lam), torch.cat([labels, null])).float()  # (2B, C, H, W)
-        if self.config.prediction != "eps":
-            alpha, sigma = self.alpha_sigma(lam.float())  # (2B,) each
-            zz = zz.float()
-            out = parameterisation.to_eps(self.config.prediction, out, zz, per_example(alpha, zz),
-                                          per_example(sigma, zz))
-        eps_cond, eps_uncond = out[:b], out[b:]
-        return (1 + w) * eps_cond - w * eps_uncond
+    def ancestral_step(self, x: torch.Tensor, prediction: Prediction, grid: Grid, i: int) -> Gaussian:
+        """The ancestral sampler's step i of ``grid`` (the CFG paper's sampler): :meth:`step_from_x` with
+        the denoiser's x_0, clipped to [-1, 1]."""
+        return self.step_from_x(x, prediction.x0, grid.log_snr[i], grid.log_snr[i + 1])
 
     # -- training -----------------------------------------------------------------------
-    def drop_labels(self, labels: torch.Tensor, null_label: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Replace each label by ``null_label`` independently with probability p_uncond."""
+    def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replace each label by the null label (``num_labels``) independently with probability p_uncond."""
         drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.config.p_uncond
-        return torch.where(drop, torch.full_like(labels, null_label), labels)
+        return torch.where(drop, torch.full_like(labels, self.config.num_labels), labels)
 
     def loss(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """E_{u, eps} || eps - eps_theta(z_lambda(u), lambda(u), c~) ||^2 with c~ the label after dropout; for a
-        network that predicts v or x_0 (config.prediction), the plain squared error of that target."""
-        b = x.shape[0]
-        u = torch.rand(b, generator=generator, device=x.device)
-        lam = self.log_snr(u)
+        """E_{u, eps} w(lambda) || eps - eps_theta(z_lambda(u), lambda(u), c~) ||^2 with c~ the label after dropout,
+        or the squared error of v or x_0 for a network that predicts those (config.prediction); w as
+        config.loss_weighting says (:func:`parameterisation.loss_weight`; uniform: the paper's loss)."""
+        u = torch.rand(x.shape[0], generator=generator, device=x.device)
+        lam = self.log_snr(u)  # (B,)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        net = getattr(model, "module", model)  # DistributedDataParallel wraps the network
-        c = self.drop_labels(labels, net.null_label, generator)
-        out = model(self.q_sample(x, lam, noise), self.model_time(lam), c)
+        c = self.drop_labels(labels, generator)
         alpha, sigma = self.alpha_sigma(lam)
-        goal = parameterisation.target(self.config.prediction, x, noise, per_example(alpha, x), per_example(sigma, x))
-        return (out.float() - goal.float()).pow(2).mean()
+        c_ = self.config
+        weights = parameterisation.loss_weight(c_.prediction, c_.loss_weighting, lam.exp(), c_.min_snr_gamma)
+        return parameterisation.regression_loss(model, x, noise, per_example(alpha, x), per_example(sigma, x),
+                                                self.model_time(lam), c_.prediction, weights, c)

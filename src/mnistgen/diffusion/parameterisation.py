@@ -13,6 +13,7 @@ squared errors relate as ||eps - eps^||^2 = SNR ||x_0 - x_0^||^2 and ||v - v^||^
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
@@ -68,3 +69,17 @@ def x0_error_factor(prediction: str, snr: torch.Tensor) -> torch.Tensor:
     if prediction == "x0":
         return torch.ones_like(snr)
     raise ValueError(f"unknown prediction {prediction!r}")
+
+
+def regression_loss(model: nn.Module, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
+                    sigma: torch.Tensor, time: torch.Tensor, prediction: str, weights: torch.Tensor,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The one training loss of both processes: mean_b w_b || target_b - f_theta(alpha_b x_0 + sigma_b eps, t_b) ||^2 / D
+    with the target of ``prediction`` (:func:`target`) and per-example ``weights`` (B,)
+    (:func:`loss_weight`); x0 and noise (B, C, H, W), alpha and sigma (B, 1, 1, 1), time (B,) what the
+    network sees, ``labels`` (B,) a conditional network's (after any dropout)."""
+    xt = alpha * x0 + sigma * noise
+    out = model(xt, time) if labels is None else model(xt, time, labels)
+    goal = target(prediction, x0, noise, alpha, sigma)
+    per_example = (out.float() - goal.float()).pow(2).mean(dim=tuple(range(1, x0.dim())))  # (B,)
+    return (weights * per_example).mean()

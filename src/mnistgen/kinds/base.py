@@ -19,7 +19,7 @@ from torch import nn
 from mnistgen.config import RunConfig, range_of
 from mnistgen.data.mnist import TensorData, labels_per_digit, load
 from mnistgen.diffusion import samplers
-from mnistgen.diffusion.samplers import OnStep, SamplerSettings, to_unit
+from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.metrics import PRDC_K, Reference, RunMetrics, SampleQuality, sample_quality
 from mnistgen.progress import Progress
@@ -107,7 +107,8 @@ class ModelKind:
     def check_settings(self, config: RunConfig, settings: SamplerSettings) -> None:
         """Refuse, in one line, sampler options that do not apply to this kind or lie out of range."""
         given = [name for name, v in (("--sampler", settings.sampler), ("--steps", settings.steps),
-                                      ("--eta", settings.eta), ("--guidance", settings.guidance)) if v is not None]
+                                      ("--eta", settings.eta), ("--guidance", settings.guidance),
+                                      ("--grid", settings.grid)) if v is not None]
         extra = [name for name in given if name not in self.sampler_options]
         if extra:
             takes = ", ".join(self.sampler_options) or "none of the sampler options (it samples in one pass)"
@@ -221,13 +222,61 @@ class ModelKind:
 
 
 class DiffusionKind(ModelKind):
-    """A kind sampled by a noise process's reverse loop from Gaussian noise; the process is its objective."""
+    """A kind sampled by a noise process's reverse loop from Gaussian noise; the process is its objective.
+    Every sampler of the registry applies to every diffusion kind."""
 
     iterative = True
     figures_read_previews = True
+    sampler_options = ("--sampler", "--steps", "--eta", "--grid")
 
     def build_objective(self, config: RunConfig, device: torch.device | str = "cpu"):
         return self.build_process(config, device)
+
+    def default_steps(self, config: RunConfig, sampler: str) -> int:
+        """Network evaluations when none are asked for: the run's ``process.sample_steps``."""
+        return config.process.sample_steps
+
+    def most_steps(self, config: RunConfig) -> int | None:
+        """The most steps a grid of this process can have (None: no limit beyond the config's range)."""
+        return None
+
+    def resolve(self, config: RunConfig, settings: SamplerSettings) -> SamplerSettings:
+        """The run's sampler, steps, eta (samplers that take it) and guidance (guided kinds) unless given;
+        the grid evenly spaced in time unless given."""
+        p = config.process
+        sampler = settings.sampler or p.sampler
+        eta = (p.eta if settings.eta is None else settings.eta) if "eta" in SAMPLERS[sampler].options else None
+        guidance = (p.guidance if settings.guidance is None else settings.guidance) if self.guided else None
+        return SamplerSettings(sampler, settings.steps or self.default_steps(config, sampler), eta, guidance,
+                               settings.grid or GRID_SPACINGS[0])
+
+    def check_settings(self, config: RunConfig, settings: SamplerSettings) -> None:
+        """Options against the sampler registry, steps against the process, eta and w against their ranges."""
+        super().check_settings(config, settings)
+        p = config.process
+        sampler = settings.sampler or p.sampler
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if settings.eta is not None and "eta" not in SAMPLERS[sampler].options:
+            takes = [name for name, spec in SAMPLERS.items() if "eta" in spec.options]
+            raise UserError(f"--eta applies to --sampler {' / '.join(takes)} only ({sampler} has no eta)")
+        if settings.grid is not None and settings.grid not in GRID_SPACINGS:
+            raise UserError(f"unknown --grid {settings.grid!r}; valid: {', '.join(GRID_SPACINGS)}")
+        most = self.most_steps(config)
+        if most is not None and settings.steps is not None and not 1 <= settings.steps <= most:
+            raise UserError(f"--steps must be in [1, {most}] on this model, got {settings.steps}")
+        if most is not None and settings.steps is None and self.default_steps(config, sampler) > most:
+            raise UserError(f"the run's process.sample_steps ({p.sample_steps}) exceeds its {most} "
+                            f"timesteps; pass --steps in [1, {most}]")
+        in_range("--steps", settings.steps, type(p), "sample_steps")
+        in_range("--eta", settings.eta, type(p), "eta")
+        in_range("--guidance", settings.guidance, type(p), "guidance")
+
+    def step_times(self, config: RunConfig, settings: SamplerSettings) -> list[int]:
+        """What ``on_step`` reports, in order: the grid's labels (the DDPM's timesteps from T-1 down to
+        0; the log-SNR process's steps still to go, S-1 down to 0)."""
+        s = self.resolve(config, settings)
+        return list(self.build_process(config).grid(s.steps, s.grid).labels)
 
     def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
@@ -239,7 +288,8 @@ class DiffusionKind(ModelKind):
         device = next(model.parameters()).device
         noise = torch.randn(n, *self.image_shape(config), generator=generator, device=device)
         labels = labels.to(device) if labels is not None else None
-        return to_unit(samplers.run(model, process, noise, self.resolve(config, settings), generator, labels, on_step))
+        return to_unit(samplers.draw(model, process, noise, self.resolve(config, settings), generator, labels, on_step,
+                                     null_label=config.process.num_labels))
 
 
 def conditional_labels(n: int, device: torch.device) -> torch.Tensor:

@@ -10,12 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnistgen.config import CFGConfig, RunConfig
+from mnistgen.config import RunConfig
 from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
-from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.evaluation.metrics import Reference, RunMetrics, SweepPoint, read_metrics
-from mnistgen.kinds.base import DiffusionKind, EvaluationRequest, TrainedModel, conditional_labels, in_range
+from mnistgen.kinds.base import DiffusionKind, EvaluationRequest, TrainedModel, conditional_labels
 from mnistgen.models.unet import ConditionalUNet
 from mnistgen.progress import long_step
 
@@ -29,7 +28,7 @@ class GuidedKind(DiffusionKind):
     takes_labels = True
     guided = True
     sweep_weights = (0.0, 0.3, 1.0, 2.0, 4.0)  # SPEC section 3
-    sampler_options = ("--steps", "--guidance")
+    sampler_options = (*DiffusionKind.sampler_options, "--guidance")
     preview_nrow = PREVIEW_PER_DIGIT
     captions = {
         "f12_epochs.png": "F12. Class-conditional samples for labels 0-9 (rows) as training proceeds (columns).",
@@ -46,20 +45,6 @@ class GuidedKind(DiffusionKind):
     def preview_labels(self, device: torch.device) -> torch.Tensor:
         return labels_per_digit(PREVIEW_PER_DIGIT, device)  # (20,) 0, 0, 1, 1, ...
 
-    def resolve(self, config: RunConfig, settings: SamplerSettings) -> SamplerSettings:
-        p = config.process
-        guidance = p.guidance if settings.guidance is None else settings.guidance
-        return SamplerSettings("cfg", settings.steps or p.sample_steps, guidance=guidance)
-
-    def check_settings(self, config: RunConfig, settings: SamplerSettings) -> None:
-        super().check_settings(config, settings)
-        in_range("--steps", settings.steps, CFGConfig, "sample_steps")
-        in_range("--guidance", settings.guidance, CFGConfig, "guidance")
-
-    def step_times(self, config: RunConfig, settings: SamplerSettings) -> list[int]:
-        """The guided sampler's steps still to go after each step: S - 1, ..., 0."""
-        return list(range(self.resolve(config, settings).steps - 1, -1, -1))
-
     def evaluation_labels(self, n: int, device: torch.device) -> torch.Tensor:
         return conditional_labels(n, device)
 
@@ -74,7 +59,7 @@ class GuidedKind(DiffusionKind):
             with long_step(f"guidance sweep, w = {w:g}", n, request.progress):
                 points.append(SweepPoint.of(self.sample_quality(
                     trained, classifier, reference, n, request.seed,
-                    SamplerSettings(steps=request.settings.steps, guidance=w), request.progress, detail=False)))
+                    replace(request.settings, guidance=w), request.progress, detail=False)))
         return replace(metrics, guidance_sweep=tuple(points))
 
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
