@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import mnistgen
-from mnistgen import api
+from mnistgen import api, defaults
 from mnistgen.errors import UserError
 from mnistgen.weightfiles import read_weights
 
@@ -272,9 +272,9 @@ def test_export_refuses_before_it_replaces_anything(runs, tmp_path):
 
 
 def test_a_pretrained_copy_is_made_once_and_keeps_its_own_results(tmp_path):
-    target = api._writable_copy("pretrained:vae", tmp_path / "mine")
+    target = defaults.writable_copy("pretrained:vae", tmp_path / "mine")
     (target / "metrics.json").write_text('{"model": "vae", "preset": "cpu"}')
-    assert api._writable_copy("pretrained:vae", tmp_path / "mine") == target
+    assert defaults.writable_copy("pretrained:vae", tmp_path / "mine") == target
     assert json.loads((target / "metrics.json").read_text()) == {"model": "vae", "preset": "cpu"}
 
 

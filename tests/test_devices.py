@@ -19,7 +19,6 @@ import torch
 
 from guards import DeviceTransfers, NoFloat64
 from mnistgen.config import apply_overrides, preset
-from mnistgen.diffusion import samplers
 from tests.diffusion.sampling import sample
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.errors import UserError

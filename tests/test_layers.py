@@ -18,7 +18,7 @@ LAYERS = {  # bottom (0) to top
     "evaluation": 4, "figures": 4,
     "kinds": 5,
     "runs": 6,
-    "study": 7,
+    "study": 7, "defaults": 7, "model": 7, "export": 7,
     "api": 8,
     "cli": 9, "__main__": 9, "__init__": 9,
 }

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import mnistgen
-from mnistgen import api
+from mnistgen import api, defaults
 from mnistgen.errors import UserError
 from mnistgen.evaluation.fd import judge, load_classifier
 
@@ -26,7 +26,7 @@ def classifier():
 def test_the_three_models_ship_with_model_cards():
     assert api.pretrained_names() == ["cfg", "ddpm", "vae"]
     for name in api.pretrained_names():
-        card = (api.PRETRAINED_DIR / name / "MODEL_CARD.md").read_text()
+        card = (defaults.PRETRAINED_DIR / name / "MODEL_CARD.md").read_text()
         assert "commit:" in card and "minutes" in card and ("MNIST-FD" in card or "ELBO" in card)
 
 
@@ -58,7 +58,7 @@ def test_a_swapped_weights_file_is_refused(tmp_path):
     from mnistgen.weightfiles import write_manifest
 
     for name in ("ddpm", "cfg"):
-        shutil.copytree(api.PRETRAINED_DIR / name, tmp_path / name)
+        shutil.copytree(defaults.PRETRAINED_DIR / name, tmp_path / name)
     shutil.copy(tmp_path / "ddpm" / "model.safetensors", tmp_path / "cfg" / "model.safetensors")
     with pytest.raises(UserError, match="cfg/model.safetensors does not match its SHA-256"):
         mnistgen.load(tmp_path / "cfg", "cpu")
@@ -83,7 +83,7 @@ def test_pretrained_models_are_read_only_and_work_in_a_copy(tmp_path):
         mnistgen.draw_figures("pretrained:cfg")
     paths = mnistgen.draw_figures("pretrained:cfg", out=tmp_path / "cfg", device="cpu")
     assert {p.name for p in paths} == {"f12_epochs.png", "guidance_sweep.png"}
-    assert not (api.PRETRAINED_DIR / "cfg" / "figures").exists()
+    assert not (defaults.PRETRAINED_DIR / "cfg" / "figures").exists()
 
 
 def test_the_wheel_carries_every_shipped_file(tmp_path):

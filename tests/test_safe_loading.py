@@ -22,13 +22,12 @@ import torch
 from safetensors.torch import save_file
 
 import mnistgen
-from mnistgen import api
+from mnistgen import api, defaults
 from mnistgen.cli import main
 from mnistgen.errors import UserError
 from mnistgen.evaluation import fd
 from mnistgen.study import write_report
 from mnistgen.training.checkpoint import FORMAT_VERSION, load_checkpoint
-from mnistgen.training.rundir import RunDir
 from mnistgen.runs import build_trainer, train
 from mnistgen.config import RunConfig
 from mnistgen.weightfiles import FORMAT, MANIFEST_NAME, WEIGHTS_NAME, read_weights, write_manifest
@@ -65,7 +64,7 @@ def runs(tmp_path_factory, mnist_dir) -> Path:
     root = tmp_path_factory.mktemp("genuine")
     for kind in ("vae", "ddpm", "cfg"):
         assert main(["train", kind, *SMALL, "--out", str(root / kind)]) == 0
-        shutil.copy(api.PRETRAINED_DIR / kind / "metrics.json", root / kind / "metrics.json")
+        shutil.copy(defaults.PRETRAINED_DIR / kind / "metrics.json", root / kind / "metrics.json")
     return root
 
 
@@ -149,7 +148,7 @@ def test_a_payload_in_safetensors_metadata_is_inert_text(tmp_path, capsys):
     marker = tmp_path / "ran"
     pickled = pickle.dumps(Payload(marker)).decode("latin-1")
     model = tmp_path / "ddpm"
-    shutil.copytree(api.PRETRAINED_DIR / "ddpm", model)
+    shutil.copytree(defaults.PRETRAINED_DIR / "ddpm", model)
     config = json.loads((model / "config.json").read_text())
     _rewrite_safetensors(model / WEIGHTS_NAME, format=FORMAT, config=json.dumps(config), note=pickled)
     write_manifest(model, json.loads((model / MANIFEST_NAME).read_text())["sha256"].keys())
@@ -415,7 +414,7 @@ def _flip_a_byte(path: Path, at: int) -> None:
 
 def test_a_flipped_byte_in_a_shipped_weight_file_is_named(tmp_path, monkeypatch, capsys):
     shipped = tmp_path / "pretrained"
-    shutil.copytree(api.PRETRAINED_DIR, shipped)
+    shutil.copytree(defaults.PRETRAINED_DIR, shipped)
     monkeypatch.setattr(api, "PRETRAINED_DIR", shipped)
     assert mnistgen.load("pretrained:ddpm", device="cpu") is not None
     weights = shipped / "ddpm" / WEIGHTS_NAME

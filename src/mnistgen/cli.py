@@ -207,7 +207,7 @@ def _sample(args) -> int:
     import numpy as np
     import torch
 
-    from mnistgen import api, kinds
+    from mnistgen import api
     from mnistgen.arrays import ArraySpec, npz_size, write_npz
     from mnistgen.data.mnist import labels_per_digit
     from mnistgen.diffusion.samplers import SamplerSettings
@@ -228,11 +228,7 @@ def _sample(args) -> int:
     model = api.load(args.run, args.device)
     options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance, grid=args.grid)
     model.kind.check_settings(model.config, SamplerSettings(**options))
-    if not model.kind.takes_labels and args.label is not None:
-        labelled = " or ".join(name for name, k in kinds.REGISTRY.items() if k.takes_labels)
-        raise UserError(f"--label applies to the {labelled} model; {args.run} holds a {model.config.kind!r} model")
-    if model.kind.takes_labels and args.label is None:
-        raise UserError(f"the {model.config.kind} model needs --label 0-9 or --label all")
+    model.kind.check_labels(args.label is not None, "--label 0-9 or --label all")
     if args.animate is not None and not model.kind.iterative:
         raise UserError(f"--animate shows a reverse process; the {model.config.kind} model samples in one pass")
     digit = _parse_label(args.label) if model.kind.takes_labels else None

@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from mnistgen.config import CFGConfig
-from mnistgen.diffusion import samplers
 from tests.diffusion.sampling import sample
 from mnistgen.diffusion.denoiser import Denoiser, Guided
 from mnistgen.diffusion.logsnr import LogSNRDiffusion

@@ -10,13 +10,17 @@ def resolve(config, settings):
 
 def test_resolve_fills_the_runs_defaults_and_keeps_what_was_asked():
     ddpm, cfg = preset("ddpm", "cpu"), preset("cfg", "cpu")
-    assert resolve(ddpm, SamplerSettings()) == SamplerSettings("ddim", 50, 1.0)
-    assert resolve(ddpm, SamplerSettings(steps=20, eta=0.0)) == SamplerSettings("ddim", 20, 0.0)
-    assert resolve(ddpm, SamplerSettings(sampler="ancestral")) == SamplerSettings("ancestral", 1000)  # the full chain
-    assert resolve(ddpm, SamplerSettings(sampler="ancestral", steps=100)) == SamplerSettings("ancestral", 100)
-    assert resolve(ddpm, SamplerSettings(sampler="dpm++2m")) == SamplerSettings("dpm++2m", 50)
-    assert resolve(cfg, SamplerSettings()) == SamplerSettings("cfg", cfg.process.sample_steps, guidance=0.3)
+    assert resolve(ddpm, SamplerSettings()) == SamplerSettings("ddim", 50, 1.0, grid="time")
+    assert resolve(ddpm, SamplerSettings(steps=20, eta=0.0)) == SamplerSettings("ddim", 20, 0.0, grid="time")
+    assert resolve(ddpm, SamplerSettings(sampler="ancestral")) == SamplerSettings("ancestral", 1000, grid="time")
+    assert resolve(ddpm, SamplerSettings(sampler="ancestral", steps=100)) == SamplerSettings("ancestral", 100, grid="time")
+    assert resolve(ddpm, SamplerSettings(sampler="dpm++2m", grid="log-snr")) == SamplerSettings("dpm++2m", 50, grid="log-snr")
+    assert resolve(cfg, SamplerSettings()) == SamplerSettings("ancestral", cfg.process.sample_steps, guidance=0.3,
+                                                              grid="time")
     assert resolve(cfg, SamplerSettings(guidance=2.0)).guidance == 2.0
+    assert resolve(cfg, SamplerSettings(sampler="ddim")) == SamplerSettings("ddim", 16, 0.0, 0.3, "time")
+    assert resolve(cfg, SamplerSettings(sampler="dpm++2m", steps=10, guidance=1.0)) == \
+        SamplerSettings("dpm++2m", 10, None, 1.0, "time")
     assert resolve(preset("vae", "cpu"), SamplerSettings(steps=5)) == SamplerSettings("prior")
 
 

@@ -100,6 +100,13 @@ class ModelKind:
         return (1, config.data.resolution, config.data.resolution)
 
     # -- sampling -------------------------------------------------------------------------
+    def check_labels(self, given: bool, how: str = "labels (a digit 0-9 or one per sample)") -> None:
+        """The one rule on labels: a kind that takes them needs them, the others refuse them."""
+        if self.takes_labels and not given:
+            raise UserError(f"the {self.name} model needs {how}")
+        if not self.takes_labels and given:
+            raise UserError(f"the {self.name} model takes no labels")
+
     def resolve(self, config: RunConfig, settings: SamplerSettings) -> SamplerSettings:
         """The settings actually used: the run's defaults filled in, options that do not apply dropped."""
         return SamplerSettings("prior")
@@ -165,6 +172,20 @@ class ModelKind:
             return self.sample(config, model, n, g, labels=labels, process=process)
 
         return Preview(draw, self.preview_nrow)
+
+    # -- a latent space (the VAE's) -----------------------------------------------------------
+    def latent_size(self, config: RunConfig) -> int:
+        """The width of the model's latent codes; kinds without a latent space refuse."""
+        raise UserError(f"the {self.name} model has no latent space; encode / decode / interpolate / "
+                        f"traverse need a model with one, such as the VAE")
+
+    def encode(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Codes (N, latent) of images (N, 1, H, W) in [0, 1]."""
+        raise UserError(f"the {self.name} model has no latent space")
+
+    def decode(self, model: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+        """Images (N, 1, H, W) in [0, 1] of codes (N, latent)."""
+        raise UserError(f"the {self.name} model has no latent space")
 
     # -- evaluation and figures -------------------------------------------------------------
     def evaluation_labels(self, n: int, device: torch.device) -> torch.Tensor | None:

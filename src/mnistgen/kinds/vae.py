@@ -49,6 +49,17 @@ class VAEKind(ModelKind):
         z = torch.randn(n, config.model.latent, generator=generator, device=next(model.parameters()).device)
         return model.decode(z)
 
+    def latent_size(self, config: RunConfig) -> int:
+        return config.model.latent
+
+    def encode(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The posterior means mu(x) (N, latent)."""
+        return model.encode(images)[0]
+
+    def decode(self, model: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+        """The Bernoulli means (N, 1, H, W)."""
+        return model.decode(codes)
+
     def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
                     metrics: RunMetrics) -> RunMetrics:
         """The negative ELBO and the IWAE bound on -log p(x) of the test images, as they are (grey

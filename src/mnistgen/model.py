@@ -1,0 +1,191 @@
+"""A trained model, ready to use: :class:`Model` (what ``mnistgen.load`` returns) and :func:`load`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from mnistgen import kinds
+from mnistgen.data.mnist import native_size
+from mnistgen.defaults import run_path
+from mnistgen.diffusion.samplers import SamplerSettings, to_unit
+from mnistgen.errors import UserError
+from mnistgen.images import save_animation
+from mnistgen.kinds import TrainedModel
+from mnistgen.kinds.base import SAMPLE_BATCH
+from mnistgen.runs import load_run
+from mnistgen.training.checkpoint import describe_error
+from mnistgen.training.device import pick_device
+
+
+def as_labels(labels, n: int) -> torch.Tensor:
+    """A digit (int, NumPy integer or 0-d tensor), a sequence of n digits or a tensor of them ->
+    (n,) int64, each checked to lie in 0-9; floats are refused, not truncated."""
+    try:
+        given = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"labels must be a digit 0-9 or a sequence of them ({describe_error(e)})") from None
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise UserError(f"labels must be whole digits 0-9, got {given.dtype} values")
+    labels = given.to(torch.long).flatten().cpu()
+    if labels.numel() == 1 and n != 1:
+        labels = labels.expand(n).clone()
+    if len(labels) != n:
+        raise UserError(f"labels must be one digit or {n} of them, got {len(labels)}")
+    if len(labels) and not bool(((labels >= 0) & (labels <= 9)).all()):
+        raise UserError(f"labels must be digits 0-9, got {sorted(set(labels.tolist()))}")
+    return labels
+
+
+class Model:
+    """A trained model, ready to use; what :func:`load` returns. Images are always 28x28 in [0, 1]
+    (the U-Net's padding to 32 is cropped away)."""
+
+    def __init__(self, trained: TrainedModel):
+        self.trained = trained
+        self.kind = kinds.get(trained.config.kind)
+
+    config = property(lambda self: self.trained.config, doc="the run's RunConfig")
+    network = property(lambda self: self.trained.model, doc="the torch module (EMA weights, eval mode)")
+    device = property(lambda self: self.trained.device)
+    history = property(lambda self: self.trained.history, doc="one EpochRecord per trained epoch")
+    path = property(lambda self: self.trained.run.root)
+
+    def __repr__(self) -> str:
+        return f"mnistgen.Model({self.config.kind}, preset {self.config.preset!r}, {self.path}, on {self.device})"
+
+    # -- sampling ---------------------------------------------------------------------------
+    def _prepare(self, n: int, labels, settings: SamplerSettings, generator: torch.Generator | None):
+        if not isinstance(n, int) or n < 1:
+            raise UserError(f"n must be a whole number >= 1, got {n!r}")
+        self.kind.check_settings(self.config, settings)
+        self.kind.check_labels(labels is not None)
+        labels = as_labels(labels, n) if labels is not None else None
+        if generator is None:
+            generator = torch.Generator(self.device)
+            generator.seed()
+        elif generator.device.type != self.device.type:
+            raise UserError(f"the generator is on {generator.device} and the model on {self.device}; "
+                            f"make it with torch.Generator({str(self.device)!r})")
+        return labels, generator
+
+    def sample_batches(self, n: int, *, labels=None, guidance: float | None = None, sampler: str | None = None,
+                       steps: int | None = None, eta: float | None = None, grid: str | None = None,
+                       generator: torch.Generator | None = None, progress: bool = True,
+                       batch_size: int = SAMPLE_BATCH) -> Iterator[torch.Tensor]:
+        """:meth:`sample` as CPU batches of at most ``batch_size``: memory stays bounded for any n.
+        Every argument is checked here, before the first batch is asked for."""
+        settings = SamplerSettings(sampler, steps, eta, guidance, grid)
+        labels, generator = self._prepare(n, labels, settings, generator)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        return self._batches(n, labels, settings, generator, progress, batch_size)
+
+    @torch.no_grad()
+    def _batches(self, n, labels, settings, generator, progress, batch_size) -> Iterator[torch.Tensor]:
+        for batch in self.kind.sample_batches(self.config, self.network, n, generator, settings, labels,
+                                              self.trained.process, batch_size, progress):
+            yield native_size(batch)
+
+    def sample(self, n: int, *, labels=None, guidance: float | None = None, sampler: str | None = None,
+               steps: int | None = None, eta: float | None = None, grid: str | None = None,
+               generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+        """``n`` samples, (n, 1, 28, 28) in [0, 1] on the CPU, with the run's default sampler unless
+        overridden. The CFG model needs ``labels``: one digit or one per sample. ``generator`` (on the
+        model's device) makes the draw repeatable."""
+        return torch.cat(list(self.sample_batches(n, labels=labels, guidance=guidance, sampler=sampler, steps=steps,
+                                                  eta=eta, grid=grid, generator=generator, progress=progress)))
+
+    def _times(self, settings: SamplerSettings) -> list[int]:
+        if not self.kind.iterative:
+            raise UserError(f"the {self.config.kind} model samples in one pass; it has no reverse process")
+        return self.kind.step_times(self.config, settings)
+
+    @torch.no_grad()
+    def reverse_chain(self, n: int = 4, *, at: Sequence[int] | None = None, labels=None,
+                      guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
+                      eta: float | None = None, grid: str | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
+        down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
+        A t the sampler does not visit (one on fewer than T steps skips most) is replaced by the nearest one it does.
+        Default: up to six distinct states from nearly pure noise to the end.
+        Returns (n, len(at), 1, 28, 28) in [0, 1] (n, number of default states, ... without ``at``)."""
+        settings = SamplerSettings(sampler, steps, eta, guidance, grid)
+        labels, generator = self._prepare(n, labels, settings, generator)  # settings checked first
+        times = self._times(settings)
+        first = times[0]
+        default = dict.fromkeys(round(first * f) for f in (1.0, 0.5, 0.2, 0.1, 0.025, 0.0))  # distinct, in order
+        wanted = at if at is not None else list(default)
+        if not all(isinstance(t, int) and 0 <= t <= first for t in wanted):
+            raise UserError(f"at must hold steps in [0, {first}], got {list(wanted)}")
+        picked = [min(times, key=lambda s: (abs(s - t), s)) for t in wanted]
+        if at is None:
+            picked = list(dict.fromkeys(picked))  # the default shows each visited state once
+        kept: dict[int, torch.Tensor] = {}
+
+        def keep(t: int, x: torch.Tensor) -> None:
+            if t in picked:
+                kept[t] = native_size(to_unit(x)).cpu()
+
+        self.kind.sample(self.config, self.network, n, generator, settings,
+                         labels.to(self.device) if labels is not None else None, self.trained.process, keep)
+        return torch.stack([kept[t] for t in picked], dim=1)  # (n, len(at), 1, 28, 28)
+
+    def animate(self, path: str | os.PathLike, n: int = 16, *, frames: int = 60, **options) -> Path:
+        """An animated GIF of the reverse process of ``n`` samples: a grid per frame, ``frames`` states
+        evenly spaced over the sampler's steps, the finished samples held at the end. ``options`` as
+        for :meth:`reverse_chain`; returns the path."""
+        settings = SamplerSettings(options.get("sampler"), options.get("steps"), options.get("eta"),
+                                   options.get("guidance"), options.get("grid"))
+        self.kind.check_settings(self.config, settings)
+        times = self._times(settings)
+        if not isinstance(frames, int) or frames < 2:
+            raise UserError(f"frames must be a whole number >= 2, got {frames!r}")
+        index = sorted({round(i * (len(times) - 1) / (frames - 1)) for i in range(frames)})
+        chain = self.reverse_chain(n, at=[times[i] for i in index], **options)  # (n, F, 1, 28, 28)
+        save_animation(list(chain.transpose(0, 1)), Path(path))
+        return Path(path)
+
+    # -- a latent space (the VAE's; other kinds refuse) -------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The codes (the VAE's posterior means mu(x)) of images (N, 1, H, W) in [0, 1]: (N, latent)."""
+        self.kind.latent_size(self.config)  # refused first by a kind without a latent space
+        return self.kind.encode(self.network, images.to(self.device).float()).cpu()
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images of codes (N, latent) (the VAE's Bernoulli means): (N, 1, H, W) in [0, 1]."""
+        self.kind.latent_size(self.config)
+        return self.kind.decode(self.network, codes.to(self.device).float()).cpu()
+
+    @torch.no_grad()
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 11) -> torch.Tensor:
+        """Decodes of (1 - s) z_a + s z_b for s evenly in [0, 1], z the codes of images ``a`` and ``b``
+        (each (1, H, W) or (1, 1, H, W)): (steps, 1, H, W)."""
+        shape = self.kind.image_shape(self.config)  # (1, H, W)
+        za, zb = self.encode(torch.stack([a.reshape(shape), b.reshape(shape)]))
+        s = torch.linspace(0, 1, steps).view(-1, 1)  # (steps, 1)
+        return self.decode((1 - s) * za + s * zb)
+
+    @torch.no_grad()
+    def traverse(self, code: torch.Tensor, dims: Sequence[int], offsets: Sequence[float] = (-4, -2, 0, 2, 4)) -> torch.Tensor:
+        """Decodes of ``code`` (latent,) with dimension d moved by each offset, for d in ``dims``:
+        (len(dims), len(offsets), 1, H, W)."""
+        latent = self.kind.latent_size(self.config)
+        if not all(0 <= d < latent for d in dims):
+            raise UserError(f"dims must lie in [0, {latent - 1}], got {list(dims)}")
+        codes = code.reshape(1, 1, latent).repeat(len(dims), len(offsets), 1)  # (D, O, L)
+        for i, d in enumerate(dims):
+            codes[i, :, d] += torch.as_tensor(offsets, dtype=codes.dtype)
+        return self.decode(codes.flatten(0, 1)).unflatten(0, (len(dims), len(offsets)))
+
+
+def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto") -> Model:
+    """A trained model from a run directory or a pretrained one (``"pretrained:vae"``,
+    ``"pretrained:ddpm"``, ``"pretrained:cfg"``), on ``device`` (auto: cuda, then mps, then cpu)."""
+    return Model(load_run(run_path(path_or_name), pick_device(device), generative=True))
