@@ -31,7 +31,7 @@ from mnistgen import kinds  # noqa: E402
 from mnistgen.diffusion.samplers import SamplerSettings  # noqa: E402
 from mnistgen.evaluation.metrics import reference_set  # noqa: E402
 from mnistgen.runs import build_trainer, load_run, train  # noqa: E402
-from mnistgen.training.rundir import RunDir  # noqa: E402
+from mnistgen.storage.rundir import RunDir  # noqa: E402
 from results_io import result_path, stamp, write_results  # noqa: E402
 
 CANDIDATES = {

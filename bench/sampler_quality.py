@@ -1,11 +1,14 @@
-"""Fast sampling against the full chain: MNIST-FD and seconds of DDPM samplers on one trained run.
+"""Samplers side by side: MNIST-FD (and class accuracy for a conditional model) and seconds of
+several samplers on one trained diffusion run, in one process.
 
     python bench/sampler_quality.py RUN --n 1000 --samplers ancestral,ddim-50,ddim-20
+    python bench/sampler_quality.py pretrained:cfg --n 1000 --guidance 1 --samplers ancestral-16,dpm++2m-10
 
-RUN is a trained DDPM run (e.g. ``study/ddpm`` after ``mnistgen reproduce``). Every sampler
-draws ``n`` samples from the same seed with the run's sampling weights; each is judged by
-MNIST-FD against the 10,000 test images. Prints a table with each sampler's FD relative to
-ancestral-1000 and its speed-up, and writes bench/results/samplers-<date>-<host>.json.
+RUN is a trained diffusion run (e.g. ``study/ddpm`` after ``mnistgen reproduce``) or a pretrained
+model. Every sampler draws ``n`` samples from the same seed with the run's sampling weights (a
+conditional model: n // 10 of each digit, at guidance ``--guidance`` or the run's); each is judged
+by MNIST-FD against the 10,000 test images. Prints a table with each sampler's FD relative to the
+first and its speed-up, and writes bench/results/<name>-<date>-<host>.json.
 """
 
 from __future__ import annotations
@@ -15,25 +18,22 @@ import re
 
 from mnistgen.evaluation.fd import load_classifier
 from mnistgen import kinds
-from mnistgen.diffusion.samplers import SamplerSettings
+from mnistgen.defaults import run_path
+from mnistgen.diffusion.samplers import SAMPLERS, SamplerSettings
 from mnistgen.evaluation.metrics import reference_set
 from mnistgen.runs import load_run
 from results_io import stamp, write_results
 
 
-def settings(name: str) -> SamplerSettings:
-    """'ancestral' (all T steps), 'ancestral-K', 'dpm++2m-K', 'dpm++2m-sde-K', 'ddim-K' (eta = 0) or
-    'ddim-K-etaE' (e.g. ddim-50-eta0.5)."""
-    if name == "ancestral":
-        return SamplerSettings(sampler="ancestral")
-    match = re.fullmatch(r"(ancestral|dpm\+\+2m|dpm\+\+2m-sde)-(\d+)", name)
-    if match is not None:
-        return SamplerSettings(sampler=match[1], steps=int(match[2]))
-    match = re.fullmatch(r"ddim-(\d+)(?:-eta(\d+(?:\.\d+)?))?", name)
-    if match is None:
-        raise SystemExit(f"unknown sampler {name!r}; use ancestral, ancestral-K, dpm++2m-K, dpm++2m-sde-K, ddim-K "
-                         "or ddim-K-etaE (e.g. ddim-50-eta0.5)")
-    return SamplerSettings(sampler="ddim", steps=int(match[1]), eta=float(match[2] or 0.0))
+def settings(name: str, guidance: float | None = None, grid: str | None = None) -> SamplerSettings:
+    """A registry sampler's name, optionally with its steps and DDIM's eta: 'ancestral' (the run's
+    default steps), 'ancestral-K', 'dpm++2m-K', 'dpm++2m-sde-K', 'ddim-K' (eta = 0) or 'ddim-K-etaE'."""
+    match = re.fullmatch(r"(?P<sampler>.+?)(?:-(?P<steps>\d+))?(?:-eta(?P<eta>\d+(?:\.\d+)?))?", name)
+    if match is None or match["sampler"] not in SAMPLERS or (match["eta"] and match["sampler"] != "ddim"):
+        raise SystemExit(f"unknown sampler {name!r}; use NAME, NAME-K or ddim-K-etaE with NAME one of "
+                         f"{', '.join(SAMPLERS)} (e.g. ddim-50-eta0.5)")
+    eta = float(match["eta"] or 0.0) if match["sampler"] == "ddim" else None
+    return SamplerSettings(match["sampler"], int(match["steps"]) if match["steps"] else None, eta, guidance, grid)
 
 
 def main() -> None:
@@ -42,27 +42,33 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--samplers", default="ancestral,ddim-50,ddim-20")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=None, help="conditional models: w (default: the run's)")
+    parser.add_argument("--grid", default=None, help="grid spacing: time (default) or log-snr")
     parser.add_argument("--name", default="samplers", help="results file: bench/results/<name>-<date>-<host>.json")
     args = parser.parse_args()
-    trained = load_run(args.run, kind="ddpm")
+    trained = load_run(run_path(args.run), generative=True)
+    kind = kinds.get(trained.config.kind)
     classifier = load_classifier()
     reference = reference_set(classifier, None, "cpu")
     rows = []
-    print(f"{'sampler':16s} {'steps':>6s} {'MNIST-FD':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
+    print(f"{'sampler':16s} {'steps':>6s} {'MNIST-FD':>9s} {'accuracy':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
     for name in args.samplers.split(","):
-        q = kinds.get("ddpm").sample_quality(trained, classifier, reference, args.n, args.seed, settings(name))
-        rows.append({"sampler": name, "steps": q.settings.steps, "eta": q.settings.eta,
-                     "mnist_fd": round(q.mnist_fd, 2), "seconds": q.sample_seconds,
+        asked = settings(name, args.guidance, args.grid)
+        kind.check_settings(trained.config, asked)
+        q = kind.sample_quality(trained, classifier, reference, args.n, args.seed, asked, progress=False)
+        rows.append({"sampler": name, **q.settings.to_json(), "mnist_fd": round(q.mnist_fd, 2),
+                     "mnist_fd_std": round(q.fd_spread.std, 2) if q.fd_spread else None,
+                     "class_accuracy": q.class_accuracy, "seconds": q.sample_seconds,
                      "seconds_per_100": q.seconds_per_100_samples})
-        print(f"{name:16s} {q.settings.steps:6d} {q.mnist_fd:9.2f} {q.sample_seconds:9.1f} "
+        accuracy = f"{100 * q.class_accuracy:8.1f}%" if q.class_accuracy is not None else f"{'-':>9s}"
+        print(f"{name:16s} {q.settings.steps:6d} {q.mnist_fd:9.2f} {accuracy} {q.sample_seconds:9.1f} "
               f"{q.seconds_per_100_samples:7.2f}", flush=True)
-    base = next((r for r in rows if r["sampler"] == "ancestral"), None)
-    if base is not None:
-        for r in rows:
-            r["fd_vs_ancestral"] = round(r["mnist_fd"] / base["mnist_fd"], 3)
-            r["speedup_vs_ancestral"] = round(base["seconds"] / r["seconds"], 1)
-            print(f"{r['sampler']:16s} FD x{r['fd_vs_ancestral']:.3f} of ancestral-1000, "
-                  f"{r['speedup_vs_ancestral']:.1f}x faster")
+    base = rows[0]
+    for r in rows:
+        r["fd_vs_first"] = round(r["mnist_fd"] / base["mnist_fd"], 3)
+        r["speedup_vs_first"] = round(base["seconds"] / r["seconds"], 1)
+        print(f"{r['sampler']:16s} FD x{r['fd_vs_first']:.3f} of {base['sampler']}'s, "
+              f"{r['speedup_vs_first']:.1f}x its speed")
     results = {**stamp(), "run": str(args.run),
                "preset": trained.config.preset, "step": trained.history[-1].step if trained.history else 0,
                "n_samples": args.n, "seed": args.seed, "samplers": rows}

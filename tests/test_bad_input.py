@@ -12,8 +12,8 @@ import torch
 
 from mnistgen.cli import main
 from mnistgen.config import preset
-from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint
-from mnistgen.training.rundir import RunDir
+from mnistgen.storage.checkpoint import load_checkpoint, save_checkpoint
+from mnistgen.storage.rundir import RunDir
 
 SMALL = ["--preset", "smoke", "--no-progress", "--set", "data.train_limit=256", "--set", "data.val_limit=64"]
 
@@ -175,8 +175,11 @@ ROWS = [
     ("sample {root}/cfg --label \u0663 --out {root}/x", "digit 0-9"),
     ("sample {root}/cfg --label 3 --guidance inf --out {root}/x", "finite number"),
     ("sample {root}/cfg --label 3 --guidance 1000 --out {root}/x", "--guidance must be"),
-    ("sample {root}/cfg --label 3 --eta 1 --out {root}/x", "does not apply to the cfg model"),
-    ("sample {root}/cfg --label 3 --sampler ddim --out {root}/x", "does not apply to the cfg model"),
+    ("sample {root}/cfg --label 3 --eta 1 --out {root}/x", "--eta applies to --sampler ddim only"),
+    ("sample {root}/cfg --label 3 --sampler dpm++2m --eta 0.5 --out {root}/x", "--eta applies to --sampler ddim only"),
+    ("sample {root}/cfg --label 3 --sampler euler --out {root}/x", "invalid choice: 'euler'"),
+    ("sample {root}/cfg --label 3 --grid karras --out {root}/x", "invalid choice: 'karras'"),
+    ("sample {root}/cfg --label 3 --steps 0 --out {root}/x", "--steps"),
     ("sample {root}/cfg --label 3 --n 10000000000 --out {root}/x", "GiB free"),
     ("sample {root}/judge --n 2 --out {root}/x", "'classifier' run"),
     ("sample {root}/config-list --out {root}/x", "expected a JSON object"),

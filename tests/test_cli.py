@@ -124,7 +124,7 @@ def test_checkpoint_of_another_kind_is_exit_2(vae_run, ddpm_run, tmp_path):
 
 def test_sample_and_figures_refuse_a_classifier_run(tmp_path):
     from mnistgen.config import preset
-    from mnistgen.training.rundir import RunDir
+    from mnistgen.storage.rundir import RunDir
 
     run = RunDir(tmp_path / "judge")
     run.root.mkdir()

@@ -28,8 +28,8 @@ from mnistgen import kinds
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.runs import build_trainer
 from mnistgen.training import device as policy
-from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint
-from mnistgen.training.rundir import RunDir
+from mnistgen.storage.checkpoint import load_checkpoint, save_checkpoint
+from mnistgen.storage.rundir import RunDir
 from mnistgen.training.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -252,7 +252,7 @@ def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir, monkeypat
 def test_resume_hands_only_cpu_tensors_to_the_rng_setters(tmp_path, mnist_dir, monkeypatch):
     """A checkpoint is read onto the CPU whatever device trains (mapping it onto a GPU moved the RNG
     ByteTensors there, and Generator.set_state / torch.set_rng_state raise TypeError for those)."""
-    from mnistgen.training import checkpoint
+    from mnistgen.storage import checkpoint
 
     cfg = _cfg("ddpm", **{"train.epochs": 2})
     first = _trainer(apply_overrides(cfg, {"train.epochs": 1}), tmp_path, mnist_dir)

@@ -13,7 +13,7 @@ LAYERS = {  # bottom (0) to top
     "errors": 0, "files": 0, "arrays": 0, "images": 0, "provenance": 0, "weightfiles": 0, "progress": 0,
     "config": 1,
     "diffusion": 1,
-    "data": 2, "models": 2,
+    "data": 2, "models": 2, "storage": 2,
     "training": 3,
     "evaluation": 4, "figures": 4,
     "kinds": 5,
@@ -55,6 +55,14 @@ def test_imports_go_downwards_only():
         here = _module(path)
         upward |= {(here, target) for target in _imports(path) if _layer(target) > _layer(here)}
     assert upward == set()
+
+
+def test_evaluation_and_figures_do_not_import_training():
+    """Run directories and checkpoints live in the storage layer: what reads a finished run needs no
+    training loop."""
+    found = {(_module(path), target) for folder in ("evaluation", "figures") for path in (PACKAGE / folder).rglob("*.py")
+             for target in _imports(path) if target.split(".")[0] == "training"}
+    assert found == set()
 
 
 def test_no_module_outside_the_registry_compares_kind_names():

@@ -22,12 +22,12 @@ import torch
 from safetensors.torch import save_file
 
 import mnistgen
-from mnistgen import api, defaults
+from mnistgen import api, defaults, export
 from mnistgen.cli import main
 from mnistgen.errors import UserError
 from mnistgen.evaluation import fd
 from mnistgen.study import write_report
-from mnistgen.training.checkpoint import FORMAT_VERSION, load_checkpoint
+from mnistgen.storage.checkpoint import FORMAT_VERSION, load_checkpoint
 from mnistgen.runs import build_trainer, train
 from mnistgen.config import RunConfig
 from mnistgen.weightfiles import FORMAT, MANIFEST_NAME, WEIGHTS_NAME, read_weights, write_manifest
@@ -389,7 +389,7 @@ def test_a_study_whose_run_folder_is_a_link_is_refused(runs, tmp_path, victim, c
 def test_export_refuses_the_installed_package(runs, tmp_path, monkeypatch):
     fake = tmp_path / "site-packages" / "mnistgen"
     (fake / "pretrained").mkdir(parents=True)
-    monkeypatch.setattr(api, "__file__", str(fake / "api.py"))
+    monkeypatch.setattr(export, "__file__", str(fake / "export.py"))
     with pytest.raises(UserError, match="inside the installed mnistgen package"):
         api.export_pretrained(runs, fake / "pretrained")
 
@@ -415,7 +415,7 @@ def _flip_a_byte(path: Path, at: int) -> None:
 def test_a_flipped_byte_in_a_shipped_weight_file_is_named(tmp_path, monkeypatch, capsys):
     shipped = tmp_path / "pretrained"
     shutil.copytree(defaults.PRETRAINED_DIR, shipped)
-    monkeypatch.setattr(api, "PRETRAINED_DIR", shipped)
+    monkeypatch.setattr(defaults, "PRETRAINED_DIR", shipped)
     assert mnistgen.load("pretrained:ddpm", device="cpu") is not None
     weights = shipped / "ddpm" / WEIGHTS_NAME
     _flip_a_byte(weights, weights.stat().st_size // 2)  # a weight, not the header: the file still parses
@@ -459,7 +459,7 @@ def test_every_global_rng_state_round_trips_through_a_weights_only_checkpoint(tm
     """Format 3: NumPy's, Python's and torch's global streams continue after a save and a weights-only load."""
     import random
 
-    from mnistgen.training.checkpoint import save_checkpoint
+    from mnistgen.storage.checkpoint import save_checkpoint
 
     config = RunConfig.from_dict(json.loads((FORMAT2 / "config.json").read_text()))
     trainer = build_trainer(config, tmp_path / "run", preview=False)

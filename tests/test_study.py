@@ -9,7 +9,7 @@ from PIL import Image
 
 from mnistgen.cli import main
 from mnistgen.study import CAPTIONS, write_report
-from mnistgen.training.checkpoint import load_checkpoint
+from mnistgen.storage.checkpoint import load_checkpoint
 from mnistgen.training.device import amp_dtype, pick_device
 
 

@@ -24,7 +24,7 @@ from mnistgen.defaults import (Log, existing_or_default, is_pretrained, preset_f
                                saved_config, say, train_config, writable_copy)
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.errors import UserError
-from mnistgen.evaluation.metrics import RunMetrics
+from mnistgen.evaluation.results import RunMetrics
 from mnistgen.export import export_pretrained, model_card
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest
@@ -35,7 +35,7 @@ from mnistgen.study import MODELS, SETTINGS, run_study
 from mnistgen.training import distributed
 from mnistgen.training.device import pick_device
 from mnistgen.config import RunConfig
-from mnistgen.training.rundir import EpochRecord, RunDir
+from mnistgen.storage.rundir import EpochRecord, RunDir
 
 __all__ = ["Model", "TrainedRun", "draw_figures", "evaluate", "export_pretrained", "is_pretrained", "load",
            "model_card", "preset_for", "pretrained_names", "reproduce", "run_path", "train"]

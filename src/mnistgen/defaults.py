@@ -17,7 +17,7 @@ from mnistgen.errors import UserError
 from mnistgen.files import check_writable_dir, fresh_dir
 from mnistgen.runs import check_resume
 from mnistgen.training.device import default_preset
-from mnistgen.training.rundir import RunDir
+from mnistgen.storage.rundir import RunDir
 from mnistgen.weightfiles import MANIFEST_NAME
 
 PRETRAINED = "pretrained:"

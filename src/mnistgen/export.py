@@ -13,12 +13,12 @@ import torch
 from mnistgen import kinds
 from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
-from mnistgen.evaluation.metrics import RunMetrics, read_metrics
+from mnistgen.evaluation.results import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir, fresh_dir, markdown_text, refuse_links, write_atomic
 from mnistgen.kinds import TrainedModel
 from mnistgen.runs import load_run
 from mnistgen.study import MODELS, metric_rows, read_provenance
-from mnistgen.training.rundir import RunDir
+from mnistgen.storage.rundir import RunDir
 from mnistgen.weightfiles import MANIFEST_NAME, WEIGHTS_NAME, read_manifest, save_weights, write_manifest
 
 

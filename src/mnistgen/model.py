@@ -17,7 +17,7 @@ from mnistgen.images import save_animation
 from mnistgen.kinds import TrainedModel
 from mnistgen.kinds.base import SAMPLE_BATCH
 from mnistgen.runs import load_run
-from mnistgen.training.checkpoint import describe_error
+from mnistgen.storage.checkpoint import describe_error
 from mnistgen.training.device import pick_device
 
 

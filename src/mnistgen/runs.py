@@ -21,16 +21,17 @@ from mnistgen.config import RECORDING_ONLY, RunConfig, differences, flat_config
 from mnistgen.data.mnist import TensorData
 from mnistgen.errors import Interrupted, UserError
 from mnistgen.evaluation.fd import load_classifier
-from mnistgen.evaluation.metrics import RunMetrics, read_metrics, reference_set
+from mnistgen.evaluation.metrics import reference_set
+from mnistgen.evaluation.results import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest, TrainedModel
 from mnistgen.provenance import source_version
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
-from mnistgen.training.checkpoint import describe_error, load_checkpoint, load_weights
+from mnistgen.storage.checkpoint import describe_error, load_checkpoint, load_weights
 from mnistgen.training.device import pick_device
 from mnistgen.training.ema import sampling_weights
-from mnistgen.training.rundir import EpochRecord, RunDir
+from mnistgen.storage.rundir import EpochRecord, RunDir
 from mnistgen.training.tensorboard import TensorBoardLog, require_tensorboard, tensorboard_installed, write_hparams
 from mnistgen.training.trainer import Objective, StopRequest, Trainer
 from mnistgen.weightfiles import WEIGHTS_NAME, read_weights, verify_manifest

@@ -25,11 +25,11 @@ from mnistgen.config import preset
 from mnistgen.errors import UserError
 from mnistgen.files import refuse_links, write_atomic, write_json
 from mnistgen.provenance import git_commit
-from mnistgen.evaluation.metrics import Likelihood, RunMetrics, SampleQuality, read_metrics
+from mnistgen.evaluation.results import Likelihood, RunMetrics, SampleQuality, read_metrics
 from mnistgen.kinds import EvaluationRequest
 from mnistgen.runs import evaluate_run, render_figures, train
-from mnistgen.training.checkpoint import completed_epochs
-from mnistgen.training.rundir import RunDir
+from mnistgen.storage.checkpoint import completed_epochs
+from mnistgen.storage.rundir import RunDir
 
 MODELS = kinds.GENERATIVE  # one run directory each, in this order
 

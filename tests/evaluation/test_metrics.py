@@ -1,7 +1,7 @@
 from mnistgen.config import preset
 from mnistgen import kinds
 from mnistgen.diffusion.samplers import SamplerSettings
-from mnistgen.evaluation.metrics import SampleQuality
+from mnistgen.evaluation.results import SampleQuality
 
 
 def resolve(config, settings):
@@ -36,7 +36,7 @@ def test_record_is_the_metrics_json_form():
 def test_every_part_of_a_sample_quality_survives_metrics_json():
     from mnistgen.evaluation.fd import FDSpread
     from mnistgen.evaluation.kid import KID
-    from mnistgen.evaluation.metrics import RunMetrics, SweepPoint
+    from mnistgen.evaluation.results import RunMetrics, SweepPoint
     from mnistgen.evaluation.prdc import PRDC
 
     q = SampleQuality(SamplerSettings("cfg", 64, guidance=0.3), 200, 12.5, [20] * 10, 8.0, 0.9, [0.9] * 10,

@@ -45,7 +45,7 @@ def test_drawing_a_figure_leaves_the_users_matplotlib_backend_alone(tmp_path):
 import matplotlib
 matplotlib.use("pdf")
 import torch
-from mnistgen.evaluation.metrics import SweepPoint
+from mnistgen.evaluation.results import SweepPoint
 from mnistgen.figures import diffusion, vae
 draw = lambda n, generator, settings=None, labels=None: torch.rand(n, 1, 28, 28, generator=generator)
 points = (SweepPoint(0.0, 4, 10, 50.0, 0.8), SweepPoint(1.0, 4, 10, 40.0, 0.9))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mnistgen.cli import main
-from mnistgen.training.checkpoint import load_checkpoint
+from mnistgen.storage.checkpoint import load_checkpoint
 
 JOB = Path(__file__).with_name("ddp_job.py")
 TRAIN = ["train", "ddpm", "--preset", "smoke", "--device", "cpu", "--no-progress", "--epochs", "3",

@@ -19,8 +19,8 @@ from mnistgen.errors import Interrupted, StopNow, UserError
 from mnistgen import kinds
 from mnistgen.runs import build_trainer, train
 from mnistgen import files
-from mnistgen.training.checkpoint import load_checkpoint
-from mnistgen.training.rundir import RunDir
+from mnistgen.storage.checkpoint import load_checkpoint
+from mnistgen.storage.rundir import RunDir
 from mnistgen.training.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -86,7 +86,7 @@ def test_a_lock_held_by_another_process_refuses_until_that_process_dies(tmp_path
     """The lock belongs to a process: refused while it lives, free the moment it is killed (kill -9)."""
     run = RunDir(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from mnistgen.training.rundir import RunDir\n"
+        "import sys, time; from pathlib import Path; from mnistgen.storage.rundir import RunDir\n"
         f"with RunDir(Path({str(run.root)!r})).locked():\n    print('locked', flush=True); time.sleep(120)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

@@ -18,7 +18,7 @@ from mnistgen.cli import main
 from mnistgen.config import apply_overrides, preset
 from mnistgen.runs import build_trainer
 from mnistgen.training import distributed
-from mnistgen.training.checkpoint import load_checkpoint
+from mnistgen.storage.checkpoint import load_checkpoint
 
 SMALL = ["--preset", "smoke", "--no-progress", "--set", "data.train_limit=512", "--set", "data.val_limit=64",
          "--set", "train.log_every=2"]

@@ -7,8 +7,8 @@ import torch
 from mnistgen.config import apply_overrides, preset
 from mnistgen import kinds
 from mnistgen.runs import build_trainer
-from mnistgen.training.checkpoint import load_checkpoint, save_checkpoint
-from mnistgen.training.rundir import RunDir
+from mnistgen.storage.checkpoint import load_checkpoint, save_checkpoint
+from mnistgen.storage.rundir import RunDir
 from mnistgen.training.trainer import NonFiniteLossError, Trainer, lr_factor
 
 

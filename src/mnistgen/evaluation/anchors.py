@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from mnistgen.data.mnist import load
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.evaluation.fd import load_classifier
-from mnistgen.evaluation.metrics import SampleQuality, reference_set, sample_quality
+from mnistgen.evaluation.metrics import reference_set, sample_quality
+from mnistgen.evaluation.results import SampleQuality
 
 DROPPED = (0, 1)  # the digits the mode-dropped anchor leaves out
 

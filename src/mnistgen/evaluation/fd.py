@@ -17,7 +17,7 @@ import torch
 from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
 from mnistgen.models.classifier import Classifier
-from mnistgen.training.checkpoint import describe_error, load_checkpoint, load_weights
+from mnistgen.storage.checkpoint import describe_error, load_checkpoint, load_weights
 from mnistgen.weightfiles import read_weights, verify_manifest
 
 BUNDLED_CLASSIFIER = Path(__file__).with_name("weights") / "classifier.safetensors"

@@ -1,14 +1,12 @@
-"""What an evaluation measures, as named results from where they are computed to metrics.json.
+"""The sampling pipeline of an evaluation: samples judged by the bundled classifier against the
+test set (MNIST-FD, KID, PRDC, class accuracy and coverage), the reference set, and the judge's
+compact export. The result types it fills live in :mod:`mnistgen.evaluation.results`."""
 
-Each result type has one ``to_json`` / ``from_json`` pair; metrics.json is the flat union of
-the parts a run's model kind computes (the layout of mnistgen 0.1, so old files still read).
-"""
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -17,156 +15,12 @@ import torch
 from mnistgen.config import RunConfig
 from mnistgen.data.mnist import load
 from mnistgen.diffusion.samplers import SamplerSettings
-from mnistgen.evaluation.fd import (FDSpread, FeatureStats, Judgement, class_histogram, fd_spread, feature_stats,
+from mnistgen.evaluation.fd import (FeatureStats, Judgement, class_histogram, fd_spread, feature_stats,
                                    frechet_distance, judge)
-from mnistgen.evaluation.kid import KID, kid
-from mnistgen.evaluation.prdc import PRDC, prdc, prdc_against_subsets
-from mnistgen.errors import UserError
-from mnistgen.files import JsonRecord
-from mnistgen.training.checkpoint import describe_error
-from mnistgen.training.rundir import RunDir
+from mnistgen.evaluation.kid import kid
+from mnistgen.evaluation.prdc import prdc, prdc_against_subsets
+from mnistgen.evaluation.results import SampleQuality
 from mnistgen.weightfiles import save_weights
-
-
-@dataclass(frozen=True)
-class SampleQuality:
-    """What ``n_samples`` fresh samples scored, judged by mnistgen's classifier. The parts after
-    ``class_histogram`` are None in metrics files written before mnistgen measured them."""
-
-    settings: SamplerSettings  # resolved
-    n_samples: int
-    mnist_fd: float
-    class_histogram: list[int]
-    sample_seconds: float
-    class_accuracy: float | None = None  # conditional models: the judge agrees with the requested label
-    class_accuracy_per_class: list[float] | None = None
-    fd_spread: FDSpread | None = None
-    kid: KID | None = None
-    prdc: PRDC | None = None  # the mean over 10 subsets of as many real test features as there are samples
-    coverage_per_class: list[float] | None = None  # conditional models: coverage of each digit's real images
-
-    @property
-    def seconds_per_100_samples(self) -> float:
-        return round(100 * self.sample_seconds / self.n_samples, 3)
-
-    def to_json(self) -> dict:
-        values = self.settings.to_json()
-        values.update(n_samples=self.n_samples, mnist_fd=self.mnist_fd, class_histogram=self.class_histogram,
-                      sample_seconds=self.sample_seconds, seconds_per_100_samples=self.seconds_per_100_samples)
-        if self.class_accuracy is not None:
-            values.update(class_accuracy=self.class_accuracy, class_accuracy_per_class=self.class_accuracy_per_class)
-        if self.fd_spread is not None:
-            values.update(mnist_fd_std=self.fd_spread.std, mnist_fd_resamples=self.fd_spread.resamples,
-                          mnist_fd_inf=self.fd_spread.at_infinity)
-        if self.kid is not None:
-            values.update(kid=self.kid.mean, kid_std=self.kid.std, kid_subsets=self.kid.subsets,
-                          kid_subset_size=self.kid.subset_size)
-        if self.prdc is not None:
-            values.update(precision=self.prdc.precision, recall=self.prdc.recall, density=self.prdc.density,
-                          coverage=self.prdc.coverage, prdc_k=self.prdc.k)
-        if self.coverage_per_class is not None:
-            values.update(coverage_per_class=self.coverage_per_class)
-        return values
-
-    @staticmethod
-    def from_json(d: dict) -> "SampleQuality":
-        settings = SamplerSettings(**{f.name: d.get(f.name) for f in fields(SamplerSettings)})
-        spread = FDSpread(d["mnist_fd_std"], d["mnist_fd_resamples"], d["mnist_fd_inf"]) if "mnist_fd_std" in d else None
-        kid_ = KID(d["kid"], d["kid_std"], d["kid_subsets"], d["kid_subset_size"]) if "kid" in d else None
-        prdc_ = (PRDC(d["precision"], d["recall"], d["density"], d["coverage"], d["prdc_k"])
-                 if "precision" in d else None)
-        return SampleQuality(settings, d["n_samples"], d["mnist_fd"], d["class_histogram"], d["sample_seconds"],
-                             d.get("class_accuracy"), d.get("class_accuracy_per_class"), spread, kid_, prdc_,
-                             d.get("coverage_per_class"))
-
-
-@dataclass(frozen=True)
-class SweepPoint(JsonRecord):
-    """One guidance weight of a conditional model's sweep; KID (None in older files) reads across sample counts."""
-
-    guidance: float
-    steps: int
-    n_samples: int
-    mnist_fd: float
-    class_accuracy: float
-    kid: float | None = None
-    kid_std: float | None = None
-
-    @staticmethod
-    def of(q: SampleQuality) -> "SweepPoint":
-        return SweepPoint(q.settings.guidance, q.settings.steps, q.n_samples, q.mnist_fd, q.class_accuracy,
-                          q.kid.mean if q.kid else None, q.kid.std if q.kid else None)
-
-
-@dataclass(frozen=True)
-class Likelihood(JsonRecord):
-    """The VAE's bounds on the test set, in nats per image. The first two score the grey-level test
-    images under the Bernoulli decoder (not a normalised density of grey levels, and not comparable
-    with the literature); the binarized ones score dynamically binarized test images (each pixel
-    drawn 1 with its grey level as probability), the test protocol of published numbers (whose
-    models, unlike this one, are also trained on binarized digits)."""
-
-    val_neg_elbo: float
-    iwae_nll: float  # IWAE bound on -log p(x)
-    iwae_k: int
-    iwae_n_images: int
-    n_test_images: int
-    binarized_neg_elbo: float | None = None  # None in files written before mnistgen measured it
-    binarized_iwae_nll: float | None = None
-
-
-# Numbers in metrics.json that say how a score was measured, not what it is.
-MEASURED_WITH = frozenset({"steps", "eta", "guidance", "n_samples", "iwae_k", "iwae_n_images", "n_test_images",
-                           "kid_subsets", "kid_subset_size", "prdc_k", "mnist_fd_resamples"})
-
-
-@dataclass(frozen=True)
-class RunMetrics:
-    """Everything ``evaluate`` found for one run; each part is None where the model kind has none."""
-
-    model: str
-    preset: str
-    quality: SampleQuality | None = None
-    likelihood: Likelihood | None = None
-    guidance_sweep: tuple[SweepPoint, ...] | None = None
-    test_accuracy: float | None = None  # the classifier
-    evaluation_seconds: float | None = None
-    evaluated_with: str | None = None  # which mnistgen computed these (version, commit)
-
-    def scalars(self) -> dict[str, float]:
-        """The scores of :meth:`to_json` (single numbers; not lists, texts, timings or the settings
-        they were measured with): what a hyperparameter view compares runs by."""
-        return {k: float(v) for k, v in self.to_json().items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and "seconds" not in k
-                and k not in MEASURED_WITH}
-
-    def to_json(self) -> dict:
-        values: dict = {"model": self.model, "preset": self.preset}
-        if self.test_accuracy is not None:
-            values["test_accuracy"] = self.test_accuracy
-        if self.likelihood is not None:
-            values.update(self.likelihood.to_json())
-        if self.quality is not None:
-            values.update(self.quality.to_json())
-        if self.guidance_sweep is not None:
-            values["guidance_sweep"] = [p.to_json() for p in self.guidance_sweep]
-        if self.evaluation_seconds is not None:
-            values["evaluation_seconds"] = self.evaluation_seconds
-        if self.evaluated_with is not None:
-            values["evaluated_with"] = self.evaluated_with
-        return values
-
-    @staticmethod
-    def from_json(d: dict) -> "RunMetrics":
-        """The metrics of a metrics.json (parts it lacks stay None)."""
-        sweep = d.get("guidance_sweep")
-        return RunMetrics(
-            d.get("model", "?"), d.get("preset", "?"),
-            quality=SampleQuality.from_json(d) if "mnist_fd" in d else None,
-            likelihood=Likelihood.from_json(d) if "val_neg_elbo" in d else None,
-            guidance_sweep=tuple(SweepPoint.from_json(p) for p in sweep) if sweep is not None else None,
-            test_accuracy=d.get("test_accuracy"), evaluation_seconds=d.get("evaluation_seconds"),
-            evaluated_with=d.get("evaluated_with"))
 
 
 class Reference(NamedTuple):
@@ -175,16 +29,6 @@ class Reference(NamedTuple):
     features: torch.Tensor  # (N, D) float32, on the CPU
     labels: torch.Tensor  # (N,) int64: the true digits
     stats: FeatureStats
-
-
-def read_metrics(run: RunDir) -> RunMetrics:
-    """RUN/metrics.json as :class:`RunMetrics` (every part None when there is no file yet); a
-    damaged or hand-edited file is one :class:`UserError` line, not a traceback."""
-    try:
-        return RunMetrics.from_json(run.read_metrics())
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
-        raise UserError(f"{run.metrics} is not a metrics file mnistgen can read ({describe_error(e)}); "
-                        f"move it away and evaluate the run again") from None
 
 
 def sample_quality(batches: Iterator[torch.Tensor], labels: torch.Tensor | None, classifier,

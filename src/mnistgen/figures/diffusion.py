@@ -9,10 +9,10 @@ import torch
 
 from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
-from mnistgen.evaluation.metrics import SweepPoint
+from mnistgen.evaluation.results import SweepPoint
 from mnistgen.figures.plotting import save_figure, show_images, subplots
 from mnistgen.images import save_grid
-from mnistgen.training.rundir import RunDir
+from mnistgen.storage.rundir import RunDir
 
 Draw = Callable[..., torch.Tensor]
 """A trained model's sampler, as its model kind hands it to the figures:

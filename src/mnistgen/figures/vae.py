@@ -10,7 +10,7 @@ from mnistgen.data.mnist import TensorData
 from mnistgen.figures.plotting import save_figure, show_images, subplots
 from mnistgen.images import save_grid
 from mnistgen.models.vae import VAE
-from mnistgen.training.rundir import EpochRecord
+from mnistgen.storage.rundir import EpochRecord
 
 TARGET_NATS = 104.0
 OFFSETS = (-2, -1, 0, 1, 2)

@@ -21,9 +21,10 @@ from mnistgen.data.mnist import TensorData, labels_per_digit, load
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
-from mnistgen.evaluation.metrics import PRDC_K, Reference, RunMetrics, SampleQuality, sample_quality
+from mnistgen.evaluation.metrics import PRDC_K, Reference, sample_quality
+from mnistgen.evaluation.results import RunMetrics, SampleQuality
 from mnistgen.progress import Progress
-from mnistgen.training.rundir import EpochRecord, RunDir
+from mnistgen.storage.rundir import EpochRecord, RunDir
 from mnistgen.training.trainer import Objective, Preview
 
 PREVIEW_SEED = 1234  # fixed noise for the per-epoch grids (F9, F12)

@@ -10,7 +10,8 @@ from torch import nn
 
 from mnistgen.config import RunConfig
 from mnistgen.evaluation.fd import judge
-from mnistgen.evaluation.metrics import RunMetrics, export_classifier
+from mnistgen.evaluation.metrics import export_classifier
+from mnistgen.evaluation.results import RunMetrics
 from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel
 from mnistgen.models.classifier import Classifier, ClassifierObjective
 from mnistgen.training.trainer import Preview

@@ -13,7 +13,8 @@ from torch import nn
 from mnistgen.config import RunConfig
 from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
-from mnistgen.evaluation.metrics import Reference, RunMetrics, SweepPoint, read_metrics
+from mnistgen.evaluation.metrics import Reference
+from mnistgen.evaluation.results import RunMetrics, SweepPoint, read_metrics
 from mnistgen.kinds.base import DiffusionKind, EvaluationRequest, TrainedModel, conditional_labels
 from mnistgen.models.unet import ConditionalUNet
 from mnistgen.progress import long_step

@@ -12,7 +12,7 @@ from torch import nn
 from mnistgen.config import RunConfig
 from mnistgen.diffusion.samplers import OnStep, SamplerSettings
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
-from mnistgen.evaluation.metrics import Likelihood, RunMetrics
+from mnistgen.evaluation.results import Likelihood, RunMetrics
 from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel
 from mnistgen.models.vae import VAE, VAEObjective
 from mnistgen.progress import long_step

@@ -34,8 +34,8 @@ from mnistgen.progress import Progress, say
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
 from mnistgen.training.ema import EMA, ema_in_use
-from mnistgen.training.checkpoint import describe_error, load_checkpoint, save_checkpoint
-from mnistgen.training.rundir import EpochRecord, RunDir
+from mnistgen.storage.checkpoint import describe_error, load_checkpoint, save_checkpoint
+from mnistgen.storage.rundir import EpochRecord, RunDir
 
 
 class Objective(Protocol):

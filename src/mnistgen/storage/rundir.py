@@ -27,7 +27,7 @@ from mnistgen.config import RunConfig
 from mnistgen.errors import UserError
 from mnistgen.images import save_grid
 from mnistgen.files import JsonRecord, refuse_links, remove_stale_temp_files, write_atomic, write_json
-from mnistgen.training.checkpoint import UnsafeFile, completed_epochs, describe_error
+from mnistgen.storage.checkpoint import UnsafeFile, completed_epochs, describe_error
 
 
 @dataclass(frozen=True)
