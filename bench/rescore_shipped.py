@@ -1,0 +1,68 @@
+"""The shipped models evaluated again with the `cpu` study's settings, every number set beside the
+one in their metrics.json: a change to sampling or evaluation that should leave the study's scores
+alone must print no difference.
+
+    python bench/rescore_shipped.py [--models ddpm,cfg]
+
+Writes bench/results/rescore-<date>-<host>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import mnistgen
+from mnistgen import kinds
+from mnistgen.defaults import run_path
+from mnistgen.study import SETTINGS
+from results_io import stamp, write_results
+
+
+def rescore(name: str, out: Path) -> dict:
+    settings = SETTINGS["cpu"]
+    sweep = kinds.get(name).sweep_weights or None
+    metrics = mnistgen.evaluate(f"pretrained:{name}", out=out / name, n=settings.n_samples, iwae_k=settings.iwae_k,
+                                guidance_sweep=sweep, sweep_samples=settings.sweep_samples if sweep else None,
+                                device="cpu", progress=False)
+    return metrics.to_json()
+
+
+def numbers(record: dict, prefix: str = "") -> dict[str, float]:
+    """Every number in a metrics record, by a dotted key (sweep points by their weight)."""
+    found = {}
+    for key, value in record.items():
+        if isinstance(value, bool) or key in ("evaluation_seconds", "sample_seconds", "seconds_per_100_samples"):
+            continue
+        if isinstance(value, (int, float)):
+            found[prefix + key] = value
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for point in value:
+                found.update(numbers(point, f"{prefix}{key}[w={point.get('guidance')}]."))
+        elif isinstance(value, list):
+            found.update({f"{prefix}{key}[{i}]": v for i, v in enumerate(value)})
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="ddpm,cfg")
+    args = parser.parse_args()
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            shipped = numbers(json.loads((run_path(f"pretrained:{name}") / "metrics.json").read_text()))
+            again = numbers(rescore(name, Path(tmp)))
+            differ = {k: (shipped.get(k), again.get(k)) for k in sorted(set(shipped) | set(again))
+                      if shipped.get(k) != again.get(k)}
+            rows[name] = {"compared": len(set(shipped) & set(again)), "different": differ}
+            print(f"{name}: {len(set(shipped) & set(again))} numbers compared, {len(differ)} differ", flush=True)
+            for key, (a, b) in differ.items():
+                print(f"    {key}: shipped {a}, now {b}", flush=True)
+    print(f"wrote {write_results({**stamp(), 'models': rows}, 'rescore-')}")
+
+
+if __name__ == "__main__":
+    main()
