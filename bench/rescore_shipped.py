@@ -1,10 +1,13 @@
-"""The shipped models evaluated again with the `cpu` study's settings, every number set beside the
-one in their metrics.json: a change to sampling or evaluation that should leave the study's scores
-alone must print no difference.
+"""The shipped models evaluated again with the `cpu` study's settings, every number set beside a
+baseline: a change to sampling or evaluation that should leave the study's scores alone must print
+no difference. The baseline is an evaluation by another version of mnistgen on the same weights
+(``--write``, run under that version), or else the shipped metrics.json, which was measured on the
+study's float32 weights before they were stored in float16 (so it differs in the last digits).
 
-    python bench/rescore_shipped.py [--models ddpm,cfg]
+    PYTHONPATH=OLD_CHECKOUT/src python bench/rescore_shipped.py --write /tmp/before.json
+    python bench/rescore_shipped.py --baseline /tmp/before.json [--models ddpm,cfg]
 
-Writes bench/results/rescore-<date>-<host>.json.
+Writes bench/results/rescore-<date>-<host>.json (with a baseline).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import mnistgen
 from mnistgen import kinds
-from mnistgen.defaults import run_path
+from mnistgen.api import run_path  # in every version: the baseline may come from an older one
 from mnistgen.study import SETTINGS
 from results_io import stamp, write_results
 
@@ -49,19 +52,29 @@ def numbers(record: dict, prefix: str = "") -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="ddpm,cfg")
+    parser.add_argument("--write", type=Path, default=None, help="write this version's metrics here and stop")
+    parser.add_argument("--baseline", type=Path, default=None, help="a file --write made (default: metrics.json)")
     args = parser.parse_args()
-    rows = {}
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    found, rows = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            shipped = numbers(json.loads((run_path(f"pretrained:{name}") / "metrics.json").read_text()))
-            again = numbers(rescore(name, Path(tmp)))
-            differ = {k: (shipped.get(k), again.get(k)) for k in sorted(set(shipped) | set(again))
-                      if shipped.get(k) != again.get(k)}
-            rows[name] = {"compared": len(set(shipped) & set(again)), "different": differ}
-            print(f"{name}: {len(set(shipped) & set(again))} numbers compared, {len(differ)} differ", flush=True)
-            for key, (a, b) in differ.items():
-                print(f"    {key}: shipped {a}, now {b}", flush=True)
-    print(f"wrote {write_results({**stamp(), 'models': rows}, 'rescore-')}")
+            found[name] = rescore(name, Path(tmp))
+    if args.write is not None:
+        args.write.write_text(json.dumps(found, indent=1))
+        print(f"wrote {args.write}")
+        return
+    for name, record in found.items():
+        before = baseline[name] if baseline else json.loads((run_path(f"pretrained:{name}") / "metrics.json").read_text())
+        shipped, again = numbers(before), numbers(record)
+        differ = {k: (shipped.get(k), again.get(k)) for k in sorted(set(shipped) | set(again))
+                  if shipped.get(k) != again.get(k)}
+        rows[name] = {"compared": len(set(shipped) & set(again)), "different": differ}
+        print(f"{name}: {len(set(shipped) & set(again))} numbers compared, {len(differ)} differ", flush=True)
+        for key, (a, b) in differ.items():
+            print(f"    {key}: before {a}, now {b}", flush=True)
+    results = {**stamp(), "baseline": str(args.baseline or "the shipped metrics.json"), "models": rows}
+    print(f"wrote {write_results(results, 'rescore-')}")
 
 
 if __name__ == "__main__":
