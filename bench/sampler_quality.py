@@ -56,7 +56,7 @@ def main() -> None:
         asked = settings(name, args.guidance, args.grid)
         kind.check_settings(trained.config, asked)
         q = kind.sample_quality(trained, classifier, reference, args.n, args.seed, asked, progress=False)
-        rows.append({"sampler": name, **q.settings.to_json(), "mnist_fd": round(q.mnist_fd, 2),
+        rows.append({**q.settings.to_json(), "name": name, "mnist_fd": round(q.mnist_fd, 2),
                      "mnist_fd_std": round(q.fd_spread.std, 2) if q.fd_spread else None,
                      "class_accuracy": q.class_accuracy, "seconds": q.sample_seconds,
                      "seconds_per_100": q.seconds_per_100_samples})
@@ -67,7 +67,7 @@ def main() -> None:
     for r in rows:
         r["fd_vs_first"] = round(r["mnist_fd"] / base["mnist_fd"], 3)
         r["speedup_vs_first"] = round(base["seconds"] / r["seconds"], 1)
-        print(f"{r['sampler']:16s} FD x{r['fd_vs_first']:.3f} of {base['sampler']}'s, "
+        print(f"{r['name']:16s} FD x{r['fd_vs_first']:.3f} of {base['name']}'s, "
               f"{r['speedup_vs_first']:.1f}x its speed")
     results = {**stamp(), "run": str(args.run),
                "preset": trained.config.preset, "step": trained.history[-1].step if trained.history else 0,
