@@ -16,7 +16,7 @@ start=$SECONDS
 mkdir -p "$out"
 log() { echo "[$(date +%H:%M:%S) +$((SECONDS - start))s] $*" | tee -a "$out/summary.txt"; }
 parts() { python3 bench/study_parts.py "$@" --preset "$preset" --out "$out/study" --device "$device"; }
-left() { echo $((budget - (SECONDS - start) - ${1:-0})); }
+left() { local t=$((budget - (SECONDS - start) - ${1:-0})); echo $((t < 1 ? 1 : t)); }  # timeout 0 would mean none
 
 log "$(nvidia-smi -L 2> /dev/null | head -2)"
 log "$(python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, *([torch.cuda.get_device_name()] if torch.cuda.is_available() else []))')"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -17,6 +19,7 @@ def _run(out: Path, budget: int) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_budget_too_short_stops_the_pieces_and_a_second_call_finishes(tmp_path):
     out = tmp_path / "gpu-study"
     cut = _run(out, 52)  # 12 s per piece: not even the smoke trainings fit

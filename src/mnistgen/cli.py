@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from mnistgen.config import DATASETS, KINDS, SAMPLERS
-from mnistgen.diffusion.samplers import GRID_SPACINGS
+from mnistgen.config import DATASETS, KINDS
+from mnistgen.diffusion.registry import GRID_SPACINGS, SAMPLERS
 from mnistgen.errors import Interrupted, RunStopped, StopNow, UserError
 
 
@@ -84,8 +84,9 @@ def _train_parser(sub) -> None:
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     """The diffusion models' sampler options, from the sampler registry."""
-    p.add_argument("--sampler", choices=SAMPLERS, default=None,
-                   help="diffusion models: the sampler (default: the run's; every sampler works for both)")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
+                   help="diffusion models (default: the run's); " + "; ".join(f"{name}: {spec.summary}"
+                                                                        for name, spec in SAMPLERS.items()))
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="network evaluations (a guided step's batched pair counts once)")
     p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
@@ -210,7 +211,7 @@ def _sample(args) -> int:
     from mnistgen import api
     from mnistgen.arrays import ArraySpec, npz_size, write_npz
     from mnistgen.data.mnist import labels_per_digit
-    from mnistgen.diffusion.samplers import SamplerSettings
+    from mnistgen.diffusion.registry import SamplerSettings
     from mnistgen.files import check_writable_dir
     from mnistgen.images import save_grid
 

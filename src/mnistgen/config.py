@@ -16,13 +16,13 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-from mnistgen.diffusion.samplers import SAMPLERS as SAMPLER_REGISTRY
+from mnistgen.diffusion.registry import SAMPLERS as SAMPLER_REGISTRY
 from mnistgen.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "clamped-snr")
-SAMPLERS = tuple(SAMPLER_REGISTRY)  # the sampler registry's names (mnistgen.diffusion.samplers)
+SAMPLERS = tuple(SAMPLER_REGISTRY)  # the sampler registry's names (mnistgen.diffusion.registry; no torch)
 PREDICTIONS = ("eps", "v", "x0")
 T_DISTRIBUTIONS = ("uniform", "cosine")
 AMP_MODES = ("auto", "native", "bf16", "fp16", "off")

@@ -138,7 +138,7 @@ def _objective_lines(process) -> list[str]:
     if process is None:
         return []
     parts = [f"the network predicts {process.prediction}"
-             + ("" if process.prediction == "eps" else " (converted to eps for the samplers)")]
+             + ("" if process.prediction == "eps" else " (converted to eps and x_0 by the denoiser)")]
     parts += [f"{f.name.replace('_', ' ')} {getattr(process, f.name)}" for f in fields(process)
               if f.name in ("loss_weighting", "t_distribution")]
     return ["- objective: " + "; ".join(parts)]

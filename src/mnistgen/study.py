@@ -26,6 +26,7 @@ from mnistgen.errors import UserError
 from mnistgen.files import refuse_links, write_atomic, write_json
 from mnistgen.provenance import git_commit
 from mnistgen.evaluation.results import Likelihood, RunMetrics, SampleQuality, read_metrics
+from mnistgen.diffusion.registry import GRID_SPACINGS
 from mnistgen.kinds import EvaluationRequest
 from mnistgen.runs import evaluate_run, render_figures, train
 from mnistgen.storage.checkpoint import completed_epochs
@@ -125,10 +126,11 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
 
 
 def _sampler_name(q: SampleQuality) -> str:
-    """e.g. 'ddim-50, eta = 1', 'ancestral-1000', 'cfg-64'."""
+    """e.g. 'ddim-50, eta = 1', 'ancestral-1000', 'dpm++2m-10, log-snr grid'."""
     s = q.settings
     name = s.sampler + (f"-{s.steps}" if s.steps else "")
-    return name + (f", eta = {s.eta:g}" if s.sampler == "ddim" else "")
+    name += f", eta = {s.eta:g}" if s.eta is not None else ""
+    return name + (f", {s.grid} grid" if s.grid not in (None, GRID_SPACINGS[0]) else "")
 
 
 def metric_rows(m: RunMetrics) -> list[tuple[str, str]]:

@@ -2,7 +2,9 @@
 commit 14f52a8 (before the samplers shared one denoiser interface). test_golden_samplers.py checks that
 the samplers still draw the same, so the study's numbers stay what they were on the same seeds.
 
-    python tests/diffusion/make_golden.py      (only to re-baseline, after a deliberate change)
+    python tests/diffusion/make_golden.py      (as it ran at 14f52a8; the CFG model's sampler was named
+                                                "cfg" then, "ancestral" since: re-baselining now needs
+                                                test_golden_samplers.RENAMED applied to CASES)
 """
 
 from __future__ import annotations

@@ -10,4 +10,4 @@ def sample(name, network, process, x, generator=None, on_step=None, *, steps=Non
     steps = steps or process.T
     grid = process.grid(steps, spacing, x.device)
     denoiser = samplers.denoiser_for(network, process.config.prediction, labels, w, null_label=10)
-    return samplers.SAMPLERS[name].run(denoiser, x, grid, generator, on_step, **options)
+    return samplers.SAMPLERS[name].loop()(denoiser, x, grid, generator, on_step, **options)

@@ -183,3 +183,12 @@ def test_min_snr_weights(process):
     expected = np.mean(np.minimum(snr, gamma) * ((x - x0_hat) ** 2).mean(axis=(1, 2, 3)))
     assert loss == pytest.approx(expected, rel=1e-4)
     assert torch.equal(process.loss_weights(torch.tensor([0, 500, 999])), torch.ones(3))  # uniform: eq. 14
+
+
+def test_a_process_built_for_a_device_without_index_samples_on_that_device():
+    """pick_device gives "cuda" while the model's tensors sit on cuda:0; the process must take them as its
+    own device (here "cpu:0" against "cpu", the same mismatch without a GPU)."""
+    process = GaussianDiffusion(DDPMConfig(), device=torch.device("cpu", 0))
+    grid = process.grid(5, "time", torch.zeros(1).device)
+    assert grid.steps == 5
+    sample("ddim", lambda x, t: torch.zeros_like(x), process, torch.randn(2, 1, 4, 4), steps=5, eta=1.0)

@@ -64,9 +64,9 @@ class GaussianDiffusion:
     def __init__(self, config: DDPMConfig = DDPMConfig(), device: torch.device | str = "cpu"):
         self.config = config
         self.T = config.timesteps
-        self.device = torch.device(device)
         schedule = linear_schedule(config)
-        self.schedule = Schedule(*(v.to(self.device) for v in schedule))
+        self.schedule = Schedule(*(v.to(device) for v in schedule))
+        self.device = self.schedule.betas.device  # with its index: "cuda" becomes cuda:0, as the data's device reads
         log_snr = torch.log(schedule.snr)  # (T,), decreasing in t
         self._log_snr_ascending = log_snr.flip(0).to(self.device)  # t = T-1, ..., 0
         # The cosine quantile lambda(u) = -2 log tan(a u + b), truncated to [lambda_{T-1}, lambda_0].
@@ -112,7 +112,7 @@ class GaussianDiffusion:
         """The levels at :meth:`timesteps` and, last, the clean image (alpha = 1, sigma = 0), on the
         process's device (``device``, if given, must be it): each constant read from the float64-built
         schedule."""
-        if device is not None and torch.device(device) != self.device:
+        if device is not None and torch.empty(0, device=device).device != self.device:
             raise ValueError(f"the process's schedule is on {self.device}, not {device}; "
                              f"build the process with device={device}")
         t = self.timesteps(steps, spacing)
@@ -122,8 +122,9 @@ class GaussianDiffusion:
         return Grid(alpha=torch.cat([s.sqrt_alpha_bars[index], one]),
                     sigma=torch.cat([s.sqrt_one_minus_alpha_bars[index], zero]),
                     alpha_bar=torch.cat([s.alpha_bars[index], one]),
+                    one_minus_alpha_bar=torch.cat([1 - s.alpha_bars[index], zero]),
                     log_snr=torch.cat([s.snr[index].log(), torch.full((1,), math.inf, device=self.device)]),
-                    time=torch.cat([index.float(), -one]), labels=tuple(t), process=self, index=(*t, -1),
+                    time=torch.cat([self.model_time(index), -one]), labels=tuple(t), process=self, index=(*t, -1),
                     ends_clean=True)
 
     def p_step(self, xt: torch.Tensor, t: int, t_next: int, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,5 +181,5 @@ class GaussianDiffusion:
         t = self.sample_t(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         alpha, sigma = self.alpha_sigma(t, x0)  # (B, 1, 1, 1) each
-        return parameterisation.regression_loss(model, x0, noise, alpha, sigma, self.model_time(t),
-                                                self.config.prediction, self.loss_weights(t))
+        return parameterisation.regression_loss(model, self.q_sample(x0, t, noise), x0, noise, alpha, sigma,
+                                                self.model_time(t), self.config.prediction, self.loss_weights(t))

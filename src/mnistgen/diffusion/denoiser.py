@@ -31,13 +31,14 @@ class Grid:
     K steps end at the last level (alpha = 1, sigma = 0 for the DDPM's grids: the clean image).
 
     ``alpha_bar`` is alpha^2 as the process tabulates it (the DDPM's samplers use it as written in
-    the papers); ``time`` is the network's time input at each level; ``labels`` what ``on_step``
+    the papers) and ``one_minus_alpha_bar`` is 1 - alpha^2 = sigma^2; ``time`` is the network's time input at each level; ``labels`` what ``on_step``
     reports after each step (the DDPM's timestep, the log-SNR process's steps still to go);
     ``process`` gives the ancestral step, the only step that differs between processes."""
 
     alpha: torch.Tensor  # (K + 1,) float32 on the sampling device
     sigma: torch.Tensor  # (K + 1,)
     alpha_bar: torch.Tensor  # (K + 1,)
+    one_minus_alpha_bar: torch.Tensor  # (K + 1,) = sigma^2, exact where alpha_bar rounds to 1 in float32
     log_snr: torch.Tensor  # (K + 1,), +inf where sigma = 0
     time: torch.Tensor  # (K + 1,)
     labels: tuple[int, ...]  # (K,)

@@ -60,7 +60,8 @@ class LogSNRDiffusion:
         last is lambda_max, the cleanest level the network was trained on."""
         lam = self.lambda_grid(steps, device, spacing)
         alpha, sigma = self.alpha_sigma(lam)
-        return Grid(alpha=alpha, sigma=sigma, alpha_bar=torch.sigmoid(lam), log_snr=lam, time=self.model_time(lam),
+        return Grid(alpha=alpha, sigma=sigma, alpha_bar=torch.sigmoid(lam), one_minus_alpha_bar=torch.sigmoid(-lam),
+                    log_snr=lam, time=self.model_time(lam),
                     labels=tuple(range(steps - 1, -1, -1)), process=self)
 
     def model_time(self, lam: torch.Tensor) -> torch.Tensor:
@@ -132,5 +133,5 @@ class LogSNRDiffusion:
         alpha, sigma = self.alpha_sigma(lam)
         c_ = self.config
         weights = parameterisation.loss_weight(c_.prediction, c_.loss_weighting, lam.exp(), c_.min_snr_gamma)
-        return parameterisation.regression_loss(model, x, noise, per_example(alpha, x), per_example(sigma, x),
-                                                self.model_time(lam), c_.prediction, weights, c)
+        return parameterisation.regression_loss(model, self.q_sample(x, lam, noise), x, noise, per_example(alpha, x),
+                                                per_example(sigma, x), self.model_time(lam), c_.prediction, weights, c)

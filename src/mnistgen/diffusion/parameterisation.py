@@ -5,7 +5,8 @@ and SNR = alpha^2 / sigma^2. The network may predict
     eps                          (DDPM eq. 14, the study's choice),
     v = alpha eps - sigma x_0    (Salimans & Ho 2022, section 4), or
     x_0 itself.
-The samplers always work with epsilon; :func:`to_eps` converts. For a prediction error, the
+The denoiser (:mod:`mnistgen.diffusion.denoiser`) converts the output once with :func:`to_eps`
+and hands the samplers both eps and x_0. For a prediction error, the
 squared errors relate as ||eps - eps^||^2 = SNR ||x_0 - x_0^||^2 and ||v - v^||^2 =
 (1 + SNR) ||x_0 - x_0^||^2, so a loss weighting is fixed by its weight on the x_0 error.
 """
@@ -71,14 +72,14 @@ def x0_error_factor(prediction: str, snr: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown prediction {prediction!r}")
 
 
-def regression_loss(model: nn.Module, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
+def regression_loss(model: nn.Module, xt: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
                     sigma: torch.Tensor, time: torch.Tensor, prediction: str, weights: torch.Tensor,
                     labels: torch.Tensor | None = None) -> torch.Tensor:
-    """The one training loss of both processes: mean_b w_b || target_b - f_theta(alpha_b x_0 + sigma_b eps, t_b) ||^2 / D
-    with the target of ``prediction`` (:func:`target`) and per-example ``weights`` (B,)
-    (:func:`loss_weight`); x0 and noise (B, C, H, W), alpha and sigma (B, 1, 1, 1), time (B,) what the
-    network sees, ``labels`` (B,) a conditional network's (after any dropout)."""
-    xt = alpha * x0 + sigma * noise
+    """The one training loss of both processes: mean_b w_b || target_b - f_theta(x_t, t_b) ||^2 / D with
+    x_t = alpha_b x_0 + sigma_b eps (the process's q_sample), the target of ``prediction``
+    (:func:`target`) and per-example ``weights`` (B,) (:func:`loss_weight`); x0, noise and xt
+    (B, C, H, W), alpha and sigma (B, 1, 1, 1), time (B,) what the network sees, ``labels`` (B,) a
+    conditional network's (after any dropout)."""
     out = model(xt, time) if labels is None else model(xt, time, labels)
     goal = target(prediction, x0, noise, alpha, sigma)
     per_example = (out.float() - goal.float()).pow(2).mean(dim=tuple(range(1, x0.dim())))  # (B,)

@@ -4,39 +4,25 @@
 A sampler sees only a :class:`~mnistgen.diffusion.denoiser.Grid` (built by the process, apart from
 the sampler) and a denoiser (x_0-hat and eps-hat at a level; guided or not), so every sampler
 works for both noise processes. ``SAMPLERS`` is the registry: config validation, the command
-line, the API's checks and :func:`draw` read it.
+line, the API's checks and :func:`draw` read it (it lives in the torch-free
+:mod:`mnistgen.diffusion.registry`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
 from mnistgen.diffusion.denoiser import Denoiser, DenoiserLike, Grid, Guided
+from mnistgen.diffusion.registry import GRID_SPACINGS, SAMPLERS, SamplerSettings
 from mnistgen.progress import Progress
 
+__all__ = ["GRID_SPACINGS", "SAMPLERS", "OnStep", "SamplerSettings", "ancestral", "ddim", "ddim_sigma", "draw",
+           "dpm_solver_2m", "dpm_solver_2m_sde", "denoiser_for", "to_unit"]
+
 OnStep = Callable[[int, torch.Tensor], None]  # (grid label, x after that step) -> None; the last label is 0
-GRID_SPACINGS = ("time", "log-snr")  # evenly spaced in the process's time, or in log-SNR
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """How to sample: ``sampler`` a name in :data:`SAMPLERS` (or ``prior`` for the VAE), ``steps``
-    network evaluations (a guided step's two, batched, count as one), ``eta`` (DDIM), ``guidance`` w
-    (conditional models), ``grid`` a spacing in :data:`GRID_SPACINGS`. Fields left None take the run's
-    defaults; a model kind's ``resolve`` fills them in, and fields that do not apply stay None."""
-
-    sampler: str | None = None
-    steps: int | None = None
-    eta: float | None = None  # DDIM
-    guidance: float | None = None  # CFG: w
-    grid: str | None = None  # grid spacing
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -75,10 +61,14 @@ def ancestral(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: to
     return x
 
 
-def ddim_sigma(ab: torch.Tensor, ab_next: torch.Tensor, eta: float) -> torch.Tensor:
-    """DDIM eq. 16: sigma = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab'). On consecutive steps
-    with eta = 1 this is the DDPM posterior std sqrt(beta~_t) (DDPM eq. 7)."""
-    return eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
+def ddim_sigma(ab: torch.Tensor, ab_next: torch.Tensor, eta: float, s2: torch.Tensor | None = None,
+               s2_next: torch.Tensor | None = None) -> torch.Tensor:
+    """DDIM eq. 16: sigma = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab'), with 1 - ab given as ``s2``
+    where float32 would round ab to 1 (the log-SNR grid's clean end). On consecutive steps with
+    eta = 1 this is the DDPM posterior std sqrt(beta~_t) (DDPM eq. 7)."""
+    s2 = 1 - ab if s2 is None else s2
+    s2_next = 1 - ab_next if s2_next is None else s2_next
+    return eta * (s2_next / s2 * (1 - ab / ab_next)).sqrt()
 
 
 @torch.no_grad()
@@ -86,16 +76,18 @@ def ddim(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: torch.G
          on_step: OnStep | None = None, eta: float = 0.0, clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 has the DDPM posterior
     variance. x' = sqrt(ab') x0 + sqrt(1 - ab' - s^2) eps + s z, s = ddim_sigma(ab, ab', eta); with
-    ``clip_x0`` the x0 clipped to [-1, 1] and the eps consistent with it."""
+    ``clip_x0`` the x0 clipped to [-1, 1] and the eps consistent with it. 1 - ab is the grid's
+    ``one_minus_alpha_bar``, exact where ab rounds to 1."""
     bar = _bar(grid, progress)
     for i in range(grid.steps):
         x0, eps = denoiser(x, grid, i)
         ab, ab_next = grid.alpha_bar[i], grid.alpha_bar[i + 1]
+        s2, s2_next = grid.one_minus_alpha_bar[i], grid.one_minus_alpha_bar[i + 1]
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # the noise consistent with the clipped x0
-        sigma = ddim_sigma(ab, ab_next, eta)
-        x = ab_next.sqrt() * x0 + (1 - ab_next - sigma**2).clamp(min=0).sqrt() * eps
+            eps = (x - ab.sqrt() * x0) / s2.sqrt()  # the noise consistent with the clipped x0
+        sigma = ddim_sigma(ab, ab_next, eta, s2, s2_next)
+        x = ab_next.sqrt() * x0 + (s2_next - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < grid.steps:
             x = x + sigma * _randn_like(x, generator)
         _report(on_step, grid, i, x)
@@ -124,9 +116,10 @@ def dpm_solver_2m(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator
             h = 0.5 * (grid.log_snr[i + 1] - grid.log_snr[i])  # lambda' - lambda > 0
             d = x0 if x0_prev is None else x0 + h / (2 * h_prev) * (x0 - x0_prev)
             ratio, alpha_next, sigma_next = grid.sigma[i + 1] / grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
-            if sde:
-                x = (ratio * torch.exp(-h) * x - alpha_next * torch.expm1(-2 * h) * d
-                     + sigma_next * (-torch.expm1(-2 * h)).sqrt() * _randn_like(x, generator))
+            if sde:  # no noise after the last step, as in the other samplers
+                x = ratio * torch.exp(-h) * x - alpha_next * torch.expm1(-2 * h) * d
+                if i + 1 < grid.steps:
+                    x = x + sigma_next * (-torch.expm1(-2 * h)).sqrt() * _randn_like(x, generator)
             else:
                 x = ratio * x - alpha_next * torch.expm1(-h) * d
             x0_prev, h_prev = x0, h
@@ -145,31 +138,13 @@ def dpm_solver_2m_sde(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, gener
     return dpm_solver_2m(denoiser, x, grid, generator, on_step, clip_x0=clip_x0, sde=True, progress=progress)
 
 
-@dataclass(frozen=True)
-class SamplerSpec:
-    """A registry entry: the loop, the options it takes beyond steps and guidance, and a line of help."""
-
-    name: str
-    run: Callable[..., torch.Tensor]
-    options: tuple[str, ...]
-    stochastic: bool
-    summary: str
-
-
-SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in (
-    SamplerSpec("ancestral", ancestral, (), True,
-                "the process's own reverse chain (DDPM eq. 11; the CFG paper's step)"),
-    SamplerSpec("ddim", ddim, ("eta",), True, "DDIM (eq. 12); eta = 0 deterministic, eta = 1 the DDPM posterior variance"),
-    SamplerSpec("dpm++2m", dpm_solver_2m, (), False, "DPM-Solver++(2M), deterministic"),
-    SamplerSpec("dpm++2m-sde", dpm_solver_2m_sde, (), True, "SDE-DPM-Solver++(2M)"),
-)}
-
-
 def denoiser_for(network: nn.Module, prediction: str, labels: torch.Tensor | None = None,
                  guidance: float | None = None, null_label: int | None = None) -> DenoiserLike:
     """The network as a denoiser: guided with weight ``guidance`` around ``labels`` when both are given
     (``null_label``: the network's unconditional label), else conditioned on ``labels`` or on none."""
     if guidance is not None and labels is not None:
+        if null_label is None:
+            raise ValueError("guidance needs the network's null label")
         return Guided(Denoiser(network, prediction), labels, null_label, guidance)
     return Denoiser(network, prediction, labels)
 
@@ -180,8 +155,8 @@ def draw(network: nn.Module, process, noise: torch.Tensor, settings: SamplerSett
     """The resolved ``settings``' sampler from ``noise`` (B, C, H, W) on the process's grid; output in the
     model's scale ([-1, 1]). ``settings`` must name every field its sampler needs (a kind's ``resolve``)."""
     spec = SAMPLERS[settings.sampler]
-    grid = process.grid(settings.steps, settings.grid or "time", noise.device)
+    grid = process.grid(settings.steps, settings.grid or GRID_SPACINGS[0], noise.device)
     denoiser = denoiser_for(network, process.config.prediction, labels, settings.guidance, null_label)
     options = {"eta": settings.eta} if "eta" in spec.options else {}
-    return spec.run(denoiser, noise, grid, generator, on_step, progress=progress, **options)
+    return spec.loop()(denoiser, noise, grid, generator, on_step, progress=progress, **options)
 
