@@ -20,6 +20,7 @@ from mnistgen.diffusion.registry import SAMPLERS as SAMPLER_REGISTRY
 from mnistgen.errors import UserError
 
 DATASETS = ("mnist", "fashion-mnist")
+VALIDATIONS = ("test", "holdout")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "clamped-snr")
 SAMPLERS = tuple(SAMPLER_REGISTRY)  # the sampler registry's names (mnistgen.diffusion.registry; no torch)
@@ -72,7 +73,10 @@ class DataConfig:
     dataset: str = "mnist"
     resolution: int = 28  # 28 = native, 32 = zero-padded by 2 pixels on each side
     train_limit: int = ranged(0, 0, BIG)  # use only the first N training images (0 = all 60,000)
-    val_limit: int = ranged(0, 0, BIG)  # use only the first N test images for validation (0 = all 10,000)
+    val_limit: int = ranged(0, 0, BIG)  # use only the first N validation (and test) images (0 = all)
+    validation: str = "test"  # what val_* is measured on: test (the SPEC's and the study's protocol: the
+    #                           10,000 test images) | holdout (training images held out by a fixed seed)
+    holdout: int = ranged(5000, 1, 59_999)  # validation = holdout: how many training images are held out
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,7 @@ def validate(config: RunConfig) -> None:
         if getattr(config, section) is not None:
             _check_ranges(section, getattr(config, section))
     _choice(config.data.dataset, DATASETS, "data.dataset")
+    _choice(config.data.validation, VALIDATIONS, "data.validation")
     _check(config.data.resolution in (28, 32), f"bad data.resolution {config.data.resolution}; valid: 28, 32")
     _choice(config.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
     _choice(config.train.amp, AMP_MODES, "train.amp")

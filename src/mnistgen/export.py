@@ -144,6 +144,15 @@ def _objective_lines(process) -> list[str]:
     return ["- objective: " + "; ".join(parts)]
 
 
+def _data_line(data) -> str:
+    """Which images trained the model and which ones its validation loss was measured on."""
+    held = data.holdout if data.validation == "holdout" else 0
+    trained = f"MNIST training set ({60_000 - held:,} images" + (f", first {data.train_limit:,}" if data.train_limit else "")
+    if held:
+        return trained + f"); validation loss on {data.val_limit or held:,} training images held out (never trained on)"
+    return trained + f"); validation loss on {data.val_limit or 10_000:,} test images (the study's protocol)"
+
+
 def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, trained_on: str) -> str:
     """The model card of a shipped model: what it is, how it was made, what it scored."""
     seconds = sum(r.seconds for r in history)
@@ -157,8 +166,7 @@ def model_card(config: RunConfig, history, metrics: RunMetrics, commit: str, tra
              f"- command: mnistgen reproduce --preset {preset_name} (this run is its {config.kind}/ directory), "
              f"then mnistgen export STUDY_DIR --to DIR",
              f"- trained at commit: {commit}",
-             f"- data: MNIST training set (60,000 images{', first ' + str(config.data.train_limit) if config.data.train_limit else ''}); "
-             f"validation loss on {config.data.val_limit or 10_000} test images",
+             f"- data: {_data_line(config.data)}",
              f"- training: {len(history)} epochs, {history[-1].step:,} optimizer steps, {seconds / 60:.1f} minutes "
              f"on {trained_on}"]
     lines += _objective_lines(config.process)

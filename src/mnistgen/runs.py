@@ -72,11 +72,11 @@ def build_trainer(config: RunConfig, out: str | os.PathLike, device: torch.devic
                   data_dir: str | os.PathLike | None = None, *, data: tuple[TensorData, TensorData] | None = None,
                   objective: Objective | None = None, preview: bool = True, show_progress: bool = False) -> Trainer:
     """A :class:`Trainer` for a run of ``config`` in ``out``, all parts from the run's kind: the network
-    (initialised under ``train.seed``), its objective, the train / test splits (or ``data``) and the
+    (initialised under ``train.seed``), its objective, the train / validation splits (or ``data``) and the
     per-epoch preview. It neither resumes nor writes anything until it is fitted."""
     device = device or torch.device("cpu")
     kind = kinds.get(config.kind)
-    train_data, val_data = data or tuple(kind.load_data(config, split, data_dir, device) for split in ("train", "test"))
+    train_data, val_data = data or tuple(kind.load_data(config, split, data_dir, device) for split in ("train", "validation"))
     torch.manual_seed(config.train.seed)
     model = kind.build_model(config).to(device)
     objective = objective or kind.build_objective(config, device)
@@ -99,7 +99,7 @@ def train(config: RunConfig, out: Path, data_dir: str | os.PathLike | None = Non
     check_resume(run, config) if resume else _check_new_run(run)
     main = distributed.is_main_process()
     with StopRequest() as stop:  # SIGINT / SIGTERM from here on end with a checkpoint and one line
-        train_data, val_data = (kind.load_data(config, split, data_dir, device) for split in ("train", "test"))
+        train_data, val_data = (kind.load_data(config, split, data_dir, device) for split in ("train", "validation"))
         if stop.signal is not None:
             raise Interrupted(f"interrupted by {signal.Signals(stop.signal).name} before training started; "
                               f"nothing was written", stop.signal)

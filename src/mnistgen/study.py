@@ -146,7 +146,7 @@ def metric_rows(m: RunMetrics) -> list[tuple[str, str]]:
 
 
 def _likelihood_rows(like: Likelihood) -> list[tuple[str, str]]:
-    rows = [("validation negative ELBO, grey-level test images (nats)", f"{like.val_neg_elbo:.2f}"),
+    rows = [("negative ELBO, grey-level test images (nats; the study's validation set)", f"{like.val_neg_elbo:.2f}"),
             (f"IWAE bound on -log p(x), k = {like.iwae_k}, grey-level test images (nats)", f"{like.iwae_nll:.2f}")]
     if like.binarized_iwae_nll is not None:
         rows += [("negative ELBO, dynamically binarized test images (nats)", f"{like.binarized_neg_elbo:.2f}"),

@@ -171,6 +171,16 @@ def load(split: str, scale: str, resolution: int = 28, dataset: str = "mnist",
     return to_tensor_data(load_split(split, dataset, data_dir), scale, resolution, device)
 
 
+HOLDOUT_SEED = 20_000  # the held-out validation images are the same for every run and machine
+
+
+def holdout_mask(n: int, size: int) -> torch.Tensor:
+    """(n,) bool on the CPU, True for ``size`` of the n training images chosen by a seeded permutation
+    (seed :data:`HOLDOUT_SEED`): a validation set carved from the training split, never trained on."""
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))[:size]
+    return torch.zeros(n, dtype=torch.bool).index_fill_(0, chosen, True)
+
+
 def labels_per_digit(per_digit: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Class labels 0, 0, ..., 1, 1, ..., 9 with ``per_digit`` of each: (10 * per_digit,), int64.
     The layout of every conditional grid and evaluation (row d holds digit d)."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mnistgen.config import RunConfig, range_of
-from mnistgen.data.mnist import TensorData, labels_per_digit, load
+from mnistgen.data.mnist import TensorData, holdout_mask, labels_per_digit, load
 from mnistgen.diffusion import samplers
 from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
@@ -91,9 +91,18 @@ class ModelKind:
 
     def load_data(self, config: RunConfig, split: str, data_dir: str | os.PathLike | None,
                   device: torch.device) -> TensorData:
-        """The split as device-resident tensors in this kind's pixel scale, cut to the config's limits."""
-        data = load(split, self.data_scale, config.data.resolution, config.data.dataset, data_dir, device)
-        limit = config.data.train_limit if split == "train" else config.data.val_limit
+        """``train``, ``validation`` or ``test`` as device-resident tensors in this kind's pixel scale, cut
+        to the config's limits (train_limit; val_limit for the other two). ``validation`` is the test split
+        (data.validation = test, the SPEC's protocol) or the training images held out by
+        :func:`holdout_mask` (holdout), which ``train`` then leaves out."""
+        d = config.data
+        source = "test" if split == "test" or (split == "validation" and d.validation == "test") else "train"
+        data = load(source, self.data_scale, d.resolution, d.dataset, data_dir, device)
+        if source == "train" and d.validation == "holdout":
+            held = holdout_mask(len(data.y), d.holdout).to(data.y.device)
+            keep = held if split == "validation" else ~held
+            data = TensorData(data.x[keep], data.y[keep])
+        limit = d.train_limit if split == "train" else d.val_limit
         return TensorData(data.x[:limit], data.y[:limit]) if limit else data
 
     @staticmethod
