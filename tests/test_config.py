@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import typing
@@ -87,7 +88,7 @@ def test_unknown_preset_lists_valid_ones():
 
 def test_configs_are_frozen():
     cfg = preset("vae", "smoke")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.lr = 1.0  # type: ignore[misc]
 
 
