@@ -6,7 +6,8 @@
 # second call on the same machine resumes it) and the summary says which parts ran.
 #   bash bench/gpu_study.sh [OUT] [BUDGET_S]        (defaults: runs/gpu-study, 540 s)
 #   PRESET=smoke DEVICE=cpu bash bench/gpu_study.sh OUT 300    (the rehearsal on a CPU; a test runs it)
-# OUT/summary.txt has the timings and scores; OUT/results.tgz the logs, metrics, histories, figures and report.
+# OUT/summary.txt has the timings and scores, OUT/study.json the histories, configs, metrics and provenance (what
+# bench/results/gpu-study-*.json keeps); OUT/results.tgz the logs, metrics, histories, figures and report.
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu-study}
 budget=${2:-540}
@@ -43,8 +44,8 @@ if ((status == 0)); then
 else
     log "report not written: a model's piece did not finish (resume: run this script again with the same OUT)"
 fi
-python3 bench/study_parts.py summary --out "$out/study" 2>&1 | tee -a "$out/summary.txt"
+python3 bench/study_parts.py summary --out "$out/study" --json "$out/study.json" 2>&1 | tee -a "$out/summary.txt"
 log "done"
 (cd "$out" && tar czf results.tgz --exclude='*.pt' --exclude='*.safetensors' --exclude='*.npz' \
-    summary.txt ./*.log study 2> /dev/null)
+    summary.txt study.json ./*.log study 2> /dev/null)
 exit $status

@@ -44,6 +44,16 @@ def summary(out: Path) -> None:
         print(line)
 
 
+def write_record(out: Path, path: Path) -> None:
+    """The study's files a bench result keeps: per model its history, config and metrics (where written),
+    and the study's provenance, in one JSON file."""
+    record = {kind: {name: json.loads((out / kind / f"{name}.json").read_text())
+                     for name in ("history", "config", "metrics") if (out / kind / f"{name}.json").is_file()}
+              for kind in study.MODELS}
+    record["provenance"] = study.read_provenance(out)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=("start", *study.MODELS, "report", "summary"))
@@ -51,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cuda")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", type=Path, default=None, help="summary: also write the histories, configs, metrics "
+                                                           "and provenance of the study here")
     args = p.parse_args(argv)
     try:
         if args.part == "summary":
             summary(args.out)
+            if args.json is not None:
+                write_record(args.out, args.json)
             return 0
         device = pick_device(args.device)
         if args.part == "start":

@@ -174,6 +174,7 @@ def test_unknown_pretrained_names_list_the_valid_ones():
         mnistgen.load("pretrained:gan")
 
 
+@pytest.mark.slow
 def test_export_writes_loadable_models_with_cards(runs, tmp_path, mnist_dir):
     study = tmp_path / "study"
     study.mkdir()

@@ -107,6 +107,7 @@ def test_rerunning_a_finished_run_without_resume_is_refused(vae_run):
     assert result.returncode == 2 and "--resume" in result.stderr
 
 
+@pytest.mark.slow
 def test_ddpm_samplers_write_the_promised_files(ddpm_run, tmp_path):
     for extra in (["--sampler", "ddim", "--steps", "5", "--eta", "1"], ["--sampler", "ancestral"],
                   ["--sampler", "dpm++2m", "--steps", "5"]):

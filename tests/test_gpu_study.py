@@ -3,6 +3,7 @@ the three models side by side, writes the report and its summary, and inside a b
 the study stops each piece with a checkpoint and says the report was not written; a second call with
 the same OUT resumes and finishes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -38,3 +39,5 @@ def test_a_budget_too_short_stops_the_pieces_and_a_second_call_finishes(tmp_path
     report = (out / "study" / "report.html").read_text()
     assert "guidance_sweep.png" in report and "f9_epochs.png" in report
     assert (out / "results.tgz").stat().st_size > 10_000
+    record = json.loads((out / "study.json").read_text())
+    assert [len(record[k]["history"]) for k in ("vae", "ddpm", "cfg")] == [2, 2, 2] and "mnist_fd" in record["cfg"]["metrics"]

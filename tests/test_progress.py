@@ -44,6 +44,7 @@ def _through_a_pipe(args: list[str]) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
 def test_training_and_sampling_show_bars_on_a_terminal_and_lines_in_a_file(terminal, tmp_path):
     run = _on_a_terminal if terminal else _through_a_pipe

@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 
+import pytest
 import torch
 from PIL import Image
 
@@ -13,6 +14,7 @@ from mnistgen.storage.checkpoint import load_checkpoint
 from mnistgen.training.device import amp_dtype, pick_device
 
 
+@pytest.mark.slow
 def test_reproduce_smoke_end_to_end(tmp_path, capsys):
     out = tmp_path / "study"
     assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0

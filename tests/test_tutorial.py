@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "tutorial.ipynb"
 
 
@@ -14,6 +16,7 @@ def _code_cells() -> list[dict]:
     return [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
 
 
+@pytest.mark.slow
 def test_the_tutorial_runs_top_to_bottom(tmp_path):
     source = "\n\n".join("".join(c["source"]) for c in _code_cells())
     script = tmp_path / "tutorial.py"

@@ -19,6 +19,7 @@ def scores(mnist_dir):
     return anchors(n=3000, data_dir=mnist_dir)
 
 
+@pytest.mark.slow
 def test_fd_and_kid_order_real_blurred_and_noise(scores):
     real, blurred, noise = scores["train_vs_test"], scores["blurred"], scores["noise"]
     assert real.mnist_fd < 0.1 * blurred.mnist_fd and blurred.mnist_fd < 0.5 * noise.mnist_fd

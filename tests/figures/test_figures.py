@@ -26,6 +26,7 @@ def _valid_png(path):
     ("ddpm", ["f9_epochs.png", "f10_samples.png", "f11_reverse_chain.png", "ddim_vs_ancestral.png"]),
     ("cfg", ["f12_epochs.png", "guidance_sweep.png"]),
 ])
+@pytest.mark.slow
 def test_diffusion_figures_render(kind, names, tmp_path):
     run = tmp_path / kind
     assert main(["train", kind, "--preset", "smoke", "--out", str(run), "--no-progress", "--epochs", "3"]) == 0

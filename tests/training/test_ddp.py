@@ -42,6 +42,7 @@ def uninterrupted(tmp_path_factory):
     return load_checkpoint(out / "checkpoints" / "last.pt", "ddpm")
 
 
+@pytest.mark.slow
 def test_killed_ddp_run_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_path, capfd):
     out = tmp_path / "killed"
     killed = _torchrun("kill-after-first-checkpoint", out)
