@@ -71,3 +71,17 @@ def test_the_registry_lists_the_study_models_in_order():
     assert kinds.GENERATIVE == ("vae", "ddpm", "cfg")
     with pytest.raises(UserError, match="valid: vae, ddpm, cfg, classifier"):
         kinds.get("gan")
+
+
+@pytest.mark.parametrize("kind", DIFFUSION)
+def test_the_epochs_figure_shows_rows_the_preview_holds(kind):
+    """F9 / F12 read the per-epoch previews at the kind's indices: each must exist in the preview batch,
+    and for the CFG model each row's entry must carry its row's label."""
+    k = kinds.get(kind)
+    rows = k.preview_rows()
+    labels = k.preview_labels(torch.device("cpu"))
+    size = len(labels) if labels is not None else k.preview_count()
+    assert rows and all(0 <= i < size for i in rows)
+    if labels is not None:
+        assert [labels[i].item() for i in rows] == list(range(10))
+        assert list(rows.values()) == [f"label {d}" for d in range(10)]

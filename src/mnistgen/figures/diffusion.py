@@ -73,11 +73,13 @@ def reverse_chain(draw: Draw, T: int, device: torch.device, path: Path, seed: in
 
 
 @torch.no_grad()
-def render_ddpm(draw: Draw, T: int, run: RunDir, device: torch.device, seed: int = 0) -> list[Path]:
-    """F9 (from the per-epoch previews), F10 (the run's default sampler), F11 and DDIM against ancestral."""
+def render_ddpm(draw: Draw, T: int, run: RunDir, device: torch.device, preview_rows: dict[int, str],
+                seed: int = 0) -> list[Path]:
+    """F9 (the per-epoch previews' entries ``preview_rows``: index -> row name, as the kind lays them
+    out), F10 (the run's default sampler), F11 and DDIM against ancestral."""
     out = run.figures
-    paths = [epochs_grid(run, [0, 1, 2, 3], out / "f9_epochs.png", "F9  samples from fixed noise per epoch",
-                         [f"seed {i}" for i in range(4)])]
+    paths = [epochs_grid(run, list(preview_rows), out / "f9_epochs.png", "F9  samples from fixed noise per epoch",
+                         list(preview_rows.values()))]
     g = torch.Generator(device).manual_seed(seed)
     save_grid(draw(64, g), out / "f10_samples.png", nrow=8)
     paths.append(out / "f10_samples.png")
@@ -131,10 +133,11 @@ def guidance_sweep(draw: Draw, device: torch.device, path: Path, weights: tuple[
 
 
 def render_cfg(draw: Draw, run: RunDir, device: torch.device, weights: tuple[float, ...],
-               sweep: tuple[SweepPoint, ...] | None, seed: int = 0) -> list[Path]:
-    """F12 (from the per-epoch previews: two per digit, the first of each row shown) and the guidance sweep."""
+               sweep: tuple[SweepPoint, ...] | None, preview_rows: dict[int, str], seed: int = 0) -> list[Path]:
+    """F12 (the per-epoch previews' entries ``preview_rows``, index -> row name, as the kind lays them
+    out) and the guidance sweep."""
     out = run.figures
-    paths = [epochs_grid(run, list(range(0, 20, 2)), out / "f12_epochs.png",
-                         "F12  class-conditional samples per epoch", [f"label {d}" for d in range(10)])]
+    paths = [epochs_grid(run, list(preview_rows), out / "f12_epochs.png",
+                         "F12  class-conditional samples per epoch", list(preview_rows.values()))]
     paths.append(guidance_sweep(draw, device, out / "guidance_sweep.png", weights, sweep, seed=seed))
     return paths

@@ -171,6 +171,10 @@ class ModelKind:
     def preview_count(self) -> int:
         return 64
 
+    def preview_rows(self) -> dict[int, str]:
+        """The entries of the per-epoch preview batch that the epochs figure shows, each with its row's name."""
+        return {}
+
     def preview(self, config: RunConfig, process=None) -> Preview | None:
         """The per-epoch grid (F9 and F12 read it back): fixed noise, this kind's layout."""
 

@@ -36,6 +36,10 @@ class DDPMKind(DiffusionKind):
     def preview_count(self) -> int:
         return 16
 
+    def preview_rows(self) -> dict[int, str]:
+        """F9: the first four of the 16 fixed noises."""
+        return {i: f"seed {i}" for i in range(4)}
+
     def default_steps(self, config: RunConfig, sampler: str) -> int:
         """The ancestral chain runs all T steps unless given fewer; the other samplers the run's steps."""
         return config.process.timesteps if sampler == "ancestral" else config.process.sample_steps
@@ -46,4 +50,5 @@ class DDPMKind(DiffusionKind):
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import diffusion
 
-        return diffusion.render_ddpm(self.draw(trained), trained.process.T, trained.run, trained.device)
+        return diffusion.render_ddpm(self.draw(trained), trained.process.T, trained.run, trained.device,
+                                     self.preview_rows())

@@ -43,6 +43,10 @@ class GuidedKind(DiffusionKind):
     def build_process(self, config: RunConfig, device: torch.device | str = "cpu") -> LogSNRDiffusion:
         return LogSNRDiffusion(config.process)
 
+    def preview_rows(self) -> dict[int, str]:
+        """F12: the first sample of each digit (the preview holds PREVIEW_PER_DIGIT of each, digit by digit)."""
+        return {PREVIEW_PER_DIGIT * d: f"label {d}" for d in range(10)}
+
     def preview_labels(self, device: torch.device) -> torch.Tensor:
         return labels_per_digit(PREVIEW_PER_DIGIT, device)  # (20,) 0, 0, 1, 1, ...
 
@@ -67,4 +71,5 @@ class GuidedKind(DiffusionKind):
         from mnistgen.figures import diffusion
 
         sweep = read_metrics(trained.run).guidance_sweep
-        return diffusion.render_cfg(self.draw(trained), trained.run, trained.device, self.sweep_weights, sweep)
+        return diffusion.render_cfg(self.draw(trained), trained.run, trained.device, self.sweep_weights, sweep,
+                                    self.preview_rows())
