@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mnistgen import study  # noqa: E402
 from mnistgen.training.device import pick_device  # noqa: E402
 from mnistgen.errors import RunStopped, UserError  # noqa: E402
+from mnistgen.files import write_json  # noqa: E402
 
 
 def summary(out: Path) -> None:
@@ -51,7 +52,7 @@ def write_record(out: Path, path: Path) -> None:
                      for name in ("history", "config", "metrics") if (out / kind / f"{name}.json").is_file()}
               for kind in study.MODELS}
     record["provenance"] = study.read_provenance(out)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(path, record)  # atomic, never through a link
 
 
 def main(argv: list[str] | None = None) -> int:

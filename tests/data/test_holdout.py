@@ -42,10 +42,15 @@ def test_a_bad_validation_is_refused_with_the_choices():
         apply_overrides(preset("vae", "cpu"), {"data.validation": "train"})
 
 
-def test_a_run_validates_on_its_holdout(tmp_path):
+def test_a_run_on_a_holdout_says_so_in_its_model_card(tmp_path):
     import mnistgen
+    from mnistgen.api import model_card
+    from mnistgen.evaluation.results import RunMetrics
 
     run = mnistgen.train("vae", "smoke", tmp_path / "vae", device="cpu", progress=False, log=None,
                          overrides={"data.validation": "holdout", "data.holdout": 256, "train.epochs": 1})
     assert run.config.data.validation == "holdout" and len(run.history) == 1
-    assert run.history[0].val_loss > 0
+    card = model_card(run.config, run.history, RunMetrics("vae", "smoke"), "abc", "cpu")
+    assert "(59,744 images, first 2,048); validation loss on 512 training images held out" in card
+    default = model_card(mnistgen.load("pretrained:vae").config, run.history, RunMetrics("vae", "cpu"), "abc", "cpu")
+    assert "validation loss on 10,000 test images (the study's protocol)" in default

@@ -17,7 +17,6 @@ from torch import nn
 
 from mnistgen.diffusion.denoiser import Denoiser, DenoiserLike, Grid, Guided
 from mnistgen.diffusion.registry import GRID_SPACINGS, SAMPLERS, SamplerSettings
-from mnistgen.progress import Progress
 
 __all__ = ["GRID_SPACINGS", "SAMPLERS", "OnStep", "SamplerSettings", "ancestral", "ddim", "ddim_sigma", "draw",
            "dpm_solver_2m", "dpm_solver_2m_sde", "denoiser_for", "to_unit"]
@@ -39,25 +38,18 @@ def _report(on_step: OnStep | None, grid: Grid, i: int, x: torch.Tensor) -> None
         on_step(grid.labels[i], x)
 
 
-def _bar(grid: Grid, progress: bool) -> Progress:
-    return Progress(grid.steps, "steps", progress and grid.steps >= 100, unit="step", leave=False)
-
-
 @torch.no_grad()
 def ancestral(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: torch.Generator | None = None,
-              on_step: OnStep | None = None, progress: bool = False) -> torch.Tensor:
+              on_step: OnStep | None = None) -> torch.Tensor:
     """Ancestral sampling: x <- mean + sqrt(variance) z at each step, the mean alone at the last. The
     process gives the step: the DDPM's eq. 11 with sigma^2 = beta_t, on a shorter grid the DDPM
     restricted to it (Nichol & Dhariwal 2021, section 4); the log-SNR process's posterior step with
     the interpolated variance (Ho & Salimans 2022, section 2)."""
-    bar = _bar(grid, progress)
     for i in range(grid.steps):
         pred = denoiser(x, grid, i)
         mean, variance = grid.process.ancestral_step(x, pred, grid, i)
         x = mean + variance.sqrt().to(x.dtype) * _randn_like(x, generator) if i + 1 < grid.steps else mean
         _report(on_step, grid, i, x)
-        bar.update()
-    bar.close()
     return x
 
 
@@ -73,12 +65,11 @@ def ddim_sigma(ab: torch.Tensor, ab_next: torch.Tensor, eta: float, s2: torch.Te
 
 @torch.no_grad()
 def ddim(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: torch.Generator | None = None,
-         on_step: OnStep | None = None, eta: float = 0.0, clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
+         on_step: OnStep | None = None, eta: float = 0.0, clip_x0: bool = True) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 has the DDPM posterior
     variance. x' = sqrt(ab') x0 + sqrt(1 - ab' - s^2) eps + s z, s = ddim_sigma(ab, ab', eta); with
     ``clip_x0`` the x0 clipped to [-1, 1] and the eps consistent with it. 1 - ab is the grid's
     ``one_minus_alpha_bar``, exact where ab rounds to 1."""
-    bar = _bar(grid, progress)
     for i in range(grid.steps):
         x0, eps = denoiser(x, grid, i)
         ab, ab_next = grid.alpha_bar[i], grid.alpha_bar[i + 1]
@@ -91,20 +82,16 @@ def ddim(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: torch.G
         if eta > 0 and i + 1 < grid.steps:
             x = x + sigma * _randn_like(x, generator)
         _report(on_step, grid, i, x)
-        bar.update()
-    bar.close()
     return x
 
 
 @torch.no_grad()
 def dpm_solver_2m(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: torch.Generator | None = None,
-                  on_step: OnStep | None = None, clip_x0: bool = True, sde: bool = False,
-                  progress: bool = False) -> torch.Tensor:
+                  on_step: OnStep | None = None, clip_x0: bool = True, sde: bool = False) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2). With lambda = log(alpha / sigma) and h = lambda' - lambda,
     x' = (sigma' / sigma) x - alpha' (e^{-h} - 1) D, where D = x0 on the first step and
     D = (1 + 1 / 2r) x0 - (1 / 2r) x0_prev, r = h_prev / h, after it (x0: the denoiser's, clipped).
     A last step onto sigma = 0 returns x0. ``sde``: the SDE variant (:func:`dpm_solver_2m_sde`)."""
-    bar = _bar(grid, progress)
     x0_prev = h_prev = None
     for i in range(grid.steps):
         x0 = denoiser(x, grid, i).x0
@@ -124,18 +111,16 @@ def dpm_solver_2m(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator
                 x = ratio * x - alpha_next * torch.expm1(-h) * d
             x0_prev, h_prev = x0, h
         _report(on_step, grid, i, x)
-        bar.update()
-    bar.close()
     return x
 
 
 def dpm_solver_2m_sde(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: torch.Generator | None = None,
-                      on_step: OnStep | None = None, clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
+                      on_step: OnStep | None = None, clip_x0: bool = True) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", the second-order multistep solver of the
     reverse SDE in data prediction; the midpoint form of diffusers' "sde-dpmsolver++"):
     x' = (sigma' / sigma) e^{-h} x + alpha' (1 - e^{-2h}) D + sigma' sqrt(1 - e^{-2h}) z, with D as in
     :func:`dpm_solver_2m`. With D = x0 (its first step) this is exactly DDIM at eta = 1."""
-    return dpm_solver_2m(denoiser, x, grid, generator, on_step, clip_x0=clip_x0, sde=True, progress=progress)
+    return dpm_solver_2m(denoiser, x, grid, generator, on_step, clip_x0=clip_x0, sde=True)
 
 
 def denoiser_for(network: nn.Module, prediction: str, labels: torch.Tensor | None = None,
@@ -151,12 +136,12 @@ def denoiser_for(network: nn.Module, prediction: str, labels: torch.Tensor | Non
 
 def draw(network: nn.Module, process, noise: torch.Tensor, settings: SamplerSettings,
          generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
-         on_step: OnStep | None = None, null_label: int | None = None, progress: bool = False) -> torch.Tensor:
+         on_step: OnStep | None = None, null_label: int | None = None) -> torch.Tensor:
     """The resolved ``settings``' sampler from ``noise`` (B, C, H, W) on the process's grid; output in the
     model's scale ([-1, 1]). ``settings`` must name every field its sampler needs (a kind's ``resolve``)."""
     spec = SAMPLERS[settings.sampler]
     grid = process.grid(settings.steps, settings.grid or GRID_SPACINGS[0], noise.device)
     denoiser = denoiser_for(network, process.config.prediction, labels, settings.guidance, null_label)
     options = {"eta": settings.eta} if "eta" in spec.options else {}
-    return spec.loop()(denoiser, noise, grid, generator, on_step, progress=progress, **options)
+    return spec.loop()(denoiser, noise, grid, generator, on_step, **options)
 
