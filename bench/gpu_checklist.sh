@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device checks that need a CUDA GPU, in one go, inside a time budget; paste the summary into
-# bench/README.md ("GPU").
+# docs/benchmarks.md ("GPU").
 #   bash bench/gpu_checklist.sh [OUT] [BUDGET_S]     (defaults: runs/gpu-checklist, 540 s)
 # Each step runs under a timeout that ends it before the budget does; a step that no longer fits
 # is skipped and says so. In order of what matters most:

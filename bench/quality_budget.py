@@ -55,7 +55,7 @@ BUDGET_RECIPE = {"train.ema_start": 0, "train.ema_warmup_power": 2 / 3}
 
 
 # One sampler for every candidate (not each preset's default): DDIM-50 with eta = 1, the
-# best 50-step sampler measured on the cpu DDPM (bench/README.md, "DDIM against the full chain").
+# best 50-step sampler measured on the cpu DDPM (docs/benchmarks.md, "DDIM against the full chain").
 JUDGED_BY = SamplerSettings(sampler="ddim", steps=50, eta=1.0)
 
 

@@ -29,3 +29,26 @@ def mnist_test_unit(mnist_dir):
     from mnistgen.data import load
 
     return load("test", "unit", data_dir=mnist_dir)
+
+
+class CliResult:
+    """What an in-process ``mnistgen ...`` call left: its exit status and what it printed."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("sample", RUN, "--n", "2")``: the command line run in this process (its ``main``, as the
+    ``mnistgen`` entry point calls it), without the second or so a new interpreter takes to import
+    torch. One test in test_cli.py runs the real entry point in a subprocess."""
+    from mnistgen.cli import main
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()  # what earlier calls printed is not this call's
+        status = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return CliResult(status, out.out, out.err)
+
+    return run

@@ -36,6 +36,7 @@ def _generator(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.mark.slow
 def test_importing_mnistgen_loads_no_torch():
     code = "import sys, mnistgen; assert 'torch' not in sys.modules; mnistgen.load; assert 'torch' in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -118,6 +119,7 @@ def test_labels_are_checked(runs):
 
 @pytest.mark.parametrize("kind, options", [("ddpm", {"sampler": "ancestral"}), ("ddpm", {"steps": 5}),
                                            ("cfg", {"labels": 4, "steps": 6})])
+@pytest.mark.slow
 def test_the_reverse_chain_ends_in_the_sample(runs, kind, options):
     """The chain's last state (t = 0) is the sample drawn from the same generator; its first state
     is still nearly noise (far from it)."""
@@ -130,6 +132,7 @@ def test_the_reverse_chain_ends_in_the_sample(runs, kind, options):
     assert (chain[:, 0] - sample).abs().mean() > 0.05
 
 
+@pytest.mark.slow
 def test_reverse_chain_at_chosen_steps_and_its_checks(runs):
     model = mnistgen.load(runs["ddpm"].path, "cpu")
     chain = model.reverse_chain(2, at=[999, 500, 0], sampler="ancestral", generator=_generator())
@@ -208,6 +211,7 @@ def test_export_writes_loadable_models_with_cards(runs, tmp_path, mnist_dir):
     assert mnistgen.draw_figures(tmp_path / "shipped" / "ddpm", device="cpu")
 
 
+@pytest.mark.slow
 def test_evaluation_shows_a_sampling_bar_only_when_asked(runs, mnist_dir, capfd):
     """More samples than one batch: a bar on stderr with progress, none without (reproduce --no-progress)."""
     for progress in (False, True):
@@ -217,6 +221,7 @@ def test_evaluation_shows_a_sampling_bar_only_when_asked(runs, mnist_dir, capfd)
         assert ("sampling" in capfd.readouterr().err) == progress
 
 
+@pytest.mark.slow
 def test_metrics_json_holds_the_last_evaluation_only(runs, mnist_dir):
     """No key of an earlier, larger evaluation survives next to a smaller one, and no earlier sweep
     (of perhaps another model state) stays beside new scores."""
@@ -231,6 +236,7 @@ def test_metrics_json_holds_the_last_evaluation_only(runs, mnist_dir):
     assert "guidance_sweep" in first and "guidance_sweep" not in second
 
 
+@pytest.mark.slow
 def test_the_vae_is_also_scored_on_binarized_digits(runs, mnist_dir, monkeypatch):
     """The second IWAE bound sees the test images dynamically binarized: values in {0, 1}, each pixel
     1 with its grey level as probability (so the mean ink is kept)."""

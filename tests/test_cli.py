@@ -51,15 +51,23 @@ def cfg_run(tmp_path_factory, mnist_dir):
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["reproduce", "--preset", "huge"], "valid: reference, cpu, smoke"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    result = _run(*args)
+def test_bad_input_is_one_line_and_exit_2(args, message, cli):
+    result = cli(*args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-def test_missing_data_is_one_line_and_exit_2(tmp_path):
-    result = _run("train", "vae", "--preset", "smoke", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"))
+@pytest.mark.slow
+def test_the_entry_point_exits_2_with_one_line_and_no_traceback():
+    """The installed ``python -m mnistgen`` (not only ``main``) turns bad input into exit status 2."""
+    result = _run("train", "vae", "--preset", "huge")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "mnistgen: error: bad preset 'huge'; valid: reference, cpu, smoke"], result.stderr
+
+
+def test_missing_data_is_one_line_and_exit_2(tmp_path, cli):
+    result = cli("train", "vae", "--preset", "smoke", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "train-images-idx3-ubyte.gz" in lines[0]
@@ -76,14 +84,15 @@ HELP = {  # each command's help names its own options
 
 
 @pytest.mark.parametrize("command", list(HELP))
-def test_help_explains_each_command(command):
-    result = _run(command, "--help")
+def test_help_explains_each_command(command, cli):
+    result = cli(command, "--help")
     assert result.returncode == 0 and f"usage: mnistgen {command}" in result.stdout
     text = " ".join(result.stdout.split())  # argparse wraps lines
     missing = [word for word in HELP[command] if word not in text]
     assert missing == []
 
 
+@pytest.mark.slow
 def test_vae_sample_evaluate_figures(vae_run, tmp_path, mnist_dir):
     assert main(["sample", str(vae_run), "--n", "10", "--out", str(tmp_path / "s")]) == 0
     with np.load(tmp_path / "s.npz") as f:
@@ -102,23 +111,23 @@ def test_vae_sample_evaluate_figures(vae_run, tmp_path, mnist_dir):
         assert (vae_run / name).exists()
 
 
-def test_rerunning_a_finished_run_without_resume_is_refused(vae_run):
-    result = _run("train", "vae", "--preset", "smoke", "--out", str(vae_run))
+def test_rerunning_a_finished_run_without_resume_is_refused(vae_run, cli):
+    result = cli("train", "vae", "--preset", "smoke", "--out", str(vae_run))
     assert result.returncode == 2 and "--resume" in result.stderr
 
 
 @pytest.mark.slow
-def test_ddpm_samplers_write_the_promised_files(ddpm_run, tmp_path):
+def test_ddpm_samplers_write_the_promised_files(ddpm_run, tmp_path, cli):
     for extra in (["--sampler", "ddim", "--steps", "5", "--eta", "1"], ["--sampler", "ancestral"],
                   ["--sampler", "dpm++2m", "--steps", "5"]):
         assert main(["sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "d.npz"), *extra]) == 0
         with np.load(tmp_path / "d.npz") as f:
             assert f["images"].shape == (3, 1, 28, 28)
-    assert _run("sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "x"), "--eta", "2").returncode == 2
-    assert _run("sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "x"), "--label", "3").returncode == 2
+    assert cli("sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "x"), "--eta", "2").returncode == 2
+    assert cli("sample", str(ddpm_run), "--n", "3", "--out", str(tmp_path / "x"), "--label", "3").returncode == 2
 
 
-def test_cfg_sample_labels(cfg_run, tmp_path):
+def test_cfg_sample_labels(cfg_run, tmp_path, cli):
     assert main(["sample", str(cfg_run), "--n", "2", "--label", "all", "--guidance", "1", "--steps", "4",
                  "--out", str(tmp_path / "c.png")]) == 0
     with np.load(tmp_path / "c.npz") as f:
@@ -126,20 +135,20 @@ def test_cfg_sample_labels(cfg_run, tmp_path):
     assert main(["sample", str(cfg_run), "--n", "3", "--label", "7", "--steps", "4", "--out", str(tmp_path / "s")]) == 0
     with np.load(tmp_path / "s.npz") as f:
         assert f["labels"].tolist() == [7, 7, 7]
-    bad = _run("sample", str(cfg_run), "--n", "3", "--label", "12", "--out", str(tmp_path / "b"))
+    bad = cli("sample", str(cfg_run), "--n", "3", "--label", "12", "--out", str(tmp_path / "b"))
     assert bad.returncode == 2 and "0-9" in bad.stderr
 
 
-def test_checkpoint_of_another_kind_is_exit_2(vae_run, ddpm_run, tmp_path):
+def test_checkpoint_of_another_kind_is_exit_2(vae_run, ddpm_run, tmp_path, cli):
     import shutil
 
     shutil.copytree(ddpm_run, tmp_path / "mixed")
     shutil.copy(vae_run / "checkpoints" / "last.pt", tmp_path / "mixed" / "checkpoints" / "last.pt")
-    result = _run("sample", str(tmp_path / "mixed"), "--n", "2", "--out", str(tmp_path / "m"))
+    result = cli("sample", str(tmp_path / "mixed"), "--n", "2", "--out", str(tmp_path / "m"))
     assert result.returncode == 2 and "'vae' model, not a 'ddpm'" in result.stderr
 
 
-def test_sample_and_figures_refuse_a_classifier_run(tmp_path):
+def test_sample_and_figures_refuse_a_classifier_run(tmp_path, cli):
     from mnistgen.config import preset
     from mnistgen.storage.rundir import RunDir
 
@@ -147,7 +156,7 @@ def test_sample_and_figures_refuse_a_classifier_run(tmp_path):
     run.root.mkdir()
     run.write_config(preset("classifier", "smoke"))
     for args in (["sample", str(run.root), "--n", "2", "--out", str(tmp_path / "s")], ["figures", str(run.root)]):
-        result = _run(*args)
+        result = cli(*args)
         assert result.returncode == 2 and "'classifier' run" in result.stderr
 
 

@@ -212,6 +212,7 @@ class AutocastSpy:
         return self.objective.loss(model, x, y, generator)
 
 
+@pytest.mark.slow
 def test_fp16_with_grad_scaler_trains_and_resumes(tmp_path, mnist_dir, monkeypatch):
     """The T4 path, executed: float16 autocast, a GradScaler that scales, unscales before clipping,
     is checkpointed, and a resumed run ends bit-identical to an uninterrupted one."""
@@ -346,6 +347,7 @@ def _meta(kind, **overrides):
     return cfg, kinds.get(kind).build_model(cfg).to("meta"), kinds.get(kind).build_process(cfg, "meta")
 
 
+@pytest.mark.slow
 def test_ddpm_schedule_lookups_never_copy_between_devices():
     cfg, model, process = _meta("ddpm", **{"process.loss_weighting": "clamped-snr", "process.prediction": "v",
                                            "process.t_distribution": "cosine", "process.timesteps": 50})

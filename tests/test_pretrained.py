@@ -37,6 +37,7 @@ def test_shipped_vae_decodes_digit_images(classifier):
     assert len(set(judge(classifier, images).predictions.tolist())) >= 8  # varied digits, not one blur
 
 
+@pytest.mark.slow
 def test_shipped_ddpm_draws_all_ten_digits(classifier):
     images = mnistgen.load("pretrained:ddpm", "cpu").sample(200, generator=torch.Generator().manual_seed(0),
                                                            progress=False)
@@ -44,6 +45,7 @@ def test_shipped_ddpm_draws_all_ten_digits(classifier):
     assert sorted(set(judge(classifier, images).predictions.tolist())) == list(range(10))
 
 
+@pytest.mark.slow
 def test_shipped_cfg_draws_the_requested_digit(classifier):
     model = mnistgen.load("pretrained:cfg", "cpu")
     labels = torch.arange(10).repeat_interleave(10)
@@ -67,6 +69,7 @@ def test_a_swapped_weights_file_is_refused(tmp_path):
         mnistgen.load(tmp_path / "cfg", "cpu")
 
 
+@pytest.mark.slow
 def test_the_one_liner_samples_sevens(tmp_path, classifier):
     done = subprocess.run([sys.executable, "-m", "mnistgen", "sample", "pretrained:cfg", "--label", "7", "--n", "16",
                            "--out", str(tmp_path / "sevens.png")], capture_output=True, text=True)
@@ -78,6 +81,7 @@ def test_the_one_liner_samples_sevens(tmp_path, classifier):
     assert (judge(classifier, images).predictions == 7).sum() >= 14
 
 
+@pytest.mark.slow
 def test_pretrained_models_are_read_only_and_work_in_a_copy(tmp_path):
     with pytest.raises(UserError, match="--out"):
         mnistgen.draw_figures("pretrained:cfg")

@@ -68,6 +68,7 @@ def test_training_and_sampling_show_bars_on_a_terminal_and_lines_in_a_file(termi
         assert all(" 50 img in " in line for line in steps) and "\r" not in evaluated
 
 
+@pytest.mark.slow
 def test_an_epoch_line_reaches_a_log_file_while_the_run_goes_on(tmp_path):
     """stdout into a pipe is block-buffered by Python unless told otherwise: each epoch's line must
     be there when the epoch ends, not when the process exits (a kill would lose it)."""

@@ -167,6 +167,7 @@ def test_a_payload_in_safetensors_metadata_is_inert_text(tmp_path, capsys):
 
 # -- checkpoint formats ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_format_2_checkpoint_resumes_bit_exact(tmp_path):
     """The committed format-2 run (stopped after epoch 1 of 2) resumes to the same weights, EMA and
     Adam moments as an uninterrupted two-epoch run; its next checkpoint is written in format 3."""
@@ -250,6 +251,7 @@ def test_a_linked_lock_file_is_refused_and_its_target_kept(tmp_path, victim, cap
     assert victim.read_text() == "precious\n"
 
 
+@pytest.mark.slow
 def test_links_at_the_old_predictable_temp_names_are_never_followed(runs, tmp_path, victim):
     """Links planted at every name a write of this process could have used before (``.NAME.PID.tmp``)
     and at the files themselves: training, evaluation and sampling replace links, never write through them."""

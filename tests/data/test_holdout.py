@@ -17,6 +17,7 @@ def test_the_holdout_is_fixed_and_of_its_size():
     assert not bool(holdout_mask(60_000, 5000)[:5000].all())  # a permutation, not the first images
 
 
+@pytest.mark.slow
 def test_holdout_validation_is_training_images_never_trained_on():
     config = apply_overrides(preset("vae", "cpu"), {"data.validation": "holdout", "data.holdout": 3000})
     kind = kinds.get("vae")

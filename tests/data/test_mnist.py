@@ -69,6 +69,7 @@ def test_corrupt_gzip_is_named(mnist_dir, tmp_path):
         load_split("test", data_dir=folder)
 
 
+@pytest.mark.slow
 def test_checksum_mismatch_is_named(mnist_dir, tmp_path):
     folder = _copy(mnist_dir, tmp_path)
     path = folder / "t10k-images-idx3-ubyte.gz"

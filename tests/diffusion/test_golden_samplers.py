@@ -25,7 +25,8 @@ def models():
     return {k: mnistgen.load(f"pretrained:{k}", device="cpu") for k in ("ddpm", "cfg")}
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "ddpm_ancestral1000" else n
+                                  for n in CASES])  # a thousand steps: in the slow set
 def test_sampler_draws_what_it_drew(models, name):
     kind_name, old, n, labels = CASES[name]
     m = models[kind_name]

@@ -8,6 +8,7 @@ from mnistgen.evaluation.anchors import anchors
 from mnistgen.evaluation.fd import judge, load_classifier
 
 
+@pytest.mark.slow
 def test_bundled_classifier_reaches_99_percent(mnist_dir):
     test = load("test", "unit", data_dir=mnist_dir)
     predictions = judge(load_classifier(), test.x).predictions
@@ -27,6 +28,7 @@ def test_fd_and_kid_order_real_blurred_and_noise(scores):
     assert real.fd_spread.std < 0.2 * blurred.mnist_fd
 
 
+@pytest.mark.slow
 def test_real_digits_score_high_fidelity_and_diversity(scores):
     real, noise = scores["train_vs_test"].prdc, scores["noise"].prdc
     assert min(real.precision, real.recall, real.coverage) > 0.9 and 0.8 < real.density < 1.2
@@ -35,6 +37,7 @@ def test_real_digits_score_high_fidelity_and_diversity(scores):
     # images' features collapse to one point inside the large balls of a few outlying real digits.
 
 
+@pytest.mark.slow
 def test_dropping_two_digits_lowers_recall_and_coverage_but_not_precision(scores):
     full, dropped = scores["train_vs_test"].prdc, scores["mode_dropped"].prdc
     assert dropped.recall < full.recall - 0.08 and dropped.coverage < full.coverage - 0.1

@@ -16,6 +16,7 @@ def trained_vae(mnist_dir, tmp_path_factory):
     return trainer.model.eval(), VAEKind().load_data(cfg, "test", mnist_dir, torch.device("cpu")).x[:500]
 
 
+@pytest.mark.slow
 def test_iwae_is_below_the_elbo_and_decreases_with_k(trained_vae):
     model, x = trained_vae
     g = torch.Generator().manual_seed(0)

@@ -36,6 +36,7 @@ def test_diffusion_figures_render(kind, names, tmp_path):
         assert width > 80 and height > 80
 
 
+@pytest.mark.slow
 def test_drawing_a_figure_leaves_the_users_matplotlib_backend_alone(tmp_path):
     """A notebook's inline backend (here: pdf) survives importing and drawing mnistgen's figures,
     and no figure is left open in pyplot."""

@@ -68,6 +68,7 @@ def test_killed_ddp_run_resumes_to_the_uninterrupted_weights(uninterrupted, tmp_
         assert torch.equal(mine, theirs)
 
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_job_promptly(tmp_path):
     start = time.monotonic()
     result = _torchrun("raise-on-rank-1", tmp_path / "failing", timeout=90)

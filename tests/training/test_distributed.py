@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -45,6 +46,7 @@ def _worker(rank, world, tmp):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_step_equals_single_process_step(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     single = _one_step(_cfg(2 * PER_RANK_BATCH), tmp_path / "single")

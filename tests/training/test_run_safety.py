@@ -82,6 +82,7 @@ def test_a_second_trainer_of_the_same_run_is_refused(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_a_lock_held_by_another_process_refuses_until_that_process_dies(tmp_path):
     """The lock belongs to a process: refused while it lives, free the moment it is killed (kill -9)."""
     run = RunDir(tmp_path / "run")
@@ -151,6 +152,7 @@ class SignalAt:
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_a_signal_saves_between_two_steps_and_the_run_resumes_exactly(signal_number, tmp_path, mnist_dir):
     cfg = _cfg("ddpm", **{"train.epochs": 2, "train.ema_start": 0})
 
@@ -173,6 +175,7 @@ def test_a_signal_saves_between_two_steps_and_the_run_resumes_exactly(signal_num
     assert _same(full.model.state_dict(), resumed.model.state_dict())
 
 
+@pytest.mark.slow
 def test_sigterm_from_outside_ends_the_command_with_one_line(tmp_path):
     """A real `mnistgen train` process, terminated while it trains: exit 128 + 15, one line, a checkpoint."""
     out = tmp_path / "run"

@@ -48,6 +48,7 @@ def resumed(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_epoch_scalars_equal_history_json(resumed):
     history = json.loads((resumed / "history.json").read_text())
     events = _events(resumed)
@@ -79,6 +80,7 @@ def test_the_preview_grid_is_logged_each_epoch(resumed):
     assert [i.step for i in images] == _steps(events, "epoch/train_loss") and images[0].width > 28
 
 
+@pytest.mark.slow
 def test_evaluate_adds_the_config_as_hparams_with_the_metrics(resumed):
     assert main(["evaluate", str(resumed), "--n", "20", "--no-progress"]) == 0
     events = _events(resumed)
@@ -89,6 +91,7 @@ def test_evaluate_adds_the_config_as_hparams_with_the_metrics(resumed):
     assert b"train.lr" in content and b"model.channels" in content
 
 
+@pytest.mark.slow
 def test_logging_changes_nothing_that_is_trained(tmp_path):
     """The gradient norm is measured after GradScaler's unscale, which its step then skips: the
     weights, EMA and loss scale end bit-identical to an unlogged run's."""

@@ -35,6 +35,7 @@ def _small(kind, **overrides):
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "cfg", "vae"])
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(kind, tmp_path, mnist_dir):
     cfg = _small(kind, **{"train.checkpoint_minutes": 1e-9})  # checkpoint at every log step
     reference = _trainer(cfg, tmp_path / "a", mnist_dir)
@@ -114,6 +115,7 @@ def test_lr_schedules():
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "cfg"])
+@pytest.mark.slow
 def test_short_training_on_real_mnist_lowers_the_loss(kind, tmp_path, mnist_dir):
     cfg = _small(kind, **{"data.train_limit": 2048, "train.epochs": 3, "train.ema_decay": 0.0})
     trainer = _trainer(cfg, tmp_path, mnist_dir)
@@ -144,6 +146,7 @@ def test_channels_last_training_follows_the_contiguous_run(tmp_path, mnist_dir):
         torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_the_eager_run(tmp_path, mnist_dir):
     """train.compile wraps only what the objective calls; the weights, EMA and checkpoint stay the eager module."""
     trained = {}

@@ -1,0 +1,52 @@
+"""The bench scripts that turn runs into result files: what they write is what the run holds."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    """bench/'s modules importable, with results written under tmp_path, never into the repository."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import results_io
+
+    monkeypatch.setattr(results_io, "RESULTS", tmp_path / "results")
+    return tmp_path / "results"
+
+
+def _evaluated_run(root: Path) -> Path:
+    run = root / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": "ddpm", "preset": "cpu"}))
+    (run / "history.json").write_text(json.dumps([{"epoch": 1, "train_loss": 0.5}]))
+    (run / "metrics.json").write_text(json.dumps({"mnist_fd": 23.7, "n_samples": 1000}))
+    return run
+
+
+def test_record_run_writes_the_runs_own_files(bench, tmp_path, capsys):
+    import record_run
+
+    run = _evaluated_run(tmp_path)
+    record_run.main([str(run), "--name", "ddpm-x0", "--what", "x_0 instead of v"])
+    [written] = bench.iterdir()
+    assert written.name.startswith("ddpm-x0-") and written.suffix == ".json"
+    record = json.loads(written.read_text())
+    assert record["what"] == "x_0 instead of v" and record["config"] == {"kind": "ddpm", "preset": "cpu"}
+    assert record["history"] == [{"epoch": 1, "train_loss": 0.5}]
+    assert record["metrics"] == {"mnist_fd": 23.7, "n_samples": 1000} and {"date", "host"} <= set(record)
+    assert "mnist_fd: 23.7" in capsys.readouterr().out
+
+
+def test_record_run_refuses_a_run_that_was_not_evaluated(bench, tmp_path):
+    import record_run
+
+    run = _evaluated_run(tmp_path)
+    (run / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match="no metrics.json"):
+        record_run.main([str(run), "--name", "x", "--what", "y"])
+    assert not bench.exists()
