@@ -192,3 +192,21 @@ def test_a_process_built_for_a_device_without_index_samples_on_that_device():
     grid = process.grid(5, "time", torch.zeros(1).device)
     assert grid.steps == 5
     sample("ddim", lambda x, t: torch.zeros_like(x), process, torch.randn(2, 1, 4, 4), steps=5, eta=1.0)
+
+
+@pytest.mark.parametrize("steps", [2, 10, 50, 250, 734, 1000])
+def test_a_log_snr_grid_has_exactly_the_steps_asked_for(steps):
+    """As many distinct timesteps as asked, from T-1 down to 0, and (where the schedule allows) each the
+    one nearest its evenly spaced log-SNR; an independent float64 computation of lambda_t."""
+    process = GaussianDiffusion(DDPMConfig())
+    grid = process.timesteps(steps, "log-snr")
+    assert len(grid) == steps and grid == sorted(set(grid), reverse=True) and grid[0] == 999 and grid[-1] == 0
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    lam = np.log(ab / (1 - ab))
+    spacing = np.diff(lam[grid])  # increasing log-SNR along the grid
+    assert (spacing > 0).all()
+    nearest = [int(np.abs(lam - v).argmin()) for v in np.linspace(lam[999], lam[0], steps)]
+    if len(set(nearest)) == steps:  # no two targets share a timestep: each is the nearest one
+        assert grid == nearest
+    else:  # near t = 0 one step of the schedule spans several targets: those move apart
+        assert steps >= 50

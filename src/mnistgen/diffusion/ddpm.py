@@ -93,20 +93,26 @@ class GaussianDiffusion:
 
     # -- reverse process ----------------------------------------------------------------
     def timesteps(self, steps: int, spacing: str = "time") -> list[int]:
-        """``steps`` distinct timesteps from T-1 down to 0: evenly spaced in t (``time``, both ends
-        included; DDIM section 4.2), or those whose log-SNRs lie nearest to evenly spaced values
-        between lambda_{T-1} and lambda_0 (``log-snr``; a repeated timestep is kept once)."""
+        """Exactly ``steps`` distinct timesteps from T-1 down to 0: evenly spaced in t (``time``, both
+        ends included; DDIM section 4.2), or in log-SNR (``log-snr``): for each of ``steps`` evenly
+        spaced values between lambda_{T-1} and lambda_0, the timestep whose log-SNR lies nearest, among
+        those below the previous one that leave room for the rest (where the schedule's steps are
+        coarser than the grid's, neighbours move apart instead of merging)."""
         if not 1 <= steps <= self.T:
             raise ValueError(f"steps must be in [1, {self.T}], got {steps}")
         if spacing == "time":
-            grid = torch.linspace(self.T - 1, 0, steps).round().long().tolist()
-        elif spacing == "log-snr":
-            lam = self._log_snr_ascending.cpu().double()  # t = T-1 .. 0
-            wanted = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
-            grid = [self.T - 1 - int((lam - v).abs().argmin()) for v in wanted]
-        else:
+            return list(dict.fromkeys(torch.linspace(self.T - 1, 0, steps).round().long().tolist()))
+        if spacing != "log-snr":
             raise ValueError(f"unknown grid spacing {spacing!r}")
-        return list(dict.fromkeys(grid))
+        lam = self._log_snr_ascending.cpu().double()  # (T,) at t = T-1 .. 0, increasing
+        wanted = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
+        grid, above = [], self.T
+        for k, v in enumerate(wanted):
+            nearest = self.T - 1 - int((lam - v).abs().argmin())
+            t = min(max(nearest, steps - 1 - k), above - 1)  # |lambda_t - v| is unimodal in t: clamping is exact
+            grid.append(t)
+            above = t
+        return grid
 
     def grid(self, steps: int, spacing: str = "time", device: torch.device | str | None = None) -> Grid:
         """The levels at :meth:`timesteps` and, last, the clean image (alpha = 1, sigma = 0), on the
