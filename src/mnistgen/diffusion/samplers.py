@@ -29,11 +29,11 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _report(on_step: OnStep | None, grid: Grid, i: int, x: torch.Tensor) -> None:
+def report_step(on_step: OnStep | None, grid: Grid, i: int, x: torch.Tensor) -> None:
     if on_step is not None:
         on_step(grid.labels[i], x)
 
@@ -48,8 +48,8 @@ def ancestral(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: to
     for i in range(grid.steps):
         pred = denoiser(x, grid, i)
         mean, variance = grid.process.ancestral_step(x, pred, grid, i)
-        x = mean + variance.sqrt().to(x.dtype) * _randn_like(x, generator) if i + 1 < grid.steps else mean
-        _report(on_step, grid, i, x)
+        x = mean + variance.sqrt().to(x.dtype) * randn_like(x, generator) if i + 1 < grid.steps else mean
+        report_step(on_step, grid, i, x)
     return x
 
 
@@ -80,8 +80,8 @@ def ddim(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator: torch.G
         sigma = ddim_sigma(ab, ab_next, eta, s2, s2_next)
         x = ab_next.sqrt() * x0 + (s2_next - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < grid.steps:
-            x = x + sigma * _randn_like(x, generator)
-        _report(on_step, grid, i, x)
+            x = x + sigma * randn_like(x, generator)
+        report_step(on_step, grid, i, x)
     return x
 
 
@@ -106,11 +106,11 @@ def dpm_solver_2m(denoiser: DenoiserLike, x: torch.Tensor, grid: Grid, generator
             if sde:  # no noise after the last step, as in the other samplers
                 x = ratio * torch.exp(-h) * x - alpha_next * torch.expm1(-2 * h) * d
                 if i + 1 < grid.steps:
-                    x = x + sigma_next * (-torch.expm1(-2 * h)).sqrt() * _randn_like(x, generator)
+                    x = x + sigma_next * (-torch.expm1(-2 * h)).sqrt() * randn_like(x, generator)
             else:
                 x = ratio * x - alpha_next * torch.expm1(-h) * d
             x0_prev, h_prev = x0, h
-        _report(on_step, grid, i, x)
+        report_step(on_step, grid, i, x)
     return x
 
 
