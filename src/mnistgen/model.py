@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from dataclasses import astuple
 from typing import Iterator, Sequence
 
 import torch
@@ -13,7 +14,8 @@ from mnistgen.data.mnist import native_size
 from mnistgen.defaults import run_path
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
 from mnistgen.errors import UserError
-from mnistgen.images import save_animation
+from mnistgen.diffusion.editing import RePaintSettings
+from mnistgen.images import check_mask, check_unit_images, read_mask, save_animation
 from mnistgen.kinds import TrainedModel
 from mnistgen.kinds.base import SAMPLE_BATCH
 from mnistgen.runs import load_run
@@ -64,13 +66,17 @@ class Model:
         self.kind.check_settings(self.config, settings)
         self.kind.check_labels(labels is not None)
         labels = as_labels(labels, n) if labels is not None else None
+        return labels, self._generator(generator)
+
+    def _generator(self, generator: torch.Generator | None) -> torch.Generator:
+        """``generator``, checked to be on the model's device, or a freshly seeded one there."""
         if generator is None:
             generator = torch.Generator(self.device)
             generator.seed()
         elif generator.device.type != self.device.type:
             raise UserError(f"the generator is on {generator.device} and the model on {self.device}; "
                             f"make it with torch.Generator({str(self.device)!r})")
-        return labels, generator
+        return generator
 
     def sample_batches(self, n: int, *, labels=None, guidance: float | None = None, sampler: str | None = None,
                        steps: int | None = None, eta: float | None = None, grid: str | None = None,
@@ -163,14 +169,86 @@ class Model:
         self.kind.latent_size(self.config)
         return self.kind.decode(self.network, codes.to(self.device).float()).cpu()
 
+    # -- editing: inpainting, inversion, interpolation ----------------------------------------------
+    def _edit_labels(self, labels, n: int) -> torch.Tensor | None:
+        """An edit's labels (optional: the CFG model edits unconditionally without them), on the device."""
+        if labels is None:
+            return None
+        if not self.kind.takes_labels:
+            raise UserError(f"the {self.config.kind} model takes no labels")
+        return as_labels(labels, n).to(self.device)
+
     @torch.no_grad()
-    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 11) -> torch.Tensor:
-        """Decodes of (1 - s) z_a + s z_b for s evenly in [0, 1], z the codes of images ``a`` and ``b``
-        (each (1, H, W) or (1, 1, H, W)): (steps, 1, H, W)."""
-        shape = self.kind.image_shape(self.config)  # (1, H, W)
-        za, zb = self.encode(torch.stack([a.reshape(shape), b.reshape(shape)]))
-        s = torch.linspace(0, 1, steps).view(-1, 1)  # (steps, 1)
-        return self.decode((1 - s) * za + s * zb)
+    def inpaint(self, images: torch.Tensor, mask, *, labels=None, guidance: float | None = None,
+                steps: int | None = None, jump: int | None = None, resample: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``images`` (N, 1, 28, 28) in [0, 1] with the pixels where ``mask`` is 0 filled in by the model;
+        ``mask``: (28, 28) or (1 or N, 1, 28, 28), 1 = known, or a name (lower, upper, left, right: the half
+        filled in). The DDPM and the CFG model use RePaint (``steps``, ``jump``, ``resample``; the CFG model
+        guided towards ``labels`` with weight ``guidance``, or unconditional without labels); the VAE fits
+        its code to the known pixels. The known pixels come back exactly as given. Returns a CPU tensor."""
+        images = self._images(images, "images")
+        mask = check_mask(read_mask(mask) if isinstance(mask, str) else mask, len(images))
+        given = None if (steps, jump, resample) == (None, None, None) else RePaintSettings(
+            *(v if v is not None else d for v, d in zip((steps, jump, resample), astuple(RePaintSettings()))))
+        repaint = self.kind.check_edit(self.config, labels is not None, guidance, given)
+        labels = self._edit_labels(labels, len(images))
+        if labels is not None and guidance is None:
+            guidance = self.kind.resolve(self.config, SamplerSettings()).guidance
+        out = self.kind.inpaint(self.config, self.network, images, mask, self._generator(generator), labels, guidance,
+                                repaint, self.trained.process).cpu()
+        return mask * images + (1 - mask) * out  # the known pixels exactly
+
+    def _inversion_steps(self, steps: int) -> int:
+        self.kind.check_edit(self.config, False, None, RePaintSettings(steps, 1, 1))  # steps in the process's range
+        return steps
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, *, labels=None, steps: int = 100) -> torch.Tensor:
+        """The noise that deterministic DDIM (eta = 0) on ``steps`` levels maps to ``images`` (N, 1, 28, 28)
+        in [0, 1]: DDIM inversion, with the network conditioned on ``labels`` (the CFG model) or
+        unconditional. Returns (N, 1, R, R) on the CPU, R the network's resolution (32: MNIST padded)."""
+        images = self._images(images, "images")
+        labels = self._edit_labels(labels, len(images))
+        return self.kind.invert(self.config, self.network, images, self._inversion_steps(steps), labels,
+                                self.trained.process).cpu()
+
+    @torch.no_grad()
+    def from_noise(self, noise: torch.Tensor, *, labels=None, steps: int = 100) -> torch.Tensor:
+        """Images (N, 1, 28, 28) in [0, 1] of ``noise`` by DDIM at eta = 0 on ``steps`` levels: the inverse of
+        :meth:`invert` (``from_noise(invert(x))`` is close to x)."""
+        if not isinstance(noise, torch.Tensor) or noise.dim() != 4:
+            raise UserError(f"noise must be a tensor (N, C, H, W), got {getattr(noise, 'shape', type(noise))}")
+        labels = self._edit_labels(labels, len(noise))
+        return self.kind.from_noise(self.config, self.network, noise.float(), self._inversion_steps(steps), labels,
+                                    self.trained.process).cpu()
+
+    @torch.no_grad()
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 11, *, labels=None,
+                    inversion_steps: int = 100) -> torch.Tensor:
+        """Images along the model's path from image ``a`` to image ``b`` (each (1, H, W) or (1, 1, H, W)),
+        ``steps`` of them with both ends: the VAE decodes (1 - s) z_a + s z_b of its codes; a diffusion
+        model inverts both (:meth:`invert`, ``inversion_steps``), joins the noises by slerp and samples
+        each point back. Returns (steps, 1, 28, 28)."""
+        if not isinstance(steps, int) or steps < 2:
+            raise UserError(f"steps must be a whole number >= 2, got {steps!r}")
+        if not all(isinstance(x, torch.Tensor) and x.numel() == 28 * 28 for x in (a, b)):
+            raise UserError("a and b must be single images, tensors (1, 28, 28) or (1, 1, 28, 28)")
+        pair = self._images(torch.stack([a.reshape(1, 28, 28), b.reshape(1, 28, 28)]), "a and b")  # (2, 1, 28, 28)
+        label = self._edit_labels(labels, 1)
+        if self.kind.iterative:
+            inversion_steps = self._inversion_steps(inversion_steps)
+        fractions = torch.linspace(0, 1, steps)
+        return self.kind.interpolate(self.config, self.network, pair[:1], pair[1:], fractions, inversion_steps,
+                                     label, self.trained.process).cpu()
+
+    def _images(self, images, what: str) -> torch.Tensor:
+        """User images as (N, 1, 28, 28) float32 on the CPU, checked (shape, values in [0, 1])."""
+        if not isinstance(images, torch.Tensor):
+            raise UserError(f"{what} must be a tensor (N, 1, 28, 28) in [0, 1], got {type(images).__name__}")
+        images = images.detach().float().cpu()
+        check_unit_images(images, what)
+        return images
 
     @torch.no_grad()
     def traverse(self, code: torch.Tensor, dims: Sequence[int], offsets: Sequence[float] = (-4, -2, 0, 2, 4)) -> torch.Tensor:

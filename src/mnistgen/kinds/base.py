@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mnistgen.config import RunConfig, range_of
-from mnistgen.data.mnist import TensorData, holdout_mask, labels_per_digit, load
-from mnistgen.diffusion import samplers
+from mnistgen.data.mnist import TensorData, holdout_mask, labels_per_digit, load, native_size
+from mnistgen.diffusion import editing, samplers
+from mnistgen.diffusion.editing import RePaintSettings
 from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.metrics import PRDC_K, Reference, sample_quality
@@ -201,6 +203,37 @@ class ModelKind:
         """Images (N, 1, H, W) in [0, 1] of codes (N, latent)."""
         raise UserError(f"the {self.name} model has no latent space")
 
+    # -- editing: inpainting, inversion, interpolation ---------------------------------------------
+    def check_edit(self, config: RunConfig, labels: bool, guidance: float | None,
+                   repaint: RePaintSettings | None) -> RePaintSettings | None:
+        """Refuse, in one line, what an inpainting by this kind cannot take; the settings it will use."""
+        raise UserError(f"the {self.name} model cannot inpaint; the VAE, the DDPM and the CFG model can")
+
+    def inpaint(self, config: RunConfig, model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
+                generator: torch.Generator, labels: torch.Tensor | None = None, guidance: float | None = None,
+                repaint: RePaintSettings | None = None, process=None) -> torch.Tensor:
+        """Images (N, 1, 28, 28) in [0, 1] on the model's device with their pixels where ``mask`` is 0
+        filled in by the model (the known ones as the model left them: the caller restores them)."""
+        raise UserError(f"the {self.name} model cannot inpaint")
+
+    def invert(self, config: RunConfig, model: nn.Module, images: torch.Tensor, steps: int,
+               labels: torch.Tensor | None = None, process=None) -> torch.Tensor:
+        """The noise (N, C, H', W') that deterministic sampling maps to ``images`` (N, 1, 28, 28) in [0, 1]."""
+        raise UserError(f"the {self.name} model has no deterministic map from noise to invert; "
+                        f"invert / from_noise need a diffusion model")
+
+    def from_noise(self, config: RunConfig, model: nn.Module, noise: torch.Tensor, steps: int,
+                   labels: torch.Tensor | None = None, process=None) -> torch.Tensor:
+        """Images (N, 1, 28, 28) in [0, 1] of noise by deterministic sampling (the inverse of :meth:`invert`)."""
+        raise UserError(f"the {self.name} model has no deterministic map from noise")
+
+    def interpolate(self, config: RunConfig, model: nn.Module, a: torch.Tensor, b: torch.Tensor,
+                    fractions: torch.Tensor, steps: int, labels: torch.Tensor | None = None,
+                    process=None) -> torch.Tensor:
+        """Images (S, 1, 28, 28) along the model's path from image ``a`` to image ``b`` (each (1, 1, 28, 28)
+        in [0, 1]), at ``fractions`` (S,) of the way."""
+        raise UserError(f"the {self.name} model has no latent space or noise to interpolate in")
+
     # -- evaluation and figures -------------------------------------------------------------
     def evaluation_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
         """The labels to request when ``n`` samples are judged (None: unlabelled)."""
@@ -325,6 +358,90 @@ class DiffusionKind(ModelKind):
         labels = labels.to(device) if labels is not None else None
         return to_unit(samplers.draw(model, process, noise, self.resolve(config, settings), generator, labels, on_step,
                                      null_label=config.process.num_labels))
+
+
+    # -- editing ----------------------------------------------------------------------------
+    def null_label(self, config: RunConfig) -> int | None:
+        """The label that asks a conditional network for its unconditional prediction (None: unconditional)."""
+        return None
+
+    def edit_denoiser(self, config: RunConfig, model: nn.Module, n: int, labels: torch.Tensor | None,
+                      guidance: float | None) -> samplers.DenoiserLike:
+        """The network as an edit's denoiser: guided with weight ``guidance`` around ``labels`` when both
+        are given, conditioned on ``labels`` alone, or unconditional (a conditional network's null label)."""
+        null = self.null_label(config)
+        if labels is None and null is not None:
+            labels = torch.full((n,), null, device=next(model.parameters()).device)
+            guidance = None
+        return samplers.denoiser_for(model, config.process.prediction, labels, guidance, null)
+
+    def check_edit(self, config: RunConfig, labels: bool, guidance: float | None,
+                   repaint: RePaintSettings | None) -> RePaintSettings:
+        """Labels only for a kind that takes them, guidance only with labels, RePaint's steps within the
+        process's, its jump within its steps."""
+        if labels and not self.takes_labels:
+            raise UserError(f"the {self.name} model takes no labels")
+        if guidance is not None and not labels:
+            raise UserError("guidance needs a label to guide towards")
+        in_range("guidance", guidance, type(config.process), "guidance")
+        repaint = repaint or RePaintSettings()
+        most = self.most_steps(config) or range_of(type(config.process), "sample_steps").high
+        for name, value, high in (("steps", repaint.steps, most), ("jump", repaint.jump, repaint.steps),
+                                  ("resample", repaint.resample, 100)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise UserError(f"RePaint's {name} must be a whole number in [1, {high}], got {value!r}")
+        return repaint
+
+    def to_model_scale(self, config: RunConfig, images: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
+        """(N, 1, 28, 28) in [0, 1] -> the network's (N, 1, R, R) in [-1, 1], padded with ``fill`` (background)."""
+        border = (config.data.resolution - images.shape[-1]) // 2
+        return F.pad(images * 2 - 1, (border,) * 4, value=fill) if border else images * 2 - 1
+
+    def inpaint(self, config: RunConfig, model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
+                generator: torch.Generator, labels: torch.Tensor | None = None, guidance: float | None = None,
+                repaint: RePaintSettings | None = None, process=None) -> torch.Tensor:
+        """RePaint (:func:`~mnistgen.diffusion.editing.repaint`) with the process's ancestral step on a grid
+        of ``repaint.steps`` levels evenly spaced in time; the padding border counts as known background."""
+        repaint = repaint or RePaintSettings()
+        process = self.process_for(config, model, process)
+        device = next(model.parameters()).device
+        known = self.to_model_scale(config, images.to(device))  # (N, 1, R, R)
+        border = (config.data.resolution - images.shape[-1]) // 2
+        m = F.pad(mask.to(device), (border,) * 4, value=1.0) if border else mask.to(device)
+        denoiser = self.edit_denoiser(config, model, len(known), labels, guidance)
+        out = editing.repaint(denoiser, known, m, process.grid(repaint.steps, GRID_SPACINGS[0], device), repaint,
+                              generator)
+        return native_size(to_unit(out))
+
+    def invert(self, config: RunConfig, model: nn.Module, images: torch.Tensor, steps: int,
+               labels: torch.Tensor | None = None, process=None) -> torch.Tensor:
+        """DDIM inversion (:func:`~mnistgen.diffusion.editing.ddim_invert`) on ``steps`` levels, the
+        network conditioned on ``labels`` (unguided) or unconditional: (N, 1, R, R) noise."""
+        process = self.process_for(config, model, process)
+        device = next(model.parameters()).device
+        x0 = self.to_model_scale(config, images.to(device))
+        grid = process.grid(steps, GRID_SPACINGS[0], device)
+        return editing.ddim_invert(self.edit_denoiser(config, model, len(x0), labels, None), x0, grid)
+
+    def from_noise(self, config: RunConfig, model: nn.Module, noise: torch.Tensor, steps: int,
+                   labels: torch.Tensor | None = None, process=None) -> torch.Tensor:
+        """DDIM at eta = 0 without clipping on the grid :meth:`invert` uses: its inverse."""
+        process = self.process_for(config, model, process)
+        device = next(model.parameters()).device
+        noise = noise.to(device)
+        grid = process.grid(steps, GRID_SPACINGS[0], device)
+        denoiser = self.edit_denoiser(config, model, len(noise), labels, None)
+        return native_size(to_unit(samplers.ddim(denoiser, noise, grid, clip_x0=False)))
+
+    def interpolate(self, config: RunConfig, model: nn.Module, a: torch.Tensor, b: torch.Tensor,
+                    fractions: torch.Tensor, steps: int, labels: torch.Tensor | None = None,
+                    process=None) -> torch.Tensor:
+        """Both images inverted (:meth:`invert`), their noises joined by slerp, each point sampled back."""
+        pair = labels.expand(2) if labels is not None else None
+        za, zb = self.invert(config, model, torch.cat([a, b]), steps, pair, process)
+        path = editing.slerp(za, zb, fractions)  # (S, 1, R, R)
+        along = labels.expand(len(path)) if labels is not None else None
+        return self.from_noise(config, model, path, steps, along, process)
 
 
 def conditional_labels(n: int, device: torch.device) -> torch.Tensor:

@@ -43,6 +43,9 @@ class GuidedKind(DiffusionKind):
     def build_process(self, config: RunConfig, device: torch.device | str = "cpu") -> LogSNRDiffusion:
         return LogSNRDiffusion(config.process)
 
+    def null_label(self, config: RunConfig) -> int:
+        return config.process.num_labels
+
     def preview_rows(self) -> dict[int, str]:
         """F12: the first sample of each digit (the preview holds PREVIEW_PER_DIGIT of each, digit by digit)."""
         return {PREVIEW_PER_DIGIT * d: f"label {d}" for d in range(10)}

@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from mnistgen.config import RunConfig
+from mnistgen.diffusion.editing import RePaintSettings
 from mnistgen.diffusion.samplers import OnStep, SamplerSettings
+from mnistgen.errors import UserError
 from mnistgen.evaluation.likelihood import iwae_nll_mean, neg_elbo_mean
 from mnistgen.evaluation.results import Likelihood, RunMetrics
 from mnistgen.kinds.base import EvaluationRequest, ModelKind, TrainedModel
-from mnistgen.models.vae import VAE, VAEObjective
+from mnistgen.models.vae import VAE, VAEObjective, fit_code
 from mnistgen.progress import long_step
 
 
@@ -59,6 +61,31 @@ class VAEKind(ModelKind):
     def decode(self, model: nn.Module, codes: torch.Tensor) -> torch.Tensor:
         """The Bernoulli means (N, 1, H, W)."""
         return model.decode(codes)
+
+    def check_edit(self, config: RunConfig, labels: bool, guidance: float | None,
+                   repaint: RePaintSettings | None) -> None:
+        """The VAE fills in by fitting its code (:func:`~mnistgen.models.vae.fit_code`): no labels, no
+        guidance, no RePaint settings."""
+        given = [name for name, v in (("labels", labels or None), ("guidance", guidance), ("RePaint settings", repaint))
+                 if v is not None]
+        if given:
+            raise UserError(f"the VAE inpaints by fitting its code to the known pixels; it takes no {', '.join(given)}")
+
+    def inpaint(self, config: RunConfig, model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
+                generator: torch.Generator, labels: torch.Tensor | None = None, guidance: float | None = None,
+                repaint: RePaintSettings | None = None, process=None) -> torch.Tensor:
+        """The decoded code of highest posterior density given the known pixels (deterministic)."""
+        device = next(model.parameters()).device
+        return model.decode(fit_code(model, images.to(device), mask.to(device)))
+
+    def interpolate(self, config: RunConfig, model: nn.Module, a: torch.Tensor, b: torch.Tensor,
+                    fractions: torch.Tensor, steps: int, labels: torch.Tensor | None = None,
+                    process=None) -> torch.Tensor:
+        """Decodes of (1 - s) z_a + s z_b, z the codes (posterior means) of the two images."""
+        device = next(model.parameters()).device
+        za, zb = self.encode(model, torch.cat([a, b]).to(device))
+        s = fractions.to(device).view(-1, 1)  # (S, 1)
+        return self.decode(model, (1 - s) * za + s * zb)
 
     def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
                     metrics: RunMetrics) -> RunMetrics:

@@ -117,3 +117,20 @@ class VAEObjective:
 
     def loss(self, model: VAE, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return neg_elbo(model, x, generator).mean()
+
+
+def fit_code(model: VAE, images: torch.Tensor, mask: torch.Tensor, steps: int = 300, lr: float = 0.05) -> torch.Tensor:
+    """The VAE's answer to inpainting: the code z (B, latent) of highest posterior density given only the
+    known pixels, argmax_z sum_known log Bernoulli(x | sigmoid(decoder(z))) + log N(z; 0, I), found by Adam
+    from the encoder's mean of the image with its unknown pixels set to 0. ``mask`` (B, 1, H, W): 1 known.
+    The network's weights get no gradient."""
+    with torch.enable_grad():
+        z = model.encode(images * mask)[0].detach().clone().requires_grad_(True)  # (B, latent)
+        optimizer = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            nll = F.binary_cross_entropy_with_logits(model.decode_logits(z), images, reduction="none")
+            loss = (nll * mask).flatten(1).sum(1) + 0.5 * z.pow(2).sum(1)  # (B,) -log p(x_known, z) + const
+            (grad,) = torch.autograd.grad(loss.sum(), z)
+            z.grad = grad
+            optimizer.step()
+    return z.detach()
