@@ -200,7 +200,11 @@ class Model:
         return mask * images + (1 - mask) * out  # the known pixels exactly
 
     def _inversion_steps(self, steps: int) -> int:
-        self.kind.check_edit(self.config, False, None, RePaintSettings(steps, 1, 1))  # steps in the process's range
+        """``steps`` checked against the process (kinds without one refuse inversion here)."""
+        if not self.kind.iterative:
+            raise UserError(f"the {self.config.kind} model samples in one pass, with nothing to invert to; "
+                            f"invert / from_noise need a diffusion model")
+        self.kind.check_edit(self.config, False, None, RePaintSettings(steps, 1, 1))
         return steps
 
     @torch.no_grad()
@@ -208,9 +212,10 @@ class Model:
         """The noise that deterministic DDIM (eta = 0) on ``steps`` levels maps to ``images`` (N, 1, 28, 28)
         in [0, 1]: DDIM inversion, with the network conditioned on ``labels`` (the CFG model) or
         unconditional. Returns (N, 1, R, R) on the CPU, R the network's resolution (32: MNIST padded)."""
+        steps = self._inversion_steps(steps)
         images = self._images(images, "images")
         labels = self._edit_labels(labels, len(images))
-        return self.kind.invert(self.config, self.network, images, self._inversion_steps(steps), labels,
+        return self.kind.invert(self.config, self.network, images, steps, labels,
                                 self.trained.process).cpu()
 
     @torch.no_grad()
