@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", required=True, help="results file: bench/results/<name>-<date>-<host>.json")
-    parser.add_argument("--what", required=True, help="one line: what was trained, how, and at which commit")
+    parser.add_argument("--what", required=True, help="one line: what was trained and how; name the commit in it")
     args = parser.parse_args(argv)
     results = record(args.run, args.what)
     metrics = results["metrics"]

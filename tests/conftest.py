@@ -39,16 +39,23 @@ class CliResult:
 
 
 @pytest.fixture
-def cli(capsys):
+def cli(capfd):
     """``cli("sample", RUN, "--n", "2")``: the command line run in this process (its ``main``, as the
     ``mnistgen`` entry point calls it), without the second or so a new interpreter takes to import
-    torch. One test in test_cli.py runs the real entry point in a subprocess."""
+    torch. Everything the call writes to file descriptors 1 and 2 is captured, and each Python warning
+    it raises is one more stderr line, as it would be in a subprocess. One test in test_cli.py runs the
+    real entry point in a subprocess."""
+    import warnings
+
     from mnistgen.cli import main
 
     def run(*args) -> CliResult:
-        capsys.readouterr()  # what earlier calls printed is not this call's
-        status = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return CliResult(status, out.out, out.err)
+        capfd.readouterr()  # what earlier calls printed is not this call's
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            status = main([str(a) for a in args])
+        out = capfd.readouterr()
+        raised = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+        return CliResult(status, out.out, out.err + raised)
 
     return run

@@ -58,7 +58,6 @@ def test_bad_input_is_one_line_and_exit_2(args, message, cli):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-@pytest.mark.slow
 def test_the_entry_point_exits_2_with_one_line_and_no_traceback():
     """The installed ``python -m mnistgen`` (not only ``main``) turns bad input into exit status 2."""
     result = _run("train", "vae", "--preset", "huge")

@@ -93,7 +93,7 @@ class GaussianDiffusion:
 
     # -- reverse process ----------------------------------------------------------------
     def timesteps(self, steps: int, spacing: str = "time") -> list[int]:
-        """Exactly ``steps`` distinct timesteps from T-1 down to 0: evenly spaced in t (``time``, both
+        """Exactly ``steps`` distinct timesteps from T-1 down to 0 (one step: T-1 alone): evenly spaced in t (``time``, both
         ends included; DDIM section 4.2), or in log-SNR (``log-snr``): for each of ``steps`` evenly
         spaced values between lambda_{T-1} and lambda_0, the timestep whose log-SNR lies nearest, among
         those below the previous one that leave room for the rest (where the schedule's steps are
