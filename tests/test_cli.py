@@ -79,6 +79,7 @@ HELP = {  # each command's help names its own options
     "figures": ("--out",),
     "reproduce": ("--preset", "--out"),
     "export": ("--to", "--commit"),
+    "edit": ("inpaint", "invert", "interpolate", "--mask", "--jump", "--resample", "--frames", "RePaint"),
 }
 
 
@@ -209,3 +210,54 @@ def test_sample_out_that_is_a_folder_or_would_overwrite_one_is_refused(vae_run, 
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "grid.npz").exists()
+
+
+@pytest.fixture
+def digits(tmp_path, mnist_test_unit):
+    path = tmp_path / "digits.npz"
+    np.savez(path, images=mnist_test_unit.x[:3].numpy())
+    return path
+
+
+def test_edit_inpaint_keeps_the_known_half_and_writes_both_files(digits, tmp_path, cli):
+    result = cli("edit", "inpaint", "pretrained:cfg", "--input", digits, "--mask", "upper", "--label", "4",
+                 "--guidance", "1", "--steps", "10", "--jump", "2", "--resample", "2", "--out", tmp_path / "done")
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "done.npz") as f, np.load(digits) as given:
+        out, mask, x = f["images"], f["mask"], given["images"]
+    assert out.shape == (3, 1, 28, 28) and mask.shape == out.shape and mask[:, :, :14].max() == 0
+    assert np.array_equal(out[:, :, 14:], x[:, :, 14:]) and (tmp_path / "done.png").is_file()
+
+
+def test_edit_invert_and_interpolate_write_their_arrays(digits, tmp_path, cli):
+    assert cli("edit", "invert", "pretrained:ddpm", "--input", digits, "--steps", "20",
+               "--out", tmp_path / "inv").returncode == 0
+    with np.load(tmp_path / "inv.npz") as f:
+        assert f["noise"].shape == (3, 1, 32, 32) and f["images"].shape == (3, 1, 28, 28)
+    assert cli("edit", "interpolate", "pretrained:vae", "--input", digits, "--frames", "4",
+               "--out", tmp_path / "path.png").returncode == 0
+    with np.load(tmp_path / "path.npz") as f:
+        assert f["images"].shape == (4, 1, 28, 28)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["invert", "pretrained:ddpm", "--mask", "lower"], "--mask does not apply to edit invert"),
+    (["inpaint", "pretrained:ddpm"], "edit inpaint needs --mask"),
+    (["inpaint", "pretrained:ddpm", "--mask", "diagonal"], "neither a named mask"),
+    (["inpaint", "pretrained:ddpm", "--mask", "lower", "--label", "3"], "takes no labels"),
+    (["inpaint", "pretrained:cfg", "--mask", "lower", "--label", "x"], "must be a digit 0-9"),
+    (["inpaint", "pretrained:vae", "--mask", "lower", "--steps", "9"], "takes no RePaint settings"),
+    (["interpolate", "pretrained:ddpm", "--frames", "1"], "--frames: must be >= 2"),
+    (["invert", "pretrained:vae"], "need a diffusion model"),
+])
+def test_bad_edits_are_one_line_and_exit_2(digits, tmp_path, cli, args, message):
+    task, run, *rest = args
+    result = cli("edit", task, run, "--input", digits, "--out", tmp_path / "x", *rest)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_an_edit_input_that_is_not_an_image_is_exit_2(tmp_path, cli):
+    (tmp_path / "notes.png").write_text("hello")
+    result = cli("edit", "invert", "pretrained:ddpm", "--input", tmp_path / "notes.png", "--out", tmp_path / "x")
+    assert result.returncode == 2 and "neither a PNG" in result.stderr and result.stderr.count("\n") == 1

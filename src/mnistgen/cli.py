@@ -51,6 +51,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _digit(text: str) -> int:
+    """An argparse type: a digit 0-9."""
+    if len(text) != 1 or text not in "0123456789":
+        raise argparse.ArgumentTypeError(f"must be a digit 0-9, got {text!r}")
+    return int(text)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     p.add_argument("--data-dir", default=None,
@@ -121,11 +128,47 @@ def _run_parser(sub, name: str, help: str, description: str) -> argparse.Argumen
     return p
 
 
+EDITS = ("inpaint", "invert", "interpolate")
+
+
+def _edit_parser(sub) -> None:
+    p = sub.add_parser("edit", help="inpaint, invert or interpolate digits with a trained model",
+                       description="Edit digits with a trained model. inpaint: fill in the pixels a mask hides "
+                                   "(the DDPM and the CFG model by RePaint, Lugmayr et al. 2022; the VAE by fitting "
+                                   "its code); the known pixels are kept exactly. invert: the noise that DDIM "
+                                   "(eta = 0) maps to each image, and the image it maps back to. interpolate: the "
+                                   "path between the first two images (the diffusion models: slerp of their "
+                                   "inverted noises; the VAE: a straight line between their codes). Writes FILE.npz "
+                                   "and FILE.png (inputs, results).")
+    p.add_argument("task", choices=EDITS)
+    p.add_argument("run", type=Path, help="a run directory, or pretrained:vae | pretrained:ddpm | pretrained:cfg")
+    p.add_argument("--input", type=Path, action="append", required=True, metavar="FILE",
+                   help="a PNG (one greyscale 28x28 digit) or an .npz whose 'images' array holds (N, 1, 28, 28) "
+                        "floats in [0, 1]; interpolate: give two, or one holding two images")
+    p.add_argument("--out", type=Path, required=True, help="FILE, FILE.png or FILE.npz: both files are written")
+    p.add_argument("--mask", default=None,
+                   help="inpaint: the half to fill in (lower, upper, left, right) or a 28x28 PNG, white = known")
+    p.add_argument("--label", type=_digit, default=None,
+                   help="CFG only: condition on (and with --guidance, guide towards) this digit; default: "
+                        "unconditional")
+    p.add_argument("--guidance", type=_non_negative_float, default=None, help="inpaint, CFG with --label: w >= 0")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="inpaint: RePaint's grid (default 50); invert / interpolate: DDIM steps (default 100)")
+    p.add_argument("--jump", type=_positive_int, default=None, help="inpaint: RePaint's jump length (default 5)")
+    p.add_argument("--resample", type=_positive_int, default=None,
+                   help="inpaint: RePaint's passes per jump (default 5; 1 = no resampling)")
+    p.add_argument("--frames", type=_int_at_least(2), default=11, help="interpolate: images along the path, both ends "
+                                                                     "included (default 11)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnistgen", description="Train, sample and evaluate generative models of MNIST digits.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
     _sample_parser(sub)
+    _edit_parser(sub)
     p = _run_parser(sub, "evaluate", "compute a run's metrics into RUN/metrics.json",
                     "Evaluate a run. Every generating model: MNIST-FD of N samples against the MNIST test set (with "
                     "its bootstrap std and FD_inf), KID, precision / recall / density / coverage and the class "
@@ -215,13 +258,7 @@ def _sample(args) -> int:
     from mnistgen.files import check_writable_dir
     from mnistgen.images import save_grid
 
-    if args.out.is_dir():
-        raise UserError(f"--out {args.out} is a directory; give a file name such as {args.out / 'samples'}")
-    npz, png = _sample_files(args.out)
-    for path in (npz, png):
-        if path.is_dir():
-            raise UserError(f"--out {args.out} would write {path}, which is a directory; choose another file name")
-    check_writable_dir(npz.parent, "--out's folder")
+    npz, png = _output_files(args.out)
     if args.animate is not None:
         if args.animate.suffix.lower() != ".gif":
             raise UserError(f"--animate writes a GIF; give a file name ending in .gif, got {args.animate}")
@@ -268,6 +305,64 @@ def _sample(args) -> int:
                       generator=torch.Generator(model.device).manual_seed(args.seed), **options)
         print(f"wrote the reverse process of {shown_n} samples (drawn afresh, same seed) to {args.animate}")
     return 0
+
+
+ONLY = {"--mask": ("inpaint",), "--guidance": ("inpaint",), "--jump": ("inpaint",), "--resample": ("inpaint",),
+        "--frames": ("interpolate",)}  # edit options that apply to some tasks only
+
+
+def _edit(args) -> int:
+    import numpy as np
+    import torch
+
+    from mnistgen import api
+    from mnistgen.arrays import ArraySpec, write_npz
+    from mnistgen.images import read_images, read_mask, save_grid
+
+    given = {"--mask": args.mask, "--guidance": args.guidance, "--jump": args.jump, "--resample": args.resample,
+             "--frames": args.frames if args.frames != 11 else None}
+    extra = [flag for flag, value in given.items() if value is not None and args.task not in ONLY[flag]]
+    if extra:
+        raise UserError(f"{', '.join(extra)} does not apply to edit {args.task}")
+    if args.task == "inpaint" and args.mask is None:
+        raise UserError("edit inpaint needs --mask (lower, upper, left, right or a PNG, white = known)")
+    npz, png = _output_files(args.out)
+    images = torch.cat([read_images(path) for path in args.input])  # (N, 1, 28, 28), checked
+    if args.task == "interpolate" and len(images) < 2:
+        raise UserError(f"edit interpolate needs two images; --input gave {len(images)}")
+    mask = read_mask(args.mask) if args.mask is not None else None
+    model = api.load(args.run, args.device)
+    label = args.label
+    if args.task == "inpaint":
+        out = model.inpaint(images, mask, labels=label, guidance=args.guidance, steps=args.steps, jump=args.jump,
+                            resample=args.resample, generator=torch.Generator(model.device).manual_seed(args.seed))
+        arrays, shown, rows = {"images": out, "mask": mask.expand_as(images)}, [images * mask + 0.5 * (1 - mask), out], len(out)
+    elif args.task == "invert":
+        noise = model.invert(images, labels=label, steps=args.steps or 100)
+        back = model.from_noise(noise, labels=label, steps=args.steps or 100)
+        arrays, shown, rows = {"noise": noise, "images": back}, [images, back], len(back)
+    else:
+        path = model.interpolate(images[0], images[1], args.frames, labels=label, inversion_steps=args.steps or 100)
+        arrays, shown, rows = {"images": path}, [path], len(path)
+    specs = {name: ArraySpec(np.float32, tuple(a.shape), [a.numpy().astype(np.float32)]) for name, a in arrays.items()}
+    write_npz(npz, specs)
+    save_grid(torch.cat(shown), png, nrow=min(rows, 16) if len(shown) == 1 else rows)
+    print(f"wrote {args.task} results to {npz} ({', '.join(arrays)}) and {png}")
+    return 0
+
+
+def _output_files(out: Path) -> tuple[Path, Path]:
+    """``--out``'s two files, refused when either would land on a directory or in an unwritable folder."""
+    from mnistgen.files import check_writable_dir
+
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name such as {out / 'result'}")
+    npz, png = _sample_files(out)
+    for path in (npz, png):
+        if path.is_dir():
+            raise UserError(f"--out {out} would write {path}, which is a directory; choose another file name")
+    check_writable_dir(npz.parent, "--out's folder")
+    return npz, png
 
 
 def _sample_files(out: Path) -> tuple[Path, Path]:
@@ -368,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
         return int(e.code or 0)
-    handlers = {"train": _train, "sample": _sample, "evaluate": _evaluate, "figures": _figures,
+    handlers = {"train": _train, "sample": _sample, "edit": _edit, "evaluate": _evaluate, "figures": _figures,
                 "reproduce": _reproduce, "export": _export}
     try:
         return handlers[args.command](args)
