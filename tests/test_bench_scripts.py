@@ -1,7 +1,6 @@
 """The bench scripts that turn runs into result files: what they write is what the run holds."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
