@@ -157,8 +157,8 @@ def _edit_parser(sub) -> None:
     p.add_argument("--jump", type=_positive_int, default=None, help="inpaint: RePaint's jump length (default 5)")
     p.add_argument("--resample", type=_positive_int, default=None,
                    help="inpaint: RePaint's passes per jump (default 5; 1 = no resampling)")
-    p.add_argument("--frames", type=_int_at_least(2), default=11, help="interpolate: images along the path, both ends "
-                                                                     "included (default 11)")
+    p.add_argument("--frames", type=_int_at_least(2), default=None,
+                   help="interpolate: images along the path, both ends included (default 11)")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--device", default="auto")
 
@@ -320,7 +320,7 @@ def _edit(args) -> int:
     from mnistgen.images import read_images, read_mask, save_grid
 
     given = {"--mask": args.mask, "--guidance": args.guidance, "--jump": args.jump, "--resample": args.resample,
-             "--frames": args.frames if args.frames != 11 else None}
+             "--frames": args.frames}
     extra = [flag for flag, value in given.items() if value is not None and args.task not in ONLY[flag]]
     if extra:
         raise UserError(f"{', '.join(extra)} does not apply to edit {args.task}")
@@ -332,17 +332,18 @@ def _edit(args) -> int:
         raise UserError(f"edit interpolate needs two images; --input gave {len(images)}")
     mask = read_mask(args.mask) if args.mask is not None else None
     model = api.load(args.run, args.device)
-    label = args.label
+    label, steps = args.label, args.steps or 100
     if args.task == "inpaint":
         out = model.inpaint(images, mask, labels=label, guidance=args.guidance, steps=args.steps, jump=args.jump,
                             resample=args.resample, generator=torch.Generator(model.device).manual_seed(args.seed))
-        arrays, shown, rows = {"images": out, "mask": mask.expand_as(images)}, [images * mask + 0.5 * (1 - mask), out], len(out)
+        shown_inputs = images * mask + 0.5 * (1 - mask)  # the hidden part grey
+        arrays, shown, rows = {"images": out, "mask": mask.expand_as(images)}, [shown_inputs, out], len(out)
     elif args.task == "invert":
-        noise = model.invert(images, labels=label, steps=args.steps or 100)
-        back = model.from_noise(noise, labels=label, steps=args.steps or 100)
+        noise = model.invert(images, labels=label, steps=steps)
+        back = model.from_noise(noise, labels=label, steps=steps)
         arrays, shown, rows = {"noise": noise, "images": back}, [images, back], len(back)
     else:
-        path = model.interpolate(images[0], images[1], args.frames, labels=label, inversion_steps=args.steps or 100)
+        path = model.interpolate(images[0], images[1], args.frames or 11, labels=label, inversion_steps=steps)
         arrays, shown, rows = {"images": path}, [path], len(path)
     specs = {name: ArraySpec(np.float32, tuple(a.shape), [a.numpy().astype(np.float32)]) for name, a in arrays.items()}
     write_npz(npz, specs)

@@ -69,7 +69,9 @@ def read_images(path: Path, what: str = "--input") -> torch.Tensor:
         x = _npz_images(path, what)
     else:
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # the header only: a picture of another size is never decoded
+                if image.size != (28, 28):
+                    raise UserError(f"{what} {path} is {image.width}x{image.height} pixels; a digit is 28x28")
                 x = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{what} {path} is neither a PNG / image file nor an .npz file ({e})") from None

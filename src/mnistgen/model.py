@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from dataclasses import astuple
+from dataclasses import replace
 from typing import Iterator, Sequence
 
 import torch
@@ -189,8 +189,8 @@ class Model:
         its code to the known pixels. The known pixels come back exactly as given. Returns a CPU tensor."""
         images = self._images(images, "images")
         mask = check_mask(read_mask(mask) if isinstance(mask, str) else mask, len(images))
-        given = None if (steps, jump, resample) == (None, None, None) else RePaintSettings(
-            *(v if v is not None else d for v, d in zip((steps, jump, resample), astuple(RePaintSettings()))))
+        chosen = {k: v for k, v in (("steps", steps), ("jump", jump), ("resample", resample)) if v is not None}
+        given = replace(RePaintSettings(), **chosen) if chosen else None
         repaint = self.kind.check_edit(self.config, labels is not None, guidance, given)
         labels = self._edit_labels(labels, len(images))
         if labels is not None and guidance is None:
@@ -200,11 +200,11 @@ class Model:
         return mask * images + (1 - mask) * out  # the known pixels exactly
 
     def _inversion_steps(self, steps: int) -> int:
-        """``steps`` checked against the process (kinds without one refuse inversion here)."""
+        """``steps`` checked as a sampler's are (kinds without a process refuse inversion here)."""
         if not self.kind.iterative:
             raise UserError(f"the {self.config.kind} model samples in one pass, with nothing to invert to; "
                             f"invert / from_noise need a diffusion model")
-        self.kind.check_edit(self.config, False, None, RePaintSettings(steps, 1, 1))
+        self.kind.check_settings(self.config, SamplerSettings(steps=steps))
         return steps
 
     @torch.no_grad()

@@ -158,11 +158,16 @@ def to_tensor_data(split: Split, scale: str, resolution: int = 28, device: str |
         background = -1.0
     elif scale != "unit":
         raise ValueError(f"unknown scale {scale!r}")
-    if resolution == 32:
-        x = F.pad(x, (2, 2, 2, 2), value=background)  # (N, 1, 32, 32)
-    elif resolution != 28:
+    if resolution not in (28, 32):
         raise UserError(f"unsupported resolution {resolution}; valid: 28, 32")
-    return TensorData(x.contiguous(), split.labels.to(device))
+    return TensorData(pad_to(x, resolution, background).contiguous(), split.labels.to(device))
+
+
+def pad_to(x: torch.Tensor, resolution: int, fill: float) -> torch.Tensor:
+    """MNIST's (..., 28, 28) padded with ``fill`` on every side to (..., resolution, resolution) (32 for the
+    U-Net); unchanged at 28. The inverse of :func:`native_size`."""
+    border = (resolution - x.shape[-1]) // 2
+    return F.pad(x, (border,) * 4, value=fill) if border else x
 
 
 def load(split: str, scale: str, resolution: int = 28, dataset: str = "mnist",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mnistgen.diffusion.denoiser import DenoiserLike, Grid
-from mnistgen.diffusion.samplers import OnStep, randn_like, report_step
+from mnistgen.diffusion.samplers import randn_like
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,7 @@ def renoise(x: torch.Tensor, grid: Grid, frm: int, to: int, generator: torch.Gen
 
 @torch.no_grad()
 def repaint(denoiser: DenoiserLike, known: torch.Tensor, mask: torch.Tensor, grid: Grid,
-            settings: RePaintSettings = RePaintSettings(), generator: torch.Generator | None = None,
-            on_step: OnStep | None = None) -> torch.Tensor:
+            settings: RePaintSettings = RePaintSettings(), generator: torch.Generator | None = None) -> torch.Tensor:
     """RePaint (Lugmayr et al. 2022, algorithm 1) on ``grid``: from noise, each denoising step is the
     process's ancestral step for the unknown pixels and a fresh draw of q(x_i | x_0) of ``known``
     for the known ones, joined by ``mask`` (1 = known); the jumps of ``settings.schedule()`` noise
@@ -82,12 +81,11 @@ def repaint(denoiser: DenoiserLike, known: torch.Tensor, mask: torch.Tensor, gri
         unknown = mean + variance.sqrt().to(x.dtype) * randn_like(x, generator) if to < grid.steps else mean
         seen = (grid.alpha[to] * known + grid.sigma[to] * randn_like(known, generator)) if to < grid.steps else known
         x = mask * seen + (1 - mask) * unknown
-        report_step(on_step, grid, frm, x)  # a level revisited after a jump is reported again
     return mask * known + (1 - mask) * x
 
 
 @torch.no_grad()
-def ddim_invert(denoiser: DenoiserLike, x0: torch.Tensor, grid: Grid, on_step: OnStep | None = None) -> torch.Tensor:
+def ddim_invert(denoiser: DenoiserLike, x0: torch.Tensor, grid: Grid) -> torch.Tensor:
     """DDIM inversion (Song et al. 2021, section 4.3; eq. 13 run from x_0 to x_T): the deterministic
     DDIM step (eta = 0) taken backwards, from the grid's last level to its first. Level i+1 -> i uses the
     network at level i with the current state (the usual approximation eps(x_{i+1}) ~ eps(x_i)):
@@ -98,7 +96,6 @@ def ddim_invert(denoiser: DenoiserLike, x0: torch.Tensor, grid: Grid, on_step: O
         eps = denoiser(x, grid, i).eps
         x0_hat = (x - grid.sigma[i + 1] * eps) / grid.alpha[i + 1]
         x = grid.alpha[i] * x0_hat + grid.sigma[i] * eps
-        report_step(on_step, grid, i, x)
     return x
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mnistgen.config import RunConfig, range_of
-from mnistgen.data.mnist import TensorData, holdout_mask, labels_per_digit, load, native_size
+from mnistgen.data.mnist import TensorData, holdout_mask, labels_per_digit, load, native_size, pad_to
 from mnistgen.diffusion import editing, samplers
 from mnistgen.diffusion.editing import RePaintSettings
 from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, OnStep, SamplerSettings, to_unit
@@ -359,7 +358,6 @@ class DiffusionKind(ModelKind):
         return to_unit(samplers.draw(model, process, noise, self.resolve(config, settings), generator, labels, on_step,
                                      null_label=config.process.num_labels))
 
-
     # -- editing ----------------------------------------------------------------------------
     def null_label(self, config: RunConfig) -> int | None:
         """The label that asks a conditional network for its unconditional prediction (None: unconditional)."""
@@ -392,10 +390,9 @@ class DiffusionKind(ModelKind):
                 raise UserError(f"RePaint's {name} must be a whole number in [1, {high}], got {value!r}")
         return repaint
 
-    def to_model_scale(self, config: RunConfig, images: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
-        """(N, 1, 28, 28) in [0, 1] -> the network's (N, 1, R, R) in [-1, 1], padded with ``fill`` (background)."""
-        border = (config.data.resolution - images.shape[-1]) // 2
-        return F.pad(images * 2 - 1, (border,) * 4, value=fill) if border else images * 2 - 1
+    def to_model_scale(self, config: RunConfig, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 28, 28) in [0, 1] -> the network's (N, 1, R, R) in [-1, 1], padded with background (-1)."""
+        return pad_to(images * 2 - 1, config.data.resolution, -1.0)
 
     def inpaint(self, config: RunConfig, model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
                 generator: torch.Generator, labels: torch.Tensor | None = None, guidance: float | None = None,
@@ -406,8 +403,7 @@ class DiffusionKind(ModelKind):
         process = self.process_for(config, model, process)
         device = next(model.parameters()).device
         known = self.to_model_scale(config, images.to(device))  # (N, 1, R, R)
-        border = (config.data.resolution - images.shape[-1]) // 2
-        m = F.pad(mask.to(device), (border,) * 4, value=1.0) if border else mask.to(device)
+        m = pad_to(mask.to(device), config.data.resolution, 1.0)  # the padding is known background
         denoiser = self.edit_denoiser(config, model, len(known), labels, guidance)
         out = editing.repaint(denoiser, known, m, process.grid(repaint.steps, GRID_SPACINGS[0], device), repaint,
                               generator)
