@@ -190,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "bundled classifier)")
     p.add_argument("--iwae-k", type=_positive_int, default=500, help="importance samples per image (VAE)")
     p.add_argument("--n-images", type=_positive_int, default=10_000, help="test images for the IWAE bound (VAE)")
+    p.add_argument("--edits", type=_positive_int, nargs="?", const=1000, default=None, metavar="DIGITS",
+                   help="also score the model's edits of the first DIGITS test digits (default 1000) with the lower "
+                        "half hidden: known pixels kept, completions read as the true digit (CFG: also guided), "
+                        "the DDIM round trip's PSNR, interpolation midpoints that keep the class")
+    p.add_argument("--edit-pairs", type=_positive_int, default=None,
+                   help="same-class pairs to interpolate (with --edits; default 100)")
+    p.add_argument("--inversion-steps", type=_positive_int, default=None,
+                   help="DDIM levels of the round trip (with --edits; default 100)")
     _run_parser(sub, "figures", "render a run's figures into RUN/figures/",
                 "Render the study's figures for a run (VAE: F1-F8, DDPM: F9-F11, CFG: F12 and the guidance sweep).")
     p = sub.add_parser("reproduce", help="the whole study: train, evaluate, draw, report",
@@ -405,10 +413,14 @@ def _evaluate(args) -> int:
     from mnistgen import api
 
     sweep = _parse_weights(args.guidance_sweep) if args.guidance_sweep else None
+    if args.edits is None and (args.edit_pairs is not None or args.inversion_steps is not None):
+        raise UserError("--edit-pairs and --inversion-steps need --edits")
+    edit_options = {k: v for k, v in (("edit_pairs", args.edit_pairs), ("inversion_steps", args.inversion_steps))
+                    if v is not None}
     metrics = api.evaluate(args.run, out=args.out, n=args.n, seed=args.seed, sampler=args.sampler,
                            steps=args.steps, eta=args.eta, grid=args.grid, guidance=args.guidance, guidance_sweep=sweep,
                            sweep_samples=args.sweep_samples, iwae_k=args.iwae_k, n_images=args.n_images,
-                           classifier=args.classifier, device=args.device, data_dir=args.data_dir,
+                           classifier=args.classifier, edits=args.edits, **edit_options, device=args.device, data_dir=args.data_dir,
                            progress=not args.no_progress)
     for key, value in metrics.to_json().items():
         if isinstance(value, float):
@@ -416,6 +428,8 @@ def _evaluate(args) -> int:
     for p in metrics.guidance_sweep or ():
         kid = f", kid {p.kid:.4f}" if p.kid is not None else ""
         print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}{kid}")
+    for key, value in (metrics.edits.to_json() if metrics.edits else {}).items():
+        print(f"edits {key}: {value:.4f}" if isinstance(value, float) else f"edits {key}: {value}")
     print(f"wrote {Path(args.out or args.run) / 'metrics.json'}")
     return 0
 

@@ -58,6 +58,12 @@ def named_mask(name: str, size: int = 28) -> torch.Tensor:
     return mask
 
 
+def paste_known(images: torch.Tensor, mask: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+    """``images`` where ``mask`` is 1 (known), ``filled`` where it is 0: an inpainting's result, known
+    pixels exactly as given. Shapes broadcast: (N, 1, H, W) images and fills, mask (1 or N, 1, H, W)."""
+    return mask * images + (1 - mask) * filled
+
+
 def read_images(path: Path, what: str = "--input") -> torch.Tensor:
     """Images from a PNG (one greyscale image, 0-255 -> [0, 1]) or an .npz file (its ``images`` array,
     (N, 1, H, W) or (N, H, W) or (H, W) floats in [0, 1]; read without unpickling): (N, 1, H, W) float32.

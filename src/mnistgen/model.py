@@ -15,7 +15,7 @@ from mnistgen.defaults import run_path
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.diffusion.editing import RePaintSettings
-from mnistgen.images import check_mask, check_unit_images, read_mask, save_animation
+from mnistgen.images import check_mask, check_unit_images, paste_known, read_mask, save_animation
 from mnistgen.kinds import TrainedModel
 from mnistgen.kinds.base import SAMPLE_BATCH
 from mnistgen.runs import load_run
@@ -197,7 +197,7 @@ class Model:
             guidance = self.kind.resolve(self.config, SamplerSettings()).guidance
         out = self.kind.inpaint(self.config, self.network, images, mask, self._generator(generator), labels, guidance,
                                 repaint, self.trained.process).cpu()
-        return mask * images + (1 - mask) * out  # the known pixels exactly
+        return paste_known(images, mask, out)
 
     def _inversion_steps(self, steps: int) -> int:
         """``steps`` checked as a sampler's are (kinds without a process refuse inversion here)."""

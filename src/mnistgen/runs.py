@@ -19,12 +19,15 @@ import torch
 from mnistgen import kinds
 from mnistgen.config import RECORDING_ONLY, RunConfig, differences, flat_config
 from mnistgen.data.mnist import TensorData
+from mnistgen.data.mnist import load as load_data
 from mnistgen.errors import Interrupted, UserError
+from mnistgen.evaluation.edits import EditRequest, EditScores
 from mnistgen.evaluation.fd import load_classifier
 from mnistgen.evaluation.metrics import reference_set
 from mnistgen.evaluation.results import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest, TrainedModel
+from mnistgen.kinds.edits import check_edit_request, score_edits
 from mnistgen.provenance import source_version
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
@@ -185,6 +188,15 @@ def check_request(config: RunConfig, request: EvaluationRequest, where: str | os
     if request.sweep_samples is not None and not request.guidance_sweep:
         raise UserError("--sweep-samples needs --guidance-sweep")
     kind.check_request(config, request)
+    if request.edits is not None:
+        _check_edits(config, request.edits, where)
+
+
+def _check_edits(config: RunConfig, request: EditRequest, where: str | os.PathLike) -> None:
+    if config.data.dataset != "mnist":
+        raise UserError(f"--edits are judged by mnistgen's digit classifier; {where} holds a "
+                        f"{config.data.dataset} model")
+    check_edit_request(kinds.get(config.kind), config, request)
 
 
 def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None,
@@ -206,6 +218,10 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
         quality = kind.sample_quality(trained, classifier, reference, request.n_samples, request.seed,
                                       request.settings, request.progress)
         metrics = kind.sweep(trained, request, classifier, reference, replace(metrics, quality=quality))
+        if request.edits is not None:
+            test = load_data("test", "unit", data_dir=data_dir, device=device)
+            metrics = replace(metrics, edits=score_edits(kind, trained, request.edits, classifier, test,
+                                                         request.progress))
     kind.export(trained)
     metrics = replace(metrics, evaluation_seconds=round(time.perf_counter() - start, 1),
                       evaluated_with=source_version())
@@ -214,6 +230,19 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
         write_hparams(trained.run.tensorboard, flat_config(trained.config), metrics.scalars(),
                       trained.history[-1].step if trained.history else 0)
     return metrics
+
+
+def edit_scores(path: str | os.PathLike, device: torch.device, request: EditRequest = EditRequest(),
+                data_dir: str | os.PathLike | None = None, classifier_path: Path | None = None,
+                progress: bool = True) -> EditScores:
+    """The scores of :func:`~mnistgen.kinds.edits.score_edits` for the model at ``path`` (a run or a
+    shipped model's folder), without the rest of an evaluation and without writing anything."""
+    trained = load_run(path, device, generative=True)
+    kind = kinds.get(trained.config.kind)
+    _check_edits(trained.config, request, path)
+    classifier = load_classifier(classifier_path, device)
+    test = load_data("test", "unit", data_dir=data_dir, device=device)
+    return score_edits(kind, trained, request, classifier, test, progress)
 
 
 def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:

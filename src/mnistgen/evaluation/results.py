@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.errors import UserError
+from mnistgen.evaluation.edits import EditScores
 from mnistgen.evaluation.fd import FDSpread
 from mnistgen.evaluation.kid import KID
 from mnistgen.evaluation.prdc import PRDC
@@ -107,7 +108,8 @@ class Likelihood(JsonRecord):
 
 # Numbers in metrics.json that say how a score was measured, not what it is.
 MEASURED_WITH = frozenset({"steps", "eta", "guidance", "n_samples", "iwae_k", "iwae_n_images", "n_test_images",
-                           "kid_subsets", "kid_subset_size", "prdc_k", "mnist_fd_resamples"})
+                           "kid_subsets", "kid_subset_size", "prdc_k", "mnist_fd_resamples", "digits",
+                           "inversion_steps", "interpolation_pairs"})
 
 
 @dataclass(frozen=True)
@@ -120,15 +122,17 @@ class RunMetrics:
     likelihood: Likelihood | None = None
     guidance_sweep: tuple[SweepPoint, ...] | None = None
     test_accuracy: float | None = None  # the classifier
+    edits: EditScores | None = None  # evaluate --edits
     evaluation_seconds: float | None = None
     evaluated_with: str | None = None  # which mnistgen computed these (version, commit)
 
     def scalars(self) -> dict[str, float]:
         """The scores of :meth:`to_json` (single numbers; not lists, texts, timings or the settings
         they were measured with): what a hyperparameter view compares runs by."""
-        return {k: float(v) for k, v in self.to_json().items()
+        edits = {f"edits/{k}": v for k, v in (self.edits.to_json() if self.edits else {}).items()}
+        return {k: float(v) for k, v in {**self.to_json(), **edits}.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and "seconds" not in k
-                and k not in MEASURED_WITH}
+                and k.split("/")[-1] not in MEASURED_WITH}
 
     def to_json(self) -> dict:
         values: dict = {"model": self.model, "preset": self.preset}
@@ -140,6 +144,8 @@ class RunMetrics:
             values.update(self.quality.to_json())
         if self.guidance_sweep is not None:
             values["guidance_sweep"] = [p.to_json() for p in self.guidance_sweep]
+        if self.edits is not None:
+            values["edits"] = self.edits.to_json()
         if self.evaluation_seconds is not None:
             values["evaluation_seconds"] = self.evaluation_seconds
         if self.evaluated_with is not None:
@@ -155,7 +161,8 @@ class RunMetrics:
             quality=SampleQuality.from_json(d) if "mnist_fd" in d else None,
             likelihood=Likelihood.from_json(d) if "val_neg_elbo" in d else None,
             guidance_sweep=tuple(SweepPoint.from_json(p) for p in sweep) if sweep is not None else None,
-            test_accuracy=d.get("test_accuracy"), evaluation_seconds=d.get("evaluation_seconds"),
+            test_accuracy=d.get("test_accuracy"),
+            edits=EditScores.from_json(d["edits"]) if "edits" in d else None, evaluation_seconds=d.get("evaluation_seconds"),
             evaluated_with=d.get("evaluated_with"))
 
 

@@ -22,6 +22,7 @@ from mnistgen.diffusion import editing, samplers
 from mnistgen.diffusion.editing import RePaintSettings
 from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
+from mnistgen.evaluation.edits import EditRequest
 from mnistgen.evaluation.metrics import PRDC_K, Reference, sample_quality
 from mnistgen.evaluation.results import RunMetrics, SampleQuality
 from mnistgen.progress import Progress
@@ -60,6 +61,7 @@ class EvaluationRequest:
     sweep_samples: int | None = None  # samples per sweep weight (default n_samples)
     classifier_path: Path | None = None  # judge weights (default: the bundled classifier)
     progress: bool = True  # progress bars while sampling
+    edits: EditRequest | None = None  # also score the model's edits (None: not measured)
 
 
 class ModelKind:
@@ -207,6 +209,10 @@ class ModelKind:
                    repaint: RePaintSettings | None) -> RePaintSettings | None:
         """Refuse, in one line, what an inpainting by this kind cannot take; the settings it will use."""
         raise UserError(f"the {self.name} model cannot inpaint; the VAE, the DDPM and the CFG model can")
+
+    def edit_method(self, repaint: RePaintSettings | None) -> str:
+        """How this kind fills in, in words, for scores and figures."""
+        raise UserError(f"the {self.name} model cannot inpaint")
 
     def inpaint(self, config: RunConfig, model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
                 generator: torch.Generator, labels: torch.Tensor | None = None, guidance: float | None = None,
@@ -389,6 +395,10 @@ class DiffusionKind(ModelKind):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
                 raise UserError(f"RePaint's {name} must be a whole number in [1, {high}], got {value!r}")
         return repaint
+
+    def edit_method(self, repaint: RePaintSettings | None) -> str:
+        r = repaint or RePaintSettings()
+        return f"RePaint: {r.steps} steps, jump {r.jump}, resample {r.resample}"
 
     def to_model_scale(self, config: RunConfig, images: torch.Tensor) -> torch.Tensor:
         """(N, 1, 28, 28) in [0, 1] -> the network's (N, 1, R, R) in [-1, 1], padded with background (-1)."""

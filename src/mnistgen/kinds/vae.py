@@ -71,6 +71,9 @@ class VAEKind(ModelKind):
         if given:
             raise UserError(f"the VAE inpaints by fitting its code to the known pixels; it takes no {', '.join(given)}")
 
+    def edit_method(self, repaint: RePaintSettings | None) -> str:
+        return "the code fitted to the known pixels (MAP, 300 Adam steps), decoded"
+
     def inpaint(self, config: RunConfig, model: nn.Module, images: torch.Tensor, mask: torch.Tensor,
                 generator: torch.Generator, labels: torch.Tensor | None = None, guidance: float | None = None,
                 repaint: RePaintSettings | None = None, process=None) -> torch.Tensor:
