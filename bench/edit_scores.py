@@ -29,10 +29,10 @@ ROWS = ("method", "known_max_diff", "accuracy", "guidance", "guided_accuracy", "
 def cell(value) -> str:
     if value is None:
         return "-"
-    return f"{value:.4f}" if isinstance(value, float) and not float(value).is_integer() else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="pretrained:vae,pretrained:ddpm,pretrained:cfg",
                         help="comma-separated runs or pretrained:NAME")
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--name", default="edits", help="results file: bench/results/<name>-<date>-<host>.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     request = EditRequest(args.digits, args.pairs, args.inversion_steps, args.seed)
     device = pick_device(args.device)

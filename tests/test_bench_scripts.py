@@ -49,3 +49,17 @@ def test_record_run_refuses_a_run_that_was_not_evaluated(bench, tmp_path):
     with pytest.raises(SystemExit, match="no metrics.json"):
         record_run.main([str(run), "--name", "x", "--what", "y"])
     assert not bench.exists()
+
+
+@pytest.mark.slow
+def test_edit_scores_writes_each_models_scores_side_by_side(bench, capsys):
+    import edit_scores
+
+    edit_scores.main(["--models", "pretrained:vae", "--digits", "20", "--pairs", "3"])
+    [written] = bench.iterdir()
+    record = json.loads(written.read_text())
+    scores = record["models"]["pretrained:vae"]
+    assert scores["digits"] == 20 and scores["interpolation_pairs"] == 3 and scores["known_max_diff"] == 0
+    assert 0.5 < scores["accuracy"] <= 1 and "inversion_psnr" not in scores  # the VAE inverts nothing
+    table = capsys.readouterr().out
+    assert "accuracy" in table and f"{scores['accuracy']:.4f}"[:6] in table

@@ -19,7 +19,7 @@ LAYERS = {  # bottom (0) to top
     "kinds": 5,
     "runs": 6,
     "study": 7, "defaults": 7, "model": 7, "export": 7,
-    "api": 8,
+    "api": 8, "demo": 8,
     "cli": 9, "__main__": 9, "__init__": 9,
 }
 

@@ -378,13 +378,14 @@ def test_export_never_copies_through_a_link_in_the_study(runs, tmp_path, victim,
     assert not (tmp_path / "shipped").exists()
 
 
-def test_a_study_whose_run_folder_is_a_link_is_refused(runs, tmp_path, victim, capsys):
+@pytest.mark.parametrize("folder", ["cfg", "edits"])
+def test_a_study_whose_run_or_figure_folder_is_a_link_is_refused(runs, tmp_path, victim, capsys, folder):
     study = tmp_path / "study"
     shutil.copytree(runs, study)
-    shutil.rmtree(study / "cfg")
-    (study / "cfg").symlink_to(victim.parent, target_is_directory=True)
+    shutil.rmtree(study / folder, ignore_errors=True)
+    (study / folder).symlink_to(victim.parent, target_is_directory=True)
     status, lines = _run(f"reproduce --out {study} --no-progress", capsys)
-    assert status == 2 and len(lines) == 1 and "cfg is a symbolic link" in lines[0], lines
+    assert status == 2 and len(lines) == 1 and f"{folder} is a symbolic link" in lines[0], lines
     assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.txt"]
 
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from mnistgen.cli import main
+from mnistgen.figures.edits import CAPTIONS as EDIT_CAPTIONS
 from mnistgen.study import CAPTIONS, write_report
 from mnistgen.storage.checkpoint import load_checkpoint
 from mnistgen.training.device import amp_dtype, pick_device
@@ -20,12 +21,15 @@ def test_reproduce_smoke_end_to_end(tmp_path, capsys):
     assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
     report = (out / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', report)
-    assert {name.split("/")[-1] for name in images} == set(CAPTIONS)  # every figure, once
+    assert {name.split("/")[-1] for name in images} == set(CAPTIONS) | set(EDIT_CAPTIONS)  # every figure, once
+    assert len(images) == len(CAPTIONS) + len(EDIT_CAPTIONS)
     for rel in images:
         with Image.open(out / rel) as image:
             image.verify()
     for needle in ("negative ELBO, grey-level test images", "IWAE", "MNIST-FD", "class accuracy", "w = 4", "smoke",
-                   "not Inception FID", "training:", "ddim-5, eta = 0"):
+                   "not Inception FID", "training:", "ddim-5, eta = 0", "Editing with the trained models",
+                   "10 test digits, lower half hidden: read as the true digit", "guided to the true digit",
+                   "DDIM inversion round trip, 10 steps", "midpoints that keep the class"):
         assert needle in report, needle
     dtype = amp_dtype(pick_device("auto"), "auto") or torch.float32  # the smoke preset's amp = auto
     assert f"training: 2 epochs ({str(dtype).removeprefix('torch.')})" in report

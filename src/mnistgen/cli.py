@@ -24,14 +24,20 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_at_least(minimum: int):
     """An argparse type: a whole number >= ``minimum``."""
+    return _int_in(minimum, None)
+
+
+def _int_in(minimum: int, maximum: int | None):
+    """An argparse type: a whole number in [minimum, maximum] (no upper end when None)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}" if maximum is None else
+                                             f"must be in [{minimum}, {maximum}], got {value}")
         return value
 
     return parse
@@ -190,10 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "bundled classifier)")
     p.add_argument("--iwae-k", type=_positive_int, default=500, help="importance samples per image (VAE)")
     p.add_argument("--n-images", type=_positive_int, default=10_000, help="test images for the IWAE bound (VAE)")
-    p.add_argument("--edits", type=_positive_int, nargs="?", const=1000, default=None, metavar="DIGITS",
-                   help="also score the model's edits of the first DIGITS test digits (default 1000) with the lower "
-                        "half hidden: known pixels kept, completions read as the true digit (CFG: also guided), "
-                        "the DDIM round trip's PSNR, interpolation midpoints that keep the class")
+    p.add_argument("--edits", action="store_true",
+                   help="also score the model's edits of test digits with the lower half hidden: known pixels kept, "
+                        "completions read as the true digit (CFG: also guided), the DDIM round trip's PSNR, "
+                        "interpolation midpoints that keep the class")
+    p.add_argument("--edit-digits", type=_positive_int, default=None,
+                   help="test digits to complete (with --edits; default 1000)")
     p.add_argument("--edit-pairs", type=_positive_int, default=None,
                    help="same-class pairs to interpolate (with --edits; default 100)")
     p.add_argument("--inversion-steps", type=_positive_int, default=None,
@@ -208,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-PRESET)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p)
+    p = sub.add_parser("demo", help="a local web page to sample, inpaint and explore the shipped models",
+                       description="Serve a page (Gradio, the optional extra mnistgen[demo]) that samples the shipped "
+                                   "models with a chosen digit, guidance, sampler, steps and seed while the reverse "
+                                   "chain plays; completes a test digit, an upload or a drawing with half of it "
+                                   "hidden; and moves a test digit's VAE code along sliders. Offline; listens on "
+                                   "127.0.0.1 unless --host says otherwise; stop it with Ctrl+C.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_int_in(1, 65535), default=7860)
+    p.add_argument("--device", default="cpu", help="cpu (default) | cuda | mps | auto")
     p = sub.add_parser("export", help="write a finished study's models in the form mnistgen ships them",
                        description="Write the VAE, DDPM and CFG runs of a finished study as the pretrained models "
                                    "(float16 sampling weights as model.safetensors, config, history, metrics, the "
@@ -413,14 +430,15 @@ def _evaluate(args) -> int:
     from mnistgen import api
 
     sweep = _parse_weights(args.guidance_sweep) if args.guidance_sweep else None
-    if args.edits is None and (args.edit_pairs is not None or args.inversion_steps is not None):
-        raise UserError("--edit-pairs and --inversion-steps need --edits")
-    edit_options = {k: v for k, v in (("edit_pairs", args.edit_pairs), ("inversion_steps", args.inversion_steps))
-                    if v is not None}
+    given = {k: v for k, v in (("edit_digits", args.edit_digits), ("edit_pairs", args.edit_pairs),
+                               ("inversion_steps", args.inversion_steps)) if v is not None}
+    if given and not args.edits:
+        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} need --edits")
+    edit_options = dict(edits=given.pop("edit_digits", 1000), **given) if args.edits else {}
     metrics = api.evaluate(args.run, out=args.out, n=args.n, seed=args.seed, sampler=args.sampler,
                            steps=args.steps, eta=args.eta, grid=args.grid, guidance=args.guidance, guidance_sweep=sweep,
                            sweep_samples=args.sweep_samples, iwae_k=args.iwae_k, n_images=args.n_images,
-                           classifier=args.classifier, edits=args.edits, **edit_options, device=args.device, data_dir=args.data_dir,
+                           classifier=args.classifier, **edit_options, device=args.device, data_dir=args.data_dir,
                            progress=not args.no_progress)
     for key, value in metrics.to_json().items():
         if isinstance(value, float):
@@ -471,6 +489,27 @@ def _export(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from mnistgen import demo
+    from mnistgen.training.device import pick_device
+
+    demo.check_gradio()  # the install hint, before anything else
+    _check_free_port(args.host, args.port)
+    demo.serve(args.host, args.port, pick_device(args.device))
+    return 0
+
+
+def _check_free_port(host: str, port: int) -> None:
+    """Refuse a port that is taken (or a host this machine cannot listen on) before the page is built."""
+    import socket
+
+    try:
+        with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # each line reaches a log file when it is printed, in order with stderr
         sys.stdout.reconfigure(line_buffering=True)
@@ -479,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a bad argument (2, one line already printed)
         return int(e.code or 0)
     handlers = {"train": _train, "sample": _sample, "edit": _edit, "evaluate": _evaluate, "figures": _figures,
-                "reproduce": _reproduce, "export": _export}
+                "reproduce": _reproduce, "export": _export, "demo": _demo}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from dataclasses import replace
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -111,19 +111,28 @@ class Model:
         return self.kind.step_times(self.config, settings)
 
     @torch.no_grad()
-    def reverse_chain(self, n: int = 4, *, at: Sequence[int] | None = None, labels=None,
-                      guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
-                      eta: float | None = None, grid: str | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def reverse_chain(self, n: int = 4, *, at: Sequence[int] | None = None, frames: int | None = None,
+                      labels=None, guidance: float | None = None, sampler: str | None = None,
+                      steps: int | None = None, eta: float | None = None, grid: str | None = None,
+                      generator: torch.Generator | None = None,
+                      on_progress: Callable[[float], None] | None = None) -> torch.Tensor:
         """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
         down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
         A t the sampler does not visit (one on fewer than T steps skips most) is replaced by the nearest one it does.
-        Default: up to six distinct states from nearly pure noise to the end.
+        ``frames`` instead of ``at``: that many states evenly spaced over the sampler's steps, the last the
+        finished samples. Default: up to six distinct states from nearly pure noise to the end.
+        ``on_progress`` is called after each step with the fraction of the steps done.
         Returns (n, len(at), 1, 28, 28) in [0, 1] (n, number of default states, ... without ``at``)."""
         settings = SamplerSettings(sampler, steps, eta, guidance, grid)
         labels, generator = self._prepare(n, labels, settings, generator)  # settings checked first
         times = self._times(settings)
         first = times[0]
+        if frames is not None:
+            if at is not None:
+                raise UserError("give at or frames, not both")
+            if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+                raise UserError(f"frames must be a whole number >= 2, got {frames!r}")
+            at = [times[i] for i in sorted({round(i * (len(times) - 1) / (frames - 1)) for i in range(frames)})]
         default = dict.fromkeys(round(first * f) for f in (1.0, 0.5, 0.2, 0.1, 0.025, 0.0))  # distinct, in order
         wanted = at if at is not None else list(default)
         if not all(isinstance(t, int) and 0 <= t <= first for t in wanted):
@@ -133,9 +142,15 @@ class Model:
             picked = list(dict.fromkeys(picked))  # the default shows each visited state once
         kept: dict[int, torch.Tensor] = {}
 
+        done = 0
+
         def keep(t: int, x: torch.Tensor) -> None:
+            nonlocal done
             if t in picked:
                 kept[t] = native_size(to_unit(x)).cpu()
+            done += 1
+            if on_progress is not None:
+                on_progress(done / len(times))
 
         self.kind.sample(self.config, self.network, n, generator, settings,
                          labels.to(self.device) if labels is not None else None, self.trained.process, keep)
@@ -145,14 +160,7 @@ class Model:
         """An animated GIF of the reverse process of ``n`` samples: a grid per frame, ``frames`` states
         evenly spaced over the sampler's steps, the finished samples held at the end. ``options`` as
         for :meth:`reverse_chain`; returns the path."""
-        settings = SamplerSettings(options.get("sampler"), options.get("steps"), options.get("eta"),
-                                   options.get("guidance"), options.get("grid"))
-        self.kind.check_settings(self.config, settings)
-        times = self._times(settings)
-        if not isinstance(frames, int) or frames < 2:
-            raise UserError(f"frames must be a whole number >= 2, got {frames!r}")
-        index = sorted({round(i * (len(times) - 1) / (frames - 1)) for i in range(frames)})
-        chain = self.reverse_chain(n, at=[times[i] for i in index], **options)  # (n, F, 1, 28, 28)
+        chain = self.reverse_chain(n, frames=frames, **options)  # (n, F, 1, 28, 28)
         save_animation(list(chain.transpose(0, 1)), Path(path))
         return Path(path)
 

@@ -25,10 +25,15 @@ from mnistgen.config import preset
 from mnistgen.errors import UserError
 from mnistgen.files import refuse_links, write_atomic, write_json
 from mnistgen.provenance import git_commit
+from mnistgen.data.mnist import load as load_data
+from mnistgen.evaluation.edits import EditRequest, EditScores
 from mnistgen.evaluation.results import Likelihood, RunMetrics, SampleQuality, read_metrics
+from mnistgen.figures import edits as edit_figures
+from mnistgen.images import named_mask
+from mnistgen.kinds.edits import edit_examples
 from mnistgen.diffusion.registry import GRID_SPACINGS
 from mnistgen.kinds import EvaluationRequest
-from mnistgen.runs import evaluate_run, render_figures, train
+from mnistgen.runs import evaluate_run, load_run, render_figures, train
 from mnistgen.storage.checkpoint import completed_epochs
 from mnistgen.storage.rundir import RunDir
 
@@ -40,13 +45,15 @@ class StudySettings:
     n_samples: int  # samples judged for MNIST-FD / accuracy
     sweep_samples: int  # samples per guidance weight in the sweep
     iwae_k: int
+    edits: EditRequest  # the edit scores' test digits, pairs and DDIM levels
 
 
 SETTINGS = {
-    "reference": StudySettings(n_samples=10_000, sweep_samples=2000, iwae_k=1000),
-    "cpu": StudySettings(n_samples=1000, sweep_samples=300, iwae_k=200),
-    "smoke": StudySettings(n_samples=100, sweep_samples=50, iwae_k=10),
+    "reference": StudySettings(n_samples=10_000, sweep_samples=2000, iwae_k=1000, edits=EditRequest(1000, 100, 100)),
+    "cpu": StudySettings(n_samples=1000, sweep_samples=300, iwae_k=200, edits=EditRequest(200, 50, 100)),
+    "smoke": StudySettings(n_samples=100, sweep_samples=50, iwae_k=10, edits=EditRequest(10, 2, 10)),
 }
+EDITS = "edits"  # DIR/edits/: the editing figures, every model side by side
 
 CAPTIONS = {name: caption for kind in MODELS for name, caption in kinds.get(kind).captions.items()}
 
@@ -78,7 +85,7 @@ def _finished(run: RunDir, epochs: int) -> bool:
 
 def check_study(preset_name: str, out: Path) -> None:
     """Refuse a study directory that cannot be continued with this preset, before any work."""
-    refuse_links(out, MODELS)  # a run folder linked elsewhere would send every write there
+    refuse_links(out, (*MODELS, EDITS))  # a folder linked elsewhere would send every write there
     for kind in MODELS:  # a study directory holds one preset: refused before any work
         run = RunDir(out / kind)
         if run.config.is_file() and (found := run.read_config().preset) != preset_name:
@@ -101,12 +108,12 @@ def study_model(kind: str, preset_name: str, out: Path, data_dir: str | os.PathL
         train(config, run.root, data_dir, device, resume=resume, show_progress=show_progress)
     else:
         log(f"[{kind}] trained already, skipping")
-    if trained or read_metrics(run).quality is None:
+    if trained or read_metrics(run).quality is None or read_metrics(run).edits is None:
         log(f"[{kind}] evaluating")
         sweep = kinds.get(kind).sweep_weights or None
         evaluate_run(run.root, device, data_dir, EvaluationRequest(
             n_samples=settings.n_samples, iwae_k=settings.iwae_k, guidance_sweep=sweep,
-            sweep_samples=settings.sweep_samples if sweep else None, progress=show_progress))
+            sweep_samples=settings.sweep_samples if sweep else None, progress=show_progress, edits=settings.edits))
     log(f"[{kind}] figures")
     render_figures(run.root, device, data_dir)
 
@@ -120,9 +127,26 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
         study_model(kind, preset_name, out, data_dir, device, show_progress, log)
     if tuple(models) != MODELS:
         return None
+    log("[edits] figures")
+    draw_edits(out, data_dir, device, SETTINGS[preset_name].edits)
     report = write_report(out, preset_name, device)
     log(f"report: {report}")
     return report
+
+
+def draw_edits(out: Path, data_dir: str | os.PathLike | None, device: torch.device, request: EditRequest) -> list[Path]:
+    """DIR/edits/: each model's edits side by side (:mod:`mnistgen.figures.edits`) of the first test digit
+    of each class, with the ``request.mask`` half hidden, and its paths between two 3s and from a 1 to a 7."""
+    test = load_data("test", "unit", data_dir=data_dir)
+    first = [int((test.y == d).nonzero()[0]) for d in range(10)]
+    x, y = test.x[first], test.y[first]  # (10, 1, 28, 28), (10,)
+    threes = (test.y == 3).nonzero().flatten()
+    pairs = [(test.x[threes[0]: threes[0] + 1], test.x[threes[1]: threes[1] + 1]),
+             (x[1:2], x[7:8])]
+    mask = named_mask(request.mask)
+    examples = [edit_examples(kinds.get(kind), load_run(out / kind, device, generative=True), x, y, mask, pairs,
+                              request.seed, request.inversion_steps) for kind in MODELS]
+    return edit_figures.render(examples, x, mask, out / EDITS)
 
 
 def _sampler_name(q: SampleQuality) -> str:
@@ -142,6 +166,24 @@ def metric_rows(m: RunMetrics) -> list[tuple[str, str]]:
         rows.append((f"w = {p.guidance:g}: MNIST-FD / class accuracy{' / KID' if kid else ''} ({p.n_samples} samples)",
                      f"{p.mnist_fd:.2f} / {100 * p.class_accuracy:.1f}%" + (f" / {p.kid:.2f} ± {p.kid_std:.2f}"
                                                                            if kid else "")))
+    return rows + (_edit_rows(m.edits) if m.edits is not None else [])
+
+
+def _edit_rows(e: EditScores) -> list[tuple[str, str]]:
+    where = f"{e.digits} test digits, {e.mask} half hidden"
+    moved = f" (the method alone: {e.method_known_max_diff:.4f})" if e.method_known_max_diff is not None else ""
+    rows = [(f"inpainting ({e.method}), {where}: largest change of a known pixel", f"{e.known_max_diff:.4f}{moved}"),
+            (f"inpainting, {where}: read as the true digit" + (" (unconditional)" if e.guided_accuracy is not None
+                                                                 else ""), f"{100 * e.accuracy:.1f}%")]
+    if e.guided_accuracy is not None:
+        rows += [(f"inpainting guided to the true digit, w = {e.guidance:g}: read as it",
+                  f"{100 * e.guided_accuracy:.1f}%"),
+                 (f"inpainting guided to (y + 1) mod 10, w = {e.guidance:g}: read as that digit",
+                  f"{100 * e.other_label_share:.1f}%")]
+    if e.inversion_psnr is not None:
+        rows.append((f"DDIM inversion round trip, {e.inversion_steps} steps: mean PSNR", f"{e.inversion_psnr:.1f} dB"))
+    rows.append((f"interpolation, {e.interpolation_pairs} same-class pairs: midpoints that keep the class",
+                 f"{100 * e.midpoints_keep_class:.1f}%"))
     return rows
 
 
@@ -205,6 +247,10 @@ def write_report(out: Path, preset_name: str, device: torch.device) -> Path:
                 items.append(f'<figure><img src="{rel}" alt="{html.escape(name)}">'
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         sections.append(f"<h2>{number}. {html.escape(kinds.get(kind).long_title)}</h2>\n" + "\n".join(items))
+    items = [f'<figure><img src="{EDITS}/{name}" alt="{html.escape(name)}"><figcaption>{html.escape(caption)}'
+             f"</figcaption></figure>" for name, caption in edit_figures.CAPTIONS.items() if (out / EDITS / name).is_file()]
+    if items:
+        sections.append(f"<h2>{len(MODELS) + 1}. Editing with the trained models</h2>\n" + "\n".join(items))
     rows = "\n".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
                      for a, b, c in _metrics_rows(out))
     page = f"""<!doctype html>

@@ -35,7 +35,7 @@ class EditScores(JsonRecord):
     digits: int
     mask: str  # the half hidden
     method: str  # how the model fills in, e.g. "RePaint: 50 steps, jump 5, resample 5"
-    known_max_diff: float  # largest change of a known pixel over every completion, in [0, 1] units
+    known_max_diff: float  # largest change of a known pixel over every completion returned, in [0, 1] units
     accuracy: float  # unguided (VAE: fitted code; CFG: unconditional) completions read as the true digit
     guidance: float | None = None
     guided_accuracy: float | None = None  # guided towards the true digit
@@ -45,6 +45,8 @@ class EditScores(JsonRecord):
     interpolation_pairs: int | None = None
     midpoints_keep_class: float | None = None  # midpoints between two digits of one class read as it
     seconds: float | None = None
+    method_known_max_diff: float | None = None  # the same before the known pixels are pasted back: how far
+    # the method itself moves them (RePaint: rounding only; the VAE's decoder redraws them)
 
 
 def in_chunks(fn: Callable[..., torch.Tensor], x: torch.Tensor, labels: torch.Tensor | None = None,
@@ -77,13 +79,26 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def same_class_pairs(y: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (a, b), each (P,), of ``count`` pairs of distinct images of one class: the first images of
-    each digit in order, paired (0, 1), (2, 3), ..., count // 10 (at least one) per digit."""
-    per_digit = max(1, count // 10)
-    a, b = [], []
-    for digit in range(10):
-        idx = (y.cpu() == digit).nonzero().flatten().tolist()
-        pairs = list(zip(idx[0::2], idx[1::2]))[:per_digit]
-        a += [i for i, _ in pairs]
-        b += [j for _, j in pairs]
+    """Indices (a, b), each (count,), of pairs of distinct images of one class: each digit's images in
+    order, paired (0, 1), (2, 3), ..., taken round the digits 0-9 (the first pair of each digit, then
+    the second, ...) until there are ``count``."""
+    per_digit = [list(zip(idx[0::2], idx[1::2])) for idx in
+                 ((y.cpu() == digit).nonzero().flatten().tolist() for digit in range(10))]
+    order = [pairs[k] for k in range(max(map(len, per_digit))) for pairs in per_digit if k < len(pairs)]
+    if len(order) < count:
+        raise ValueError(f"only {len(order)} same-class pairs in {len(y)} images, {count} asked for")
+    a, b = zip(*order[:count])
     return torch.tensor(a, dtype=torch.long), torch.tensor(b, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class EditExamples:
+    """One model's edits of a few test digits, for the study's figures (images (N, 1, 28, 28) in [0, 1];
+    None: a part its kind does not do)."""
+
+    title: str
+    completions: torch.Tensor  # unguided (VAE: fitted code; CFG: unconditional)
+    guided: torch.Tensor | None  # guided towards the true digit
+    noise: torch.Tensor | None  # the DDIM inversion's x_T, (N, 1, R, R), standard normal if the trip is exact
+    round_trip: torch.Tensor | None  # x_T back to an image
+    paths: torch.Tensor  # (P, S, 1, 28, 28): S images along the path between each of P pairs

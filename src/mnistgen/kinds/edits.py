@@ -14,7 +14,7 @@ import torch
 from mnistgen.data.mnist import TensorData
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.errors import UserError
-from mnistgen.evaluation.edits import (EditRequest, EditScores, in_chunks, known_max_diff, psnr, read_as,
+from mnistgen.evaluation.edits import (EditExamples, EditRequest, EditScores, in_chunks, known_max_diff, psnr, read_as,
                                        same_class_pairs, share)
 from mnistgen.images import named_mask, paste_known
 from mnistgen.kinds.base import ModelKind, TrainedModel
@@ -27,7 +27,7 @@ MOST_PAIRS = 400  # 40 per digit: every digit has more than 80 test images
 def check_edit_request(kind: ModelKind, config, request: EditRequest) -> None:
     """Refuse, in one line before any work, a kind that cannot edit and counts out of range."""
     kind.check_edit(config, False, None, None)
-    for flag, value, high in (("--edits", request.digits, MOST_DIGITS), ("--edit-pairs", request.pairs, MOST_PAIRS)):
+    for flag, value, high in (("--edit-digits", request.digits, MOST_DIGITS), ("--edit-pairs", request.pairs, MOST_PAIRS)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
             raise UserError(f"{flag} must be a whole number in [1, {high}], got {value!r}")
     if kind.iterative:
@@ -47,12 +47,15 @@ def score_edits(kind: ModelKind, trained: TrainedModel, request: EditRequest, ju
     mask = named_mask(request.mask).to(device)  # (1, 1, 28, 28)
     repaint = kind.check_edit(config, False, None, None)
 
+    moved: list[float] = []  # how far the method itself moved known pixels, before they are pasted back
+
     def complete(labels: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
         g = torch.Generator(device).manual_seed(request.seed)
         with long_step(f"inpainting ({'guided' if labels is not None else 'unguided'})", len(x), progress):
             out = in_chunks(lambda xs, ls: kind.inpaint(config, model, xs, mask, g, ls, guidance, repaint, process),
                             x, labels)
-        return paste_known(x, mask, out)  # (N, 1, 28, 28)
+        moved.append(known_max_diff(out, x, mask))
+        return paste_known(x, mask, out)  # (N, 1, 28, 28): what Model.inpaint returns
 
     with torch.no_grad():
         out = complete()
@@ -60,6 +63,7 @@ def score_edits(kind: ModelKind, trained: TrainedModel, request: EditRequest, ju
                             share(read_as(judge, out), y))
         if kind.guided:
             scores = _guided(kind, config, scores, complete, judge, x, y, mask)
+        scores = replace(scores, method_known_max_diff=max(moved))
         if kind.iterative:
             scores = _round_trip(kind, trained, request, scores, x, y, progress)
         a, b = same_class_pairs(test.y, request.pairs)
@@ -94,3 +98,32 @@ def _round_trip(kind: ModelKind, trained: TrainedModel, request: EditRequest, sc
     with long_step(f"DDIM round trip ({k} steps)", len(x), progress):
         back = in_chunks(trip, x, labels)
     return replace(scores, inversion_steps=k, inversion_psnr=psnr(back.cpu(), x.cpu()).mean().item())
+
+
+def edit_examples(kind: ModelKind, trained: TrainedModel, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                  pairs: list[tuple[torch.Tensor, torch.Tensor]], seed: int = 0, inversion_steps: int = 100,
+                  frames: int = 9) -> EditExamples:
+    """The model's edits of ``x`` (N, 1, 28, 28) in [0, 1] with labels ``y`` (N,) for the figures:
+    completions where ``mask`` is 0 (guided kinds: also guided to ``y``), the DDIM round trip (diffusion
+    kinds), and ``frames`` images along the path between each pair of images (each (1, 1, 28, 28))."""
+    config, model, device, process = trained.config, trained.model, trained.device, trained.process
+    x, y, mask = x.to(device), y.to(device), mask.to(device)
+    repaint = kind.check_edit(config, False, None, None)
+
+    def complete(labels=None, guidance=None) -> torch.Tensor:
+        g = torch.Generator(device).manual_seed(seed)
+        return paste_known(x, mask, kind.inpaint(config, model, x, mask, g, labels, guidance, repaint, process)).cpu()
+
+    with torch.no_grad():
+        completions = complete()
+        guided = complete(y, kind.resolve(config, SamplerSettings()).guidance) if kind.guided else None
+        noise = back = None
+        if kind.iterative:
+            labels = y if kind.takes_labels else None
+            noise = kind.invert(config, model, x, inversion_steps, labels, process)
+            back = kind.from_noise(config, model, noise, inversion_steps, labels, process).cpu()
+            noise = noise.cpu()
+        fractions = torch.linspace(0, 1, frames)
+        paths = torch.stack([kind.interpolate(config, model, a.to(device), b.to(device), fractions, inversion_steps,
+                                              None, process).cpu() for a, b in pairs])
+    return EditExamples(kind.title, completions, guided, noise, back, paths)

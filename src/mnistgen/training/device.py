@@ -29,8 +29,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 _FORCED = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an unknown or unavailable device is a user error."""
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an unknown or unavailable device is a user error. A
+    ``torch.device`` (one picked already) is checked by its name."""
+    if isinstance(name, torch.device):
+        name = str(name)
     if name not in DEVICES and not name.startswith("cuda:"):
         raise UserError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}, cuda:N")
     if name == "auto":
