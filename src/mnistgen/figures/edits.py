@@ -15,8 +15,10 @@ CAPTIONS = {
     "inpainting.png": "Inpainting: test digits with the lower half hidden (grey), each model's completion "
                       "(the VAE's fitted code, RePaint for the diffusion models, the CFG model unconditional and "
                       "guided to the true digit) and the truth. The upper half is kept exactly.",
-    "inversion.png": "DDIM inversion (eta = 0): test digits, the noise x_T they invert to, and x_T sampled back "
-                     "to an image by the same deterministic sampler.",
+    "inversion.png": "DDIM inversion (eta = 0): test digits, the noise x_T they invert to (shown through the "
+                     "normal CDF, so that a standard normal draw looks uniformly grey) and x_T sampled back to an "
+                     "image by the same deterministic sampler. The inverted noise keeps the digit's outline: it is "
+                     "not a typical draw from the prior, which is why edits of it stay close to the digit.",
     "interpolation.png": "Interpolation between two test digits: the VAE decodes points on the line between "
                          "their codes; the diffusion models invert both to noise, join the noises by slerp "
                          "and sample each point back.",
