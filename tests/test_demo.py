@@ -106,3 +106,20 @@ def test_a_taken_port_is_refused_in_one_line(cli):
     assert result.returncode == 2 and f"127.0.0.1:{port}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert cli("demo", "--port", "70000").returncode == 2
+
+
+def test_a_bad_device_is_refused_and_the_process_left_as_it_was(cli, tmp_path, monkeypatch):
+    import os
+    import signal
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = tempfile.gettempdir(), os.environ.get("TMPDIR"), signal.getsignal(signal.SIGINT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = cli("demo", "--device", "tpu", "--port", port)
+    assert result.returncode == 2 and "unknown device 'tpu'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (tempfile.gettempdir(), os.environ.get("TMPDIR"), signal.getsignal(signal.SIGINT)) == before
+    assert list(tmp_path.iterdir()) == []  # its temporary folder went too

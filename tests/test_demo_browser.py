@@ -35,6 +35,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _as_a_background_job() -> None:
+    """Start with SIGINT ignored, as a shell starts a background job: Ctrl+C must still stop the page."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The demo server's address and its working folder; stopped (and its output read) at the end."""
@@ -47,7 +52,8 @@ def server(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)}  # the server's temporary folders
     proc = subprocess.Popen([sys.executable, "-m", "mnistgen", "demo", "--port", str(port)], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_as_a_background_job)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()

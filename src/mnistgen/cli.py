@@ -491,11 +491,10 @@ def _export(args) -> int:
 
 def _demo(args) -> int:
     from mnistgen import demo
-    from mnistgen.training.device import pick_device
 
     demo.check_gradio()  # the install hint, before anything else
     _check_free_port(args.host, args.port)
-    demo.serve(args.host, args.port, pick_device(args.device))
+    demo.serve(args.host, args.port, args.device)
     return 0
 
 

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import os
 import shutil
+import signal
 import tempfile
 import time
 import warnings
@@ -28,6 +29,7 @@ from mnistgen.diffusion.samplers import SAMPLERS
 from mnistgen.errors import UserError
 from mnistgen.images import MASKS, grid_image, named_mask
 from mnistgen.model import Model, load
+from mnistgen.training.device import pick_device
 
 MODELS = {"vae": "pretrained:vae", "ddpm": "pretrained:ddpm", "cfg": "pretrained:cfg"}
 INSTALL_HINT = "mnistgen demo needs Gradio: pip install 'mnistgen[demo]'"
@@ -294,18 +296,24 @@ def build_page(demo: Demo):
     return page, theme
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, device: torch.device | str = "cpu",
+def serve(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
           log: Callable[[str], None] = print) -> None:
-    """Serve the page on ``host``:``port`` until interrupted; Gradio's files go to a temporary folder
-    that is removed on exit."""
+    """Serve the page on ``host``:``port`` until Ctrl+C or SIGTERM. Every temporary file of the process
+    (Gradio's uploads and outputs, torch's caches) lands in one folder, removed on exit; the process's
+    temporary-folder settings and signal handlers are restored then."""
     check_gradio()
     scratch = tempfile.mkdtemp(prefix="mnistgen-demo-")
-    # Every temporary file of this process lands in scratch, removed on exit: Gradio's uploads and
-    # outputs (GRADIO_TEMP_DIR) and what Gradio and torch keep in the system's temporary folder.
-    os.environ["GRADIO_TEMP_DIR"] = os.environ["TMPDIR"] = tempfile.tempdir = scratch
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    names = ("GRADIO_TEMP_DIR", "TMPDIR", "GRADIO_ANALYTICS_ENABLED")
+    saved = {name: os.environ.get(name) for name in names}, tempfile.tempdir, {
+        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    os.environ.update(GRADIO_TEMP_DIR=scratch, TMPDIR=scratch, GRADIO_ANALYTICS_ENABLED="False")
+    tempfile.tempdir = scratch
+    # Ctrl+C and SIGTERM stop the page cleanly, also when started from a shell that ignores SIGINT
+    # for background jobs: the scratch folder is removed on the way out.
+    for sig in saved[2]:
+        signal.signal(sig, signal.default_int_handler)
     try:
-        page, theme = build_page(Demo(device))
+        page, theme = build_page(Demo(pick_device(device)))  # torch's own caches, too, land in scratch
         page.queue()
         page.launch(server_name=host, server_port=port, share=False, quiet=True, prevent_thread_lock=True,
                     show_error=True, ssr_mode=False, mcp_server=False, enable_monitoring=False, theme=theme,
@@ -314,3 +322,11 @@ def serve(host: str = "127.0.0.1", port: int = 7860, device: torch.device | str 
         page.block_thread()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        for name, value in saved[0].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        tempfile.tempdir = saved[1]
+        for sig, handler in saved[2].items():
+            signal.signal(sig, handler)
