@@ -22,7 +22,7 @@ from mnistgen.runs import edit_scores
 from mnistgen.training.device import pick_device
 from results_io import stamp, write_results
 
-ROWS = ("method", "known_max_diff", "accuracy", "guidance", "guided_accuracy", "other_label_share",
+ROWS = ("method", "known_max_diff", "method_known_max_diff", "accuracy", "guidance", "guided_accuracy", "other_label_share",
         "inversion_steps", "inversion_psnr", "interpolation_pairs", "midpoints_keep_class", "seconds")
 
 

@@ -53,6 +53,9 @@ def test_page_choices_are_checked():
     assert "steps" not in demo.sample_options(cfg, "7", 1.0, "default", 0, 2)  # 0: the model's default
     with pytest.raises(UserError, match="steps must be a whole number"):
         demo.sample_options(cfg, "7", 1.0, "default", 2.5, 2)
+    for bad in (float("nan"), float("inf"), "ten"):
+        with pytest.raises(UserError, match="steps must be a whole number"):
+            demo.sample_options(cfg, "7", 1.0, "default", bad, 2)
     with pytest.raises(UserError, match="number of samples"):
         demo.sample_options(cfg, "7", 1.0, "default", None, 0)
     with pytest.raises(UserError, match="unknown model"):

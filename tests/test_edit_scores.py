@@ -126,7 +126,7 @@ def test_edit_scores_round_trip_through_metrics_json():
     (["--edits", "--edit-digits", "0"], "must be >= 1"),
     (["--edits", "--edit-digits", "20000"], "--edit-digits must be a whole number in [1, 10000]"),
     (["--edits", "--edit-pairs", "500"], "--edit-pairs must be a whole number in [1, 400]"),
-    (["--edits", "--inversion-steps", "5000"], "steps"),
+    (["--edits", "--inversion-steps", "5000"], "--inversion-steps must be a whole number in [1, 1000]"),
 ])
 def test_bad_edit_options_are_one_line_before_any_work(cli, tmp_path, args, message):
     out = tmp_path / "ev"

@@ -198,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=_positive_int, default=10_000, help="test images for the IWAE bound (VAE)")
     p.add_argument("--edits", action="store_true",
                    help="also score the model's edits of test digits with the lower half hidden: known pixels kept, "
-                        "completions read as the true digit (CFG: also guided), the DDIM round trip's PSNR, "
-                        "interpolation midpoints that keep the class")
+                        "completions read as the true digit (CFG: also guided, with the run's w whatever --guidance "
+                        "says), the DDIM round trip's PSNR, interpolation midpoints that keep the class")
     p.add_argument("--edit-digits", type=_positive_int, default=None,
                    help="test digits to complete (with --edits; default 1000)")
     p.add_argument("--edit-pairs", type=_positive_int, default=None,

@@ -10,6 +10,7 @@ input is a message on the page, never a traceback. Gradio is an optional extra
 from __future__ import annotations
 
 import functools
+import html
 import importlib.util
 import os
 import shutil
@@ -98,9 +99,14 @@ def to_digit(picture: np.ndarray) -> torch.Tensor:
 
 
 def _int(value, what: str, low: int, high: int) -> int:
-    if value is None or isinstance(value, bool) or float(value) != int(float(value)) or not low <= value <= high:
+    """A whole number in [low, high] from the page, or one UserError line (NaN, text, fractions too)."""
+    try:
+        whole = int(float(value)) == float(value) and low <= float(value) <= high
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if isinstance(value, bool) or not whole:
         raise UserError(f"{what} must be a whole number in [{low}, {high}], got {value!r}")
-    return int(value)
+    return int(float(value))
 
 
 @dataclass
@@ -200,7 +206,7 @@ class Demo:
 
 
 def build_page(demo: Demo):
-    """The Gradio Blocks of the page (not launched)."""
+    """The Gradio Blocks of the page (not launched) and its theme (given at launch)."""
     gr = require_gradio()
 
     def on_page(fn):
@@ -215,9 +221,9 @@ def build_page(demo: Demo):
                 else:
                     yield result
             except UserError as e:
-                raise gr.Error(str(e), print_exception=False) from None
+                raise gr.Error(html.escape(str(e)), print_exception=False) from None  # Gradio renders HTML
             except Exception as e:  # noqa: BLE001 - the browser gets a line; the server log keeps the traceback
-                raise gr.Error(f"{type(e).__name__}: {e}") from e
+                raise gr.Error(html.escape(f"{type(e).__name__}: {e}")) from e
         return run
 
     digits = [ANY] + [str(d) for d in range(10)]
@@ -298,8 +304,9 @@ def build_page(demo: Demo):
 
 def serve(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
           log: Callable[[str], None] = print) -> None:
-    """Serve the page on ``host``:``port`` until Ctrl+C or SIGTERM. Every temporary file of the process
-    (Gradio's uploads and outputs, torch's caches) lands in one folder, removed on exit; the process's
+    """Serve the page on ``host``:``port`` until Ctrl+C or SIGTERM. Every file the process puts in the
+    temporary folder (Gradio's uploads and outputs, torch's cache folders there) lands in one folder of its
+    own, removed on exit; the process's
     temporary-folder settings and signal handlers are restored then."""
     check_gradio()
     scratch = tempfile.mkdtemp(prefix="mnistgen-demo-")
@@ -313,12 +320,13 @@ def serve(host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
     for sig in saved[2]:
         signal.signal(sig, signal.default_int_handler)
     try:
-        page, theme = build_page(Demo(pick_device(device)))  # torch's own caches, too, land in scratch
+        page, theme = build_page(Demo(pick_device(device)))  # after tempdir is set: torch's cache folder too
         page.queue()
         page.launch(server_name=host, server_port=port, share=False, quiet=True, prevent_thread_lock=True,
                     show_error=True, ssr_mode=False, mcp_server=False, enable_monitoring=False, theme=theme,
                     footer_links=[])
-        log(f"mnistgen demo: http://{host}:{port} (Ctrl+C stops it)")
+        shown = f"[{host}]" if ":" in host else host
+        log(f"mnistgen demo: http://{shown}:{port} (Ctrl+C stops it)")
         page.block_thread()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -119,8 +119,8 @@ class Model:
         """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
         down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
         A t the sampler does not visit (one on fewer than T steps skips most) is replaced by the nearest one it does.
-        ``frames`` instead of ``at``: that many states evenly spaced over the sampler's steps, the last the
-        finished samples. Default: up to six distinct states from nearly pure noise to the end.
+        ``frames`` instead of ``at``: up to that many states (at most one per step) evenly spaced over the
+        sampler's steps, the last the finished samples. Default: up to six distinct states from nearly pure noise to the end.
         ``on_progress`` is called after each step with the fraction of the steps done.
         Returns (n, len(at), 1, 28, 28) in [0, 1] (n, number of default states, ... without ``at``)."""
         settings = SamplerSettings(sampler, steps, eta, guidance, grid)

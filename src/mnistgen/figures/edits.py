@@ -18,7 +18,7 @@ CAPTIONS = {
     "inversion.png": "DDIM inversion (eta = 0): test digits, the noise x_T they invert to (shown through the "
                      "normal CDF, so that a standard normal draw looks uniformly grey) and x_T sampled back to an "
                      "image by the same deterministic sampler. The inverted noise keeps the digit's outline: it is "
-                     "not a typical draw from the prior, which is why edits of it stay close to the digit.",
+                     "not a typical draw from the prior.",
     "interpolation.png": "Interpolation between two test digits: the VAE decodes points on the line between "
                          "their codes; the diffusion models invert both to noise, join the noises by slerp "
                          "and sample each point back.",
