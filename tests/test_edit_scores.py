@@ -155,3 +155,16 @@ def test_evaluate_edits_writes_them_into_metrics_json(cli, tmp_path):
     written = json.loads((out / "metrics.json").read_text())["edits"]
     assert written["digits"] == 12 and written["interpolation_pairs"] == 3 and written["known_max_diff"] == 0
     assert "edits accuracy:" in result.stdout
+
+
+def test_inversion_steps_of_a_continuous_process_are_limited_by_its_config():
+    from mnistgen import kinds
+    from mnistgen.config import CFGConfig, preset, range_of
+    from mnistgen.errors import UserError
+    from mnistgen.kinds.edits import check_edit_request
+
+    high = range_of(CFGConfig, "sample_steps").high
+    config = preset("cfg", "cpu")
+    check_edit_request(kinds.get("cfg"), config, EditRequest(inversion_steps=high))
+    with pytest.raises(UserError, match=rf"--inversion-steps must be a whole number in \[1, {high}\]"):
+        check_edit_request(kinds.get("cfg"), config, EditRequest(inversion_steps=high + 1))

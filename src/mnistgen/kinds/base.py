@@ -389,7 +389,7 @@ class DiffusionKind(ModelKind):
             raise UserError("guidance needs a label to guide towards")
         in_range("guidance", guidance, type(config.process), "guidance")
         repaint = repaint or RePaintSettings()
-        most = self.most_steps(config) or range_of(type(config.process), "sample_steps").high
+        most = self.step_limit(config)
         for name, value, high in (("steps", repaint.steps, most), ("jump", repaint.jump, repaint.steps),
                                   ("resample", repaint.resample, 100)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
@@ -399,6 +399,11 @@ class DiffusionKind(ModelKind):
     def edit_method(self, repaint: RePaintSettings | None) -> str:
         r = repaint or RePaintSettings()
         return f"RePaint: {r.steps} steps, jump {r.jump}, resample {r.resample}"
+
+    def step_limit(self, config: RunConfig) -> int:
+        """The most levels an edit's grid may have: the process's timesteps, or (a continuous process)
+        the most sampling steps its config allows."""
+        return self.most_steps(config) or range_of(type(config.process), "sample_steps").high
 
     def to_model_scale(self, config: RunConfig, images: torch.Tensor) -> torch.Tensor:
         """(N, 1, 28, 28) in [0, 1] -> the network's (N, 1, R, R) in [-1, 1], padded with background (-1)."""

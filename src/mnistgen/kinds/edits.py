@@ -31,7 +31,7 @@ def check_edit_request(kind: ModelKind, config, request: EditRequest) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
             raise UserError(f"{flag} must be a whole number in [1, {high}], got {value!r}")
     if kind.iterative:
-        most = kind.most_steps(config) or 1000
+        most = kind.step_limit(config)
         steps = request.inversion_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
             raise UserError(f"--inversion-steps must be a whole number in [1, {most}], got {steps!r}")
