@@ -431,3 +431,15 @@ def test_a_format_1_checkpoint_resumes_exactly(tmp_path, mnist_dir):
     resumed.fit()
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_picked_device_can_be_picked_again():
+    """Callers that pick the device once pass the torch.device on (the demo's models load with it)."""
+    import mnistgen
+    from mnistgen.errors import UserError
+    from mnistgen.training.device import pick_device
+
+    assert pick_device(torch.device("cpu")) == torch.device("cpu")
+    assert mnistgen.load("pretrained:vae", device=torch.device("cpu")).device == torch.device("cpu")
+    with pytest.raises(UserError, match="unknown device"):
+        pick_device(torch.device("meta"))
