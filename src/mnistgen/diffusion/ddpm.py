@@ -154,6 +154,22 @@ class GaussianDiffusion:
         """What the network sees as time: the integer step as a float."""
         return t.float()
 
+    def log_snr_range(self) -> tuple[float, float]:
+        """(lambda_{T-1}, lambda_0): the noisiest and the cleanest log-SNR the network was trained on."""
+        lam = self._log_snr_ascending
+        return lam[0].item(), lam[-1].item()
+
+    def time_at(self, lam: torch.Tensor) -> torch.Tensor:
+        """The network's time at any log-SNR in :meth:`log_snr_range` (the probability-flow ODE's
+        levels): t interpolated linearly in lambda between the two timesteps whose log-SNRs enclose
+        it. The network saw integer t in training; its sinusoidal embedding is smooth in t."""
+        table = self._log_snr_ascending  # (T,) at t = T-1 .. 0, increasing
+        lam = lam.to(table.dtype).clamp(table[0], table[-1])
+        j = torch.searchsorted(table, lam.contiguous()).clamp(1, self.T - 1)  # table[j-1] <= lam <= table[j]
+        low, high = table[j - 1], table[j]
+        position = (j - 1).to(table.dtype) + (lam - low) / (high - low)  # in the ascending table
+        return self.T - 1 - position
+
     # -- training -----------------------------------------------------------------------
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-example weights of the squared error of what the network predicts (config.loss_weighting):

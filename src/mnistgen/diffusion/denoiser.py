@@ -78,12 +78,17 @@ class Denoiser:
 
     def eps(self, x: torch.Tensor, grid: Grid, i: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """eps-hat (B, C, H, W) float32 of the network at level i, for ``labels`` (or none)."""
-        time = grid.time[i].expand(x.shape[0])  # (B,)
+        return self.eps_at(x, grid.alpha[i], grid.sigma[i], grid.time[i], labels)
+
+    def eps_at(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, time: torch.Tensor,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """eps-hat (B, C, H, W) float32 at any level: ``alpha`` and ``sigma`` () or (B, 1, 1, 1), the
+        network's ``time`` () or (B,)."""
+        time = time.expand(x.shape[0])  # (B,)
         out = (self.network(x, time) if labels is None else self.network(x, time, labels)).float()
         if self.prediction == "eps":
             return out
-        x = x.float()
-        return parameterisation.to_eps(self.prediction, out, x, grid.alpha[i], grid.sigma[i])
+        return parameterisation.to_eps(self.prediction, out, x.float(), alpha, sigma)
 
     def __call__(self, x: torch.Tensor, grid: Grid, i: int) -> Prediction:
         return Prediction.from_eps(x, self.eps(x, grid, i, self.labels), grid.alpha[i], grid.sigma[i])

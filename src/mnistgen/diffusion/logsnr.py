@@ -69,6 +69,12 @@ class LogSNRDiffusion:
         c = self.config
         return 1000.0 * (c.lambda_max - lam.float()) / (c.lambda_max - c.lambda_min)
 
+    time_at = model_time  # the network's time at any log-SNR (the same map as the grids')
+
+    def log_snr_range(self) -> tuple[float, float]:
+        """(lambda_min, lambda_max): the range the network was trained on."""
+        return self.config.lambda_min, self.config.lambda_max
+
     # -- forward process, transitions and posterior ------------------------------------
     def q_sample(self, x: torch.Tensor, lam: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """z_lambda = alpha_lambda x + sigma_lambda eps."""
