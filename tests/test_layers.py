@@ -10,7 +10,7 @@ import mnistgen
 
 PACKAGE = Path(mnistgen.__file__).parent
 LAYERS = {  # bottom (0) to top
-    "errors": 0, "files": 0, "arrays": 0, "images": 0, "provenance": 0, "weightfiles": 0, "progress": 0,
+    "errors": 0, "files": 0, "arrays": 0, "images": 0, "provenance": 0, "weightfiles": 0, "progress": 0, "greylevels": 0,
     "config": 1,
     "diffusion": 1,
     "data": 2, "models": 2, "storage": 2,

@@ -25,6 +25,7 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min-snr", "clamped-snr")
 SAMPLERS = tuple(SAMPLER_REGISTRY)  # the sampler registry's names (mnistgen.diffusion.registry; no torch)
 PREDICTIONS = ("eps", "v", "x0")
+VAE_DECODERS = ("bernoulli", "logistic")
 T_DISTRIBUTIONS = ("uniform", "cosine")
 AMP_MODES = ("auto", "native", "bf16", "fp16", "off")
 
@@ -112,9 +113,12 @@ RECORDING_ONLY = ("train.tensorboard",)
 class VAEConfig:
     hidden: int = ranged(400, 1, WIDTH)
     latent: int = ranged(20, 1, WIDTH)
+    decoder: str = "bernoulli"  # p(x | z): bernoulli (the SPEC's, on grey levels as probabilities) |
+    #                             logistic (a discretized logistic per pixel over the 256 grey levels)
 
     def check(self, run: "RunConfig") -> None:
-        """Nothing joins the VAE's fields beyond their ranges."""
+        """The decoder is one of :data:`VAE_DECODERS`."""
+        _choice(self.decoder, VAE_DECODERS, "model.decoder")
 
 
 @dataclass(frozen=True)

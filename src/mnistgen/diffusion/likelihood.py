@@ -13,8 +13,8 @@ the other, and every random draw takes a generator.
 * :func:`ode_nll`, the probability-flow ODE (Song et al. 2021, section 4.3 and appendix D.2) in
   lambda: dx/dlambda = (sigma^2 x - sigma eps-hat(x, lambda)) / 2, integrated from the image to
   lambda_min, with -log p(x) = -log N(x(lambda_min); 0, I) + int div f dlambda and the divergence by
-  Hutchinson's estimator. It is a density: :func:`dequantize` and :data:`DEQUANTIZATION_NATS` turn
-  it into a bound on the probability of the grey levels.
+  Hutchinson's estimator. It is a density: :func:`mnistgen.greylevels.dequantize` and
+  :func:`~mnistgen.greylevels.dequantization_nats` turn it into a bound on the levels' probability.
 
 Both bounds sum many terms; each is estimated by stratified sampling, one level drawn uniformly in
 each of ``strata`` equal parts of the range, weighted by its part's size: unbiased, and exact for
@@ -32,10 +32,8 @@ from torch import nn
 
 from mnistgen.diffusion.broadcast import per_example
 from mnistgen.diffusion.denoiser import Denoiser
+from mnistgen.greylevels import discretized_nll
 
-LEVELS = 256  # grey levels of an 8-bit image
-BIN = 2.0 / (LEVELS - 1)  # their spacing in [-1, 1]
-DEQUANTIZATION_NATS = math.log(1 / BIN)  # per dimension: -log P(levels) <= -log p(dequantized) + D log(255 / 2)
 OnCall = Callable[[int], None]  # told the batch size after each network evaluation (a progress bar's update)
 
 
@@ -68,27 +66,9 @@ def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
     return per.expand_as(x).flatten(1).sum(1)
 
 
-def log_normal_mass(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """log(Phi(high) - Phi(low)) for low < high, accurate in float32 in either tail: computed on the
-    side of 0 where the two values are not both near 1 (Phi(-a) - Phi(-b) = Phi(b) - Phi(a))."""
-    flip = (low + high) > 0
-    low, high = torch.where(flip, -high, low), torch.where(flip, -low, high)  # now low + high <= 0
-    log_high, log_low = torch.special.log_ndtr(high), torch.special.log_ndtr(low)
-    return log_high + torch.log(-torch.expm1(log_low - log_high))
-
-
-def discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """-log P(x) of grey levels ``x`` in [-1, 1] under N(mean, std^2) integrated over each level's bin
-    (Ho et al. 2020, section 3.3): [x - 1/255, x + 1/255], the bins of -1 and 1 extended to -inf and
-    +inf. Summed over every non-batch dimension, (B,)."""
-    low = torch.where(x <= -1 + BIN / 2, torch.full_like(x, -math.inf), (x - BIN / 2 - mean) / std)
-    high = torch.where(x >= 1 - BIN / 2, torch.full_like(x, math.inf), (x + BIN / 2 - mean) / std)
-    return -log_normal_mass(low, high).flatten(1).sum(1)
-
-
 def decoder_nll(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, discrete: bool) -> torch.Tensor:
     """The last step's -log p(x | the cleanest level), (B,): grey levels (``discrete``) or a density."""
-    return discretized_gaussian_nll(x, mean, std) if discrete else gaussian_nll(x, mean, std)
+    return discretized_nll(x, mean, std) if discrete else gaussian_nll(x, mean, std)
 
 
 def prior_kl(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -110,11 +90,12 @@ def uniform_in(low: torch.Tensor, high: torch.Tensor, n: int, device: torch.devi
     return low.float().to(device) + u * (high - low).float().to(device)
 
 
-def split_timesteps(first: int, last: int, strata: int) -> list[tuple[int, int]]:
-    """[first, last] cut into ``strata`` runs of consecutive timesteps, as equal as whole numbers allow."""
-    count = last - first + 1
-    bounds = [first + (count * k) // strata for k in range(strata + 1)]
-    return [(a, b - 1) for a, b in zip(bounds, bounds[1:])]
+def timestep_runs(process, strata: int) -> list[tuple[int, int]]:
+    """t = 1 .. T-1 cut into ``strata`` runs of consecutive timesteps (first, last), their ends
+    evenly spaced in log-SNR (:meth:`GaussianDiffusion.timesteps`): the first steps, whose terms are
+    the largest and change fastest, get short runs. strata = T - 1 puts each timestep in its own run."""
+    ends = sorted(process.timesteps(strata + 1, "log-snr"))  # 0 = e_0 < e_1 < ... < e_K = T-1
+    return [(a + 1, b) for a, b in zip(ends, ends[1:])]
 
 
 # -- the DDPM's variational bound ----------------------------------------------------------------
@@ -122,17 +103,18 @@ def split_timesteps(first: int, last: int, strata: int) -> list[tuple[int, int]]
 def ddpm_vlb(denoiser: Denoiser, process, x0: torch.Tensor, strata: int, generator: torch.Generator | None = None,
              discrete: bool = True, on_call: OnCall | None = None) -> Bound:
     """Ho et al. 2020, eq. 5 on images ``x0`` (B, C, H, W) in [-1, 1]: L_T + sum_{t=2}^T L_{t-1} + L_0.
-    The T - 1 middle terms are estimated by ``strata`` runs of timesteps (at most T - 1; T - 1 sums
-    every term once): in each, one t per image drawn uniformly, its L_{t-1} times the run's length.
+    The T - 1 middle terms are estimated by ``strata`` runs of timesteps (:func:`timestep_runs`; at
+    most T - 1, which sums every term once): in each, one t per image drawn uniformly, its L_{t-1}
+    times the run's length.
     ``discrete``: L_0 the discretized Gaussian over the grey levels, else a Gaussian density."""
-    T, s = process.T, process.schedule
+    T = process.T
     if not 1 <= strata <= T - 1:
         raise ValueError(f"strata must be in [1, {T - 1}], got {strata}")
     b, device = x0.shape[0], x0.device
     last = torch.full((b,), T - 1, device=device)
     prior = prior_kl(x0, *process.alpha_sigma(last, x0))
     terms, levels = [], []
-    for first, final in split_timesteps(1, T - 1, strata):  # our t = 1 .. T-1 is the paper's t = 2 .. T
+    for first, final in timestep_runs(process, strata):  # our t = 1 .. T-1 is the paper's t = 2 .. T
         t = torch.randint(first, final + 1, (b,), generator=generator, device=device)
         terms.append((final - first + 1) * ddpm_step_kl(denoiser, process, x0, t, generator))
         levels.append(t.float())
@@ -255,45 +237,68 @@ def frozen(network: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def ode_nll(denoiser: Denoiser, process, x: torch.Tensor, steps: int, probes: int = 1,
-            generator: torch.Generator | None = None, on_call: OnCall | None = None) -> torch.Tensor:
-    """-log p(x) (B,) in nats of the model's density at lambda_max, by the probability-flow ODE (:func:`flow`)
-    from x at lambda_max to lambda_min in ``steps`` Heun steps evenly spaced in lambda (2 steps
-    evaluations, each a forward pass and ``probes`` vector-Jacobian products), the same Rademacher
-    probes all the way (Grathwohl et al. 2019): -log N(x(lambda_min); 0, I) + int div f dlambda."""
-    with frozen(denoiser.network):
-        return _ode_nll(denoiser, process, x, steps, probes, generator, on_call)
-
-
-def _ode_nll(denoiser: Denoiser, process, x: torch.Tensor, steps: int, probes: int,
-             generator: torch.Generator | None, on_call: OnCall | None) -> torch.Tensor:
+def ode_nll(denoiser: Denoiser, process, x: torch.Tensor, tolerance: float = 1e-3, probes: int = 1,
+            generator: torch.Generator | None = None, on_call: OnCall | None = None,
+            start: float | None = None) -> OdeResult:
+    """-log p(x) (B,) in nats of the model's density at ``start`` (default lambda_max), by the
+    probability-flow ODE (:func:`flow`) from x there to lambda_min, solved by :func:`bogacki_shampine`
+    with relative and absolute ``tolerance`` (on x and on the log-density per dimension), the same
+    Rademacher probes all the way (Grathwohl et al. 2019): -log N(x(lambda_min); 0, I) + int div f dlambda."""
     low, high = process.log_snr_range()
-    grid = torch.linspace(high, low, steps + 1, dtype=torch.float64).float().to(x.device)  # (steps + 1,)
+    high = high if start is None else start
     v = rademacher(probes, x, generator)
     x = x.float()
-    integral = torch.zeros(x.shape[0], device=x.device)  # int_{lambda_max}^{lambda} div f dlambda
-    f, div = flow(denoiser, process, x, grid[0], v)
-    for i in range(steps):
-        h = grid[i + 1] - grid[i]  # < 0
-        guess = x + h * f
-        f_next, div_next = flow(denoiser, process, guess, grid[i + 1], v)
-        x = x + 0.5 * h * (f + f_next)
-        integral = integral + 0.5 * h * (div + div_next)
-        if i + 1 < steps:  # Heun: the next step starts from its corrected point
-            f, div = flow(denoiser, process, x, grid[i + 1], v)
+    dims = x[0].numel()
+
+    def rate(lam: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        f, div = flow(denoiser, process, state[0], lam, v)
         if on_call is not None:
             on_call(x.shape[0])
+        return f, div / dims  # the log-density's rate per dimension: one tolerance serves both
+
+    with frozen(denoiser.network):
+        (end, integral), calls = bogacki_shampine(rate, (x, torch.zeros(x.shape[0], device=x.device)), high, low,
+                                                  tolerance)
     zero, one = torch.zeros((), device=x.device), torch.ones((), device=x.device)
-    return gaussian_nll(x, zero, one) - integral
+    return OdeResult(gaussian_nll(end, zero, one) - dims * integral, calls)
 
 
-def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Grey levels in [-1, 1] plus noise uniform over each level's bin (width 2/255): a continuous
-    point whose density bounds the levels' probability, -log P(x) <= E[-log p(x + u)] + D log(255 / 2)."""
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + (u - 0.5) * BIN
+class OdeResult(NamedTuple):
+    nll: torch.Tensor  # (B,) nats
+    calls: int  # network evaluations (each with its vector-Jacobian products)
 
 
-def bits_per_dim(nats: torch.Tensor | float, dims: int) -> torch.Tensor | float:
-    """Nats per image -> bits per dimension."""
-    return nats / (dims * math.log(2))
+State = tuple[torch.Tensor, torch.Tensor]  # (x (B, C, H, W), a per-image quantity (B,)), integrated together
+
+
+def bogacki_shampine(rate: Callable[[torch.Tensor, State], State], state: State, start: float, end: float,
+                     tolerance: float, first_step: float = 0.05) -> tuple[State, int]:
+    """Integrate d(state)/dlambda = rate(lambda, state) from ``start`` to ``end`` by the Bogacki-Shampine
+    3(2) pair (1989; MATLAB's ode23) with adaptive steps: the step is accepted when the RMS of the
+    embedded error, each entry scaled by tolerance (1 + |value|), is at most 1 for each part
+    of the state (x alone would drown out the log-density's few entries), and the
+    next step is h (0.9 / error)^(1/3), within 0.2 h .. 5 h. The last stage is the next step's first
+    (three evaluations per step). ``first_step`` is a fraction of the range. Returns the state at
+    ``end`` and the number of evaluations. lambda is a float32 scalar tensor on the state's device."""
+    device = state[0].device
+    at = lambda value: torch.tensor(value, dtype=torch.float32, device=device)  # noqa: E731
+    lam, h = start, (end - start) * first_step
+    k1, calls = rate(at(lam), state), 1
+    while (end - lam) * (end - start) > 0:
+        h = max(h, end - lam) if end < start else min(h, end - lam)  # never past the end
+        k2 = rate(at(lam + h / 2), add(state, h / 2, k1))
+        k3 = rate(at(lam + 3 * h / 4), add(state, 3 * h / 4, k2))
+        new = add(add(add(state, 2 * h / 9, k1), h / 3, k2), 4 * h / 9, k3)
+        k4 = rate(at(lam + h), new)
+        calls += 3
+        error = [h * (-5 / 72 * a + 1 / 12 * b + 1 / 9 * c - 1 / 8 * d) for a, b, c, d in zip(k1, k2, k3, k4)]
+        scale = [tolerance * (1 + torch.maximum(old.abs(), now.abs())) for old, now in zip(state, new)]
+        norm = max((e / s).pow(2).mean().sqrt().item() for e, s in zip(error, scale))
+        if norm <= 1:
+            lam, state, k1 = lam + h, new, k4
+        h = h * min(5.0, max(0.2, 0.9 * max(norm, 1e-10) ** (-1 / 3)))
+    return state, calls
+
+
+def add(state: State, h: float, rate: State) -> State:
+    return tuple(s + h * r for s, r in zip(state, rate))

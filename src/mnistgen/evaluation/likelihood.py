@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mnistgen.models.vae import (VAE, log_likelihood_bernoulli_logits, log_likelihood_normal, log_mean_exp,
-                                 neg_elbo)
+from mnistgen.models.vae import VAE, log_likelihood_normal, log_mean_exp, neg_elbo
 
 
 @torch.no_grad()
@@ -17,7 +16,7 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, k: int, generator: torch.Ge
     eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     z = (mu + (0.5 * logvar).exp() * eps).reshape(k * b, -1)  # (k*B, L), sample-major
     repeat = lambda t: t.expand(k, *t.shape).reshape(k * b, *t.shape[1:])  # noqa: E731
-    log_px_z = log_likelihood_bernoulli_logits(model.decode_logits(z), repeat(x))  # (k*B,)
+    log_px_z = model.log_likelihood(model.decode_logits(z), repeat(x))  # (k*B,)
     log_pz = log_likelihood_normal(torch.zeros_like(z), torch.zeros_like(z), z)
     log_qz = log_likelihood_normal(repeat(mu), repeat(logvar), z)
     log_w = (log_px_z + log_pz - log_qz).reshape(k, b).T  # (B, k)

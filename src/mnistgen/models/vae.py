@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistgen.config import VAEConfig
+from mnistgen.greylevels import discretized_pixel_nll
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -68,35 +69,56 @@ def kl_gaussian_gaussian_mc(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: to
 
 
 class VAEOutput(NamedTuple):
-    logits: torch.Tensor  # (B, 1, 28, 28) decoder logits; sigmoid gives the Bernoulli means
+    logits: torch.Tensor  # (B, K, 28, 28) the decoder's outputs (:meth:`VAE.decode_logits`)
     mu: torch.Tensor  # (B, latent)
     logvar: torch.Tensor  # (B, latent)
     z: torch.Tensor  # (B, latent)
 
 
+MIN_LOG_SCALE = -7.0  # the logistic decoder's scale is at least e^-7, 1/8 of a grey level (PixelCNN++'s floor)
+
+
 class VAE(nn.Module):
-    """Encoder 784-400(ReLU)-{mu, logvar}; decoder latent-400(ReLU)-784(sigmoid)."""
+    """Encoder 784-400(ReLU)-{mu, logvar}; decoder latent-400(ReLU)-784 Bernoulli logits, or (the
+    ``logistic`` decoder) 2 x 784: each pixel's logistic location (through a sigmoid, in [0, 1]) and
+    log-scale, integrated over the 256 grey levels' bins (Salimans et al. 2017, eq. 2; one
+    component)."""
 
     def __init__(self, config: VAEConfig = VAEConfig(), image_size: int = 28):
         super().__init__()
         self.config = config
         self.image_size = image_size
         pixels = image_size * image_size
+        self.channels = 2 if config.decoder == "logistic" else 1
         self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(pixels, config.hidden), nn.ReLU())
         self.to_mu = nn.Linear(config.hidden, config.latent)
         self.to_logvar = nn.Linear(config.hidden, config.latent)
-        self.decoder = nn.Sequential(nn.Linear(config.latent, config.hidden), nn.ReLU(), nn.Linear(config.hidden, pixels))
+        self.decoder = nn.Sequential(nn.Linear(config.latent, config.hidden), nn.ReLU(),
+                                     nn.Linear(config.hidden, self.channels * pixels))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)  # (B, hidden)
         return self.to_mu(h), self.to_logvar(h)  # (B, latent) each
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z).view(-1, 1, self.image_size, self.image_size)  # (B, 1, 28, 28)
+        """(B, K, 28, 28): K = 1 Bernoulli logits, or K = 2 the logistic's location logit and log-scale."""
+        return self.decoder(z).view(-1, self.channels, self.image_size, self.image_size)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli means in [0, 1], shape (B, 1, 28, 28)."""
-        return torch.sigmoid(self.decode_logits(z))
+        """The decoder's mean image in [0, 1], (B, 1, 28, 28): the Bernoulli means, or the logistics' locations."""
+        return torch.sigmoid(self.decode_logits(z)[:, :1])
+
+    def pixel_nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x | z) per pixel (B, 1, 28, 28) from :meth:`decode_logits`' output: Bernoulli with grey
+        levels as probabilities, or the discretized logistic of the grey levels in [0, 1]."""
+        if self.channels == 1:
+            return F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        location, log_scale = torch.sigmoid(logits[:, :1]), logits[:, 1:].clamp(min=MIN_LOG_SCALE)
+        return discretized_pixel_nll(x, location, log_scale.exp(), "logistic", 0.0, 1.0)
+
+    def log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) per image (B,)."""
+        return -self.pixel_nll(logits, x).flatten(1).sum(1)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
         mu, logvar = self.encode(x)
@@ -109,7 +131,7 @@ def neg_elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | None = No
     """-ELBO per image = -log p(x|z) + KL(q(z|x) || N(0, I)), in nats, shape (B,)."""
     out = model(x, generator)
     zeros = torch.zeros_like(out.mu)
-    return -log_likelihood_bernoulli_logits(out.logits, x) + kl_gaussian_gaussian_analytic(out.mu, out.logvar, zeros, zeros)
+    return -model.log_likelihood(out.logits, x) + kl_gaussian_gaussian_analytic(out.mu, out.logvar, zeros, zeros)
 
 
 class VAEObjective:
@@ -121,14 +143,14 @@ class VAEObjective:
 
 def fit_code(model: VAE, images: torch.Tensor, mask: torch.Tensor, steps: int = 300, lr: float = 0.05) -> torch.Tensor:
     """The VAE's answer to inpainting: the code z (B, latent) of highest posterior density given only the
-    known pixels, argmax_z sum_known log Bernoulli(x | sigmoid(decoder(z))) + log N(z; 0, I), found by Adam
-    from the encoder's mean of the image with its unknown pixels set to 0. ``mask`` (B, 1, H, W): 1 known.
+    known pixels, argmax_z sum_known log p(x | decoder(z)) + log N(z; 0, I), found by Adam from the
+    encoder's mean of the image with its unknown pixels set to 0. ``mask`` (B, 1, H, W): 1 known.
     The network's weights get no gradient."""
     with torch.enable_grad():
         z = model.encode(images * mask)[0].detach().clone().requires_grad_(True)  # (B, latent)
         optimizer = torch.optim.Adam([z], lr=lr)
         for _ in range(steps):
-            nll = F.binary_cross_entropy_with_logits(model.decode_logits(z), images, reduction="none")
+            nll = model.pixel_nll(model.decode_logits(z), images)
             loss = (nll * mask).flatten(1).sum(1) + 0.5 * z.pow(2).sum(1)  # (B,) -log p(x_known, z) + const
             (grad,) = torch.autograd.grad(loss.sum(), z)
             z.grad = grad

@@ -16,6 +16,7 @@ from mnistgen.diffusion import likelihood as lk
 from mnistgen.diffusion.ddpm import GaussianDiffusion
 from mnistgen.diffusion.denoiser import Denoiser
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
+from mnistgen import greylevels as gl
 
 MU, S = 0.3, 0.5  # the toy's data: N(MU, S^2 I) in 4 dimensions, shaped (B, 1, 2, 2)
 
@@ -71,14 +72,14 @@ def ddpm_toy(timesteps: int) -> tuple[GaussianDiffusion, Denoiser]:
 def test_ode_nll_of_the_gaussian_toy_is_exact_for_both_processes():
     x = toy_data(64)
     cfg = LogSNRDiffusion(CFGConfig())
-    nll = lk.ode_nll(Denoiser(OptimalEps(cfg_lam_of_time(cfg.config)), "eps"), cfg, x, steps=200, probes=1,
-                     generator=torch.Generator().manual_seed(1))
+    nll = lk.ode_nll(Denoiser(OptimalEps(cfg_lam_of_time(cfg.config)), "eps"), cfg, x, tolerance=1e-4, probes=1,
+                     generator=torch.Generator().manual_seed(1)).nll
     per_dim = (nll.double() - exact_nll(x)).abs().max().item() / 4
     assert per_dim < 0.01, per_dim
     ddpm, denoiser = ddpm_toy(1000)
     lam_max = ddpm.log_snr_range()[1]
     a2 = 1 / (1 + math.exp(-lam_max))  # the ODE's density is the model's at lambda_max: N(alpha mu, alpha^2 s^2 + sigma^2)
-    nll = lk.ode_nll(denoiser, ddpm, x, steps=200, generator=torch.Generator().manual_seed(1))
+    nll = lk.ode_nll(denoiser, ddpm, x, tolerance=1e-4, generator=torch.Generator().manual_seed(1)).nll
     exact = exact_nll(x, math.sqrt(a2) * MU, a2 * S**2 + 1 - a2)
     assert (nll.double() - exact).abs().max().item() / 4 < 0.01
 
@@ -88,7 +89,7 @@ def test_ode_nll_is_wrong_with_a_wrong_denoiser():
     x = toy_data(64)
     cfg = LogSNRDiffusion(CFGConfig())
 
-    nll = lk.ode_nll(Denoiser(OptimalEps(cfg_lam_of_time(cfg.config), 2 * S), "eps"), cfg, x, steps=200)
+    nll = lk.ode_nll(Denoiser(OptimalEps(cfg_lam_of_time(cfg.config), 2 * S), "eps"), cfg, x, tolerance=1e-4).nll
     assert (nll.double() - exact_nll(x, MU, 4 * S**2)).abs().max().item() / 4 < 0.01
     assert (nll.double() - exact_nll(x)).abs().mean().item() / 4 > 0.1
 
@@ -158,17 +159,17 @@ def test_gaussian_kl_and_discretized_likelihood_match_float64_formulas():
     mean = x + 0.01 * torch.randn(x.shape, generator=g, dtype=torch.float64)
     for std in (0.003, 0.01, 0.1, 1.0):
         s = torch.full((), std, dtype=torch.float64)
-        np.testing.assert_allclose(lk.discretized_gaussian_nll(x, mean, s).numpy(),
+        np.testing.assert_allclose(gl.discretized_nll(x, mean, s).numpy(),
                                    np_discretized_nll(x.numpy(), mean.numpy(), std), rtol=0, atol=1e-6)
 
 
 def test_the_far_tails_of_the_discretized_likelihood_stay_finite_in_float32():
     x = torch.tensor([[0.5, -0.5]]).view(1, 1, 1, 2)
     mean = torch.tensor([[-0.5, 0.5]]).view(1, 1, 1, 2)  # 100 and more standard deviations away
-    nll = lk.discretized_gaussian_nll(x, mean, torch.tensor(0.01))
+    nll = gl.discretized_nll(x, mean, torch.tensor(0.01))
     assert torch.isfinite(nll).all() and nll.item() > 1000
     # far in the upper tail (both bin edges where Phi rounds to 1 in float32): the flipped form is exact
-    far = lk.discretized_gaussian_nll(torch.tensor([0.0]).view(1, 1, 1, 1), torch.tensor([-0.07]).view(1, 1, 1, 1),
+    far = gl.discretized_nll(torch.tensor([0.0]).view(1, 1, 1, 1), torch.tensor([-0.07]).view(1, 1, 1, 1),
                                       torch.tensor(0.01))
     z_lo, z_hi = (0.0 - 1 / 255 + 0.07) / 0.01, (0.0 + 1 / 255 + 0.07) / 0.01
     exact = -math.log(0.5 * math.erfc(z_lo / math.sqrt(2)) - 0.5 * math.erfc(z_hi / math.sqrt(2)))
@@ -206,13 +207,16 @@ def test_each_ddpm_term_matches_a_float64_computation_from_the_schedule():
 def test_a_vlb_summed_over_every_timestep_does_not_depend_on_the_strata_draws():
     """strata = T - 1 puts each timestep in its own stratum: the estimate is the full sum, so two
     different draws of t agree up to the noise of x_t alone (here none: the generator is the same)."""
-    process, denoiser = ddpm_toy(20)
+    process, denoiser = ddpm_toy(40)
     x = toy_data(8)
-    a = lk.ddpm_vlb(denoiser, process, x, strata=19, generator=torch.Generator().manual_seed(6))
-    assert a.levels[0].tolist() == list(range(1, 20))
+    a = lk.ddpm_vlb(denoiser, process, x, strata=39, generator=torch.Generator().manual_seed(6))
+    assert a.levels[0].tolist() == list(range(1, 40))
     half = lk.ddpm_vlb(denoiser, process, x, strata=5, generator=torch.Generator().manual_seed(6))
     assert half.terms.shape == (8, 5)
-    assert sorted(b - a + 1 for a, b in lk.split_timesteps(1, 19, 5)) == [3, 4, 4, 4, 4]
+    runs = lk.timestep_runs(process, 5)
+    assert runs[0][0] == 1 and runs[-1][1] == 39 and all(b + 1 == c for (_, b), (c, _) in zip(runs, runs[1:]))
+    lengths = [b - a + 1 for a, b in runs]
+    assert lengths[0] < lengths[-1]  # short runs where the log-SNR falls fastest (the first steps)
 
 
 # -- Hutchinson's estimator --------------------------------------------------------------------
@@ -240,11 +244,11 @@ def test_hutchinson_matches_the_exact_trace_and_its_variance_falls_as_one_over_p
 def test_uniform_noise_on_256_levels_under_a_uniform_model_is_8_bits_per_dimension():
     g = torch.Generator().manual_seed(8)
     levels = torch.randint(0, 256, (500, 1, 4, 4), generator=g)
-    u = lk.dequantize(2 * levels / 255 - 1, g)
+    u = gl.dequantize(2 * levels / 255 - 1, g)
     low, high = -1 - 1 / 255, 1 + 1 / 255  # the dequantized support, the uniform model's
     assert u.min() >= low and u.max() <= high
-    assert ((u + 1) / lk.BIN).round().long().eq(levels).all()  # each point stays in its level's bin
+    assert ((u + 1) / gl.bin_width()).round().long().eq(levels).all()  # each point stays in its level's bin
     dims = 16
     nll = dims * math.log(high - low)  # -log of the uniform density, per image
-    bits = lk.bits_per_dim(nll + dims * lk.DEQUANTIZATION_NATS, dims)
+    bits = gl.bits_per_dim(nll + dims * gl.dequantization_nats(), dims)
     assert bits == pytest.approx(8.0, abs=1e-12)
