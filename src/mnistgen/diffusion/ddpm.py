@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from mnistgen.config import DDPMConfig
-from mnistgen.diffusion import parameterisation
+from mnistgen.diffusion import likelihood, parameterisation
 from mnistgen.diffusion.broadcast import per_example
-from mnistgen.diffusion.denoiser import Gaussian, Grid, Prediction
+from mnistgen.diffusion.denoiser import Denoiser, Gaussian, Grid, Prediction
 
 
 class Schedule(NamedTuple):
@@ -169,6 +169,18 @@ class GaussianDiffusion:
         low, high = table[j - 1], table[j]
         position = (j - 1).to(table.dtype) + (lam - low) / (high - low)  # in the ascending table
         return self.T - 1 - position
+
+    # -- likelihood ---------------------------------------------------------------------
+    bound_method = "vlb"  # the discrete-time bound, as the evaluation's tables name it
+    bound_axis = "t"  # what its terms are drawn over
+
+    def variational_bound(self, denoiser: Denoiser, x0: torch.Tensor, strata: int,
+                          generator: torch.Generator | None = None) -> likelihood.Bound:
+        """The bound on -log P(x_0) of Ho et al. 2020, eq. 5, term by term (:func:`likelihood.ddpm_vlb`)."""
+        return likelihood.ddpm_vlb(denoiser, self, x0, strata, generator)
+
+    def most_strata(self) -> int:
+        return self.T - 1
 
     # -- training -----------------------------------------------------------------------
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,17 @@ class Bound(NamedTuple):
     decoder: torch.Tensor  # (B,)
     terms: torch.Tensor  # (B, K) each stratum's contribution, nats (the sum is ``diffusion``)
     levels: torch.Tensor  # (B, K) float: the timestep t (DDPM) or the log-SNR lambda drawn in each stratum
+    centers: torch.Tensor  # (K,) each stratum's middle (t or lambda), float64 on the CPU
+    widths: torch.Tensor  # (K,) its size: timesteps in the run, or the width in lambda
+    edge_decoders: torch.Tensor | None = None  # (B, K + 1) a continuous bound's decoder at each stratum edge
+
+    def truncated(self) -> torch.Tensor:
+        """(B, K + 1): the continuous bound with its decoder at each stratum edge instead of lambda_max,
+        prior + the strata below the edge + the decoder there; the last column is :attr:`total`. Each
+        is a bound on -log P(x) of the model whose chain stops at that edge (Kingma et al. 2021 learn
+        where it stops)."""
+        below = torch.cat([torch.zeros_like(self.terms[:, :1]), self.terms.cumsum(1)], 1)  # (B, K + 1)
+        return self.prior[:, None] + below + self.edge_decoders
 
     @property
     def total(self) -> torch.Tensor:
@@ -128,7 +139,8 @@ def ddpm_vlb(denoiser: Denoiser, process, x0: torch.Tensor, strata: int, generat
     if on_call is not None:
         on_call(b)
     terms_, levels_ = torch.stack(terms, 1), torch.stack(levels, 1)  # (B, K) each
-    return Bound(prior, terms_.sum(1), decoder, terms_, levels_)
+    runs = torch.tensor(timestep_runs(process, strata), dtype=torch.float64)  # (K, 2)
+    return Bound(prior, terms_.sum(1), decoder, terms_, levels_, runs.mean(1), runs[:, 1] - runs[:, 0] + 1)
 
 
 def ddpm_step_kl(denoiser: Denoiser, process, x0: torch.Tensor, t: torch.Tensor,
@@ -163,12 +175,12 @@ def continuous_vlb(denoiser: Denoiser, process, x: torch.Tensor, strata: int,
     [lambda_min, lambda_max], for images ``x`` (B, C, H, W): the prior KL at lambda_min, the
     diffusion integral by ``strata`` equal parts of the range (one lambda per image in each, the
     integrand 1/2 ||eps - eps-hat||^2 times the part's width), and -log p(x | z_max), the discretized
-    Gaussian around z_max / alpha with scale sigma / alpha (``discrete``; else that Gaussian's density)."""
+    Gaussian around z_max / alpha with scale sigma / alpha (``discrete``; else that Gaussian's density).
+    The decoder is also evaluated at every stratum edge, for :meth:`Bound.truncated`."""
     low, high = process.log_snr_range()
     b, device = x.shape[0], x.device
     ends = torch.tensor([low, high], device=device)
-    a_min, s_min = alpha_sigma(ends[0])
-    prior = prior_kl(x, a_min, s_min)
+    prior = prior_kl(x, *alpha_sigma(ends[0]))
     edges = strata_edges(low, high, strata)
     terms, levels = [], []
     for k in range(strata):
@@ -181,11 +193,18 @@ def continuous_vlb(denoiser: Denoiser, process, x: torch.Tensor, strata: int,
         levels.append(lam)
         if on_call is not None:
             on_call(b)
-    a_max, s_max = alpha_sigma(ends[1])
-    z = a_max * x + s_max * noise_like(x, generator)
-    decoder = decoder_nll(x, z / a_max, s_max / a_max, discrete)
+    noise = noise_like(x, generator)
+    decoders = torch.stack([decoder_at(x, noise, lam, discrete) for lam in edges.float().to(device)], 1)  # (B, K + 1)
     terms_, levels_ = torch.stack(terms, 1), torch.stack(levels, 1)  # (B, K)
-    return Bound(prior, terms_.sum(1), decoder, terms_, levels_)
+    return Bound(prior, terms_.sum(1), decoders[:, -1], terms_, levels_, (edges[1:] + edges[:-1]) / 2, edges.diff(),
+                 decoders)
+
+
+def decoder_at(x: torch.Tensor, noise: torch.Tensor, lam: torch.Tensor, discrete: bool) -> torch.Tensor:
+    """-log p(x | z_lambda) (B,) at z_lambda = alpha x + sigma noise: the discretized Gaussian around
+    z / alpha with scale sigma / alpha (``discrete``; else its density)."""
+    alpha, sigma = alpha_sigma(lam)
+    return decoder_nll(x, (alpha * x + sigma * noise) / alpha, sigma / alpha, discrete)
 
 
 # -- the probability-flow ODE ----------------------------------------------------------------------

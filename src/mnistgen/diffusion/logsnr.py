@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from mnistgen.config import CFGConfig
-from mnistgen.diffusion import parameterisation
+from mnistgen.diffusion import likelihood, parameterisation
 from mnistgen.diffusion.broadcast import per_example
-from mnistgen.diffusion.denoiser import Gaussian, Grid, Prediction
+from mnistgen.diffusion.denoiser import Denoiser, Gaussian, Grid, Prediction
+
+MOST_STRATA = 10_000  # levels per image of the continuous bound's estimate
 
 
 class LogSNRDiffusion:
@@ -120,6 +122,18 @@ class LogSNRDiffusion:
         """The ancestral sampler's step i of ``grid`` (the CFG paper's sampler): :meth:`step_from_x` with
         the denoiser's x_0, clipped to [-1, 1]."""
         return self.step_from_x(x, prediction.x0, grid.log_snr[i], grid.log_snr[i + 1])
+
+    # -- likelihood ---------------------------------------------------------------------
+    bound_method = "vlb-continuous"  # the continuous-time bound, as the evaluation's tables name it
+    bound_axis = "log-SNR"  # what its integrand is drawn over
+
+    def variational_bound(self, denoiser: Denoiser, x: torch.Tensor, strata: int,
+                          generator: torch.Generator | None = None) -> likelihood.Bound:
+        """The continuous-time bound on -log P(x) of Kingma et al. 2021 (:func:`likelihood.continuous_vlb`)."""
+        return likelihood.continuous_vlb(denoiser, self, x, strata, generator)
+
+    def most_strata(self) -> int:
+        return MOST_STRATA
 
     # -- training -----------------------------------------------------------------------
     def drop_labels(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -23,6 +23,7 @@ from mnistgen.diffusion.editing import RePaintSettings
 from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.edits import EditRequest
+from mnistgen.evaluation.likelihood import LikelihoodRequest, LikelihoodScores, diffusion_bits
 from mnistgen.evaluation.metrics import PRDC_K, Reference, sample_quality
 from mnistgen.evaluation.results import RunMetrics, SampleQuality
 from mnistgen.progress import Progress
@@ -282,6 +283,22 @@ class ModelKind:
               metrics: RunMetrics) -> RunMetrics:
         return metrics
 
+    # -- likelihood ---------------------------------------------------------------------------
+    def check_likelihood(self, config: RunConfig) -> None:
+        """Refuse, in one line, a model without a likelihood of images."""
+        raise UserError(f"the {self.name} model has no likelihood of images; --likelihood applies to the VAE, "
+                        f"the DDPM and the CFG model")
+
+    def most_strata(self, config: RunConfig) -> int | None:
+        """The most levels per image a variational bound's estimate may draw (None: it draws none)."""
+        return None
+
+    def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData, held: TensorData,
+                   progress: bool = True) -> LikelihoodScores:
+        """Bits per MNIST pixel of ``test`` (this kind's scale and size) by every estimate this kind has;
+        ``held``: training images on which a setting may be chosen."""
+        raise UserError(f"the {self.name} model has no likelihood of images")
+
     def export(self, trained: TrainedModel) -> list[Path]:
         """Files this kind's evaluation leaves next to metrics.json (the classifier's compact weights)."""
         return []
@@ -363,6 +380,28 @@ class DiffusionKind(ModelKind):
         labels = labels.to(device) if labels is not None else None
         return to_unit(samplers.draw(model, process, noise, self.resolve(config, settings), generator, labels, on_step,
                                      null_label=config.process.num_labels))
+
+    # -- likelihood ---------------------------------------------------------------------------
+    def check_likelihood(self, config: RunConfig) -> None:
+        """Every diffusion model has its process's bound and the probability-flow ODE."""
+
+    def most_strata(self, config: RunConfig) -> int:
+        return self.build_process(config).most_strata()
+
+    def likelihood_conditions(self, config: RunConfig, labels: torch.Tensor) -> list[tuple[str, torch.Tensor | None]]:
+        """(name, labels for the network or None) of each likelihood to measure: unconditional here."""
+        return [("none", None)]
+
+    def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData, held: TensorData,
+                   progress: bool = True) -> LikelihoodScores:
+        """The process's variational bound and the probability-flow ODE, per condition
+        (:meth:`likelihood_conditions`), in bits per MNIST pixel (a padded model's border included); a
+        continuous bound also with its decoder where it is best on ``held``."""
+        config = trained.config
+        conditions = self.likelihood_conditions(config, test.y)
+        held_out = (held.x, self.likelihood_conditions(config, held.y))
+        return diffusion_bits(trained.model, config.process.prediction, trained.process, test.x, conditions,
+                              request, native_size(test.x[:1])[0].numel(), progress, held_out)
 
     # -- editing ----------------------------------------------------------------------------
     def null_label(self, config: RunConfig) -> int | None:

@@ -46,6 +46,10 @@ class GuidedKind(DiffusionKind):
     def null_label(self, config: RunConfig) -> int:
         return config.process.num_labels
 
+    def likelihood_conditions(self, config: RunConfig, labels: torch.Tensor) -> list[tuple[str, torch.Tensor | None]]:
+        """log p(x | y) with each image's own digit, and log p(x) with the null label."""
+        return [("true", labels), ("null", torch.full_like(labels, self.null_label(config)))]
+
     def preview_rows(self) -> dict[int, str]:
         """F12: the first sample of each digit (the preview holds PREVIEW_PER_DIGIT of each, digit by digit)."""
         return {PREVIEW_PER_DIGIT * d: f"label {d}" for d in range(10)}
