@@ -25,6 +25,7 @@ from mnistgen.defaults import (Log, existing_or_default, is_pretrained, preset_f
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.errors import UserError
 from mnistgen.evaluation.edits import EditRequest
+from mnistgen.evaluation.likelihood import LikelihoodRequest
 from mnistgen.evaluation.results import RunMetrics
 from mnistgen.export import export_pretrained, model_card
 from mnistgen.files import check_writable_dir
@@ -81,7 +82,8 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
              grid: str | None = None, guidance: float | None = None, guidance_sweep: Sequence[float] | None = None,
              sweep_samples: int | None = None, iwae_k: int = 500, n_images: int = 10_000,
              classifier: str | os.PathLike | None = None, edits: int | None = None, edit_pairs: int = 100,
-             inversion_steps: int = 100, device: str | torch.device = "auto",
+             inversion_steps: int = 100, likelihood: int | None = None, strata: int = 100,
+             ode_tolerance: float = 1e-4, probes: int = 1, device: str | torch.device = "auto",
              data_dir: str | os.PathLike | None = None, progress: bool = True) -> RunMetrics:
     """Evaluate a run (or a pretrained model, into ``out``) and write the results as its
     metrics.json: MNIST-FD (with its bootstrap std and FD_inf), KID, precision / recall / density /
@@ -89,11 +91,16 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
     and binarized test images); the CFG model's guidance sweep; the classifier's test accuracy. With
     ``edits``: also the scores of the model's edits of that many test digits (lower half hidden), of
     ``edit_pairs`` interpolations and of DDIM round trips on ``inversion_steps`` levels
-    (:class:`~mnistgen.evaluation.edits.EditScores`)."""
+    (:class:`~mnistgen.evaluation.edits.EditScores`). With ``likelihood``: also bits per MNIST pixel
+    of that many test images, the variational bounds estimated on ``strata`` levels per image and the
+    probability-flow ODE solved to ``ode_tolerance`` with ``probes`` Hutchinson probes
+    (:class:`~mnistgen.evaluation.likelihood.LikelihoodScores`)."""
     edit_request = EditRequest(edits, edit_pairs, inversion_steps, seed) if edits is not None else None
+    like = (LikelihoodRequest(likelihood, strata, ode_tolerance, probes, iwae_k, seed)
+            if likelihood is not None else None)
     request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance, grid), iwae_k, n_images,
                                 tuple(guidance_sweep) if guidance_sweep is not None else None, sweep_samples,
-                                Path(classifier) if classifier is not None else None, progress, edit_request)
+                                Path(classifier) if classifier is not None else None, progress, edit_request, like)
     if is_pretrained(run):  # refused before the copy into out is made
         check_request(RunDir(run_path(run)).read_config(), request, run)
     return evaluate_run(writable_copy(run, out), pick_device(device), data_dir, request)

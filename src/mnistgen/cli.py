@@ -206,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same-class pairs to interpolate (with --edits; default 100)")
     p.add_argument("--inversion-steps", type=_positive_int, default=None,
                    help="DDIM levels of the round trip (with --edits; default 100)")
+    p.add_argument("--likelihood", action="store_true",
+                   help="also bits per MNIST pixel of test images: DDPM: its variational bound term by term and "
+                        "the probability-flow ODE; CFG: the continuous-time bound and the ODE, with the true and "
+                        "with the null label; VAE: the IWAE bound (--iwae-k) under its decoder")
+    p.add_argument("--likelihood-images", type=_positive_int, default=None,
+                   help="test images (with --likelihood; default 1000)")
+    p.add_argument("--strata", type=_positive_int, default=None,
+                   help="levels per image of a variational bound's estimate (with --likelihood; default 100)")
+    p.add_argument("--ode-tolerance", type=float, default=None,
+                   help="the ODE solver's relative and absolute tolerance (with --likelihood; default 1e-4)")
+    p.add_argument("--probes", type=_positive_int, default=None,
+                   help="Hutchinson's probes for the ODE's divergence (with --likelihood; default 1)")
     _run_parser(sub, "figures", "render a run's figures into RUN/figures/",
                 "Render the study's figures for a run (VAE: F1-F8, DDPM: F9-F11, CFG: F12 and the guidance sweep).")
     p = sub.add_parser("reproduce", help="the whole study: train, evaluate, draw, report",
@@ -435,11 +447,16 @@ def _evaluate(args) -> int:
     if given and not args.edits:
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} need --edits")
     edit_options = dict(edits=given.pop("edit_digits", 1000), **given) if args.edits else {}
+    like = {k: v for k, v in (("likelihood_images", args.likelihood_images), ("strata", args.strata),
+                              ("ode_tolerance", args.ode_tolerance), ("probes", args.probes)) if v is not None}
+    if like and not args.likelihood:
+        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in like)} need --likelihood")
+    like_options = dict(likelihood=like.pop("likelihood_images", 1000), **like) if args.likelihood else {}
     metrics = api.evaluate(args.run, out=args.out, n=args.n, seed=args.seed, sampler=args.sampler,
                            steps=args.steps, eta=args.eta, grid=args.grid, guidance=args.guidance, guidance_sweep=sweep,
                            sweep_samples=args.sweep_samples, iwae_k=args.iwae_k, n_images=args.n_images,
-                           classifier=args.classifier, **edit_options, device=args.device, data_dir=args.data_dir,
-                           progress=not args.no_progress)
+                           classifier=args.classifier, **edit_options, **like_options, device=args.device,
+                           data_dir=args.data_dir, progress=not args.no_progress)
     for key, value in metrics.to_json().items():
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
@@ -448,6 +465,9 @@ def _evaluate(args) -> int:
         print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}{kid}")
     for key, value in (metrics.edits.to_json() if metrics.edits else {}).items():
         print(f"edits {key}: {value:.4f}" if isinstance(value, float) else f"edits {key}: {value}")
+    for row in metrics.bits.rows if metrics.bits else ():
+        print(f"bits/dim {row.name}: {row.bits_per_dim:.4f} +- {row.standard_error:.4f} "
+              f"({row.images} images, {row.seconds:.0f} s)")
     print(f"wrote {Path(args.out or args.run) / 'metrics.json'}")
     return 0
 

@@ -28,6 +28,7 @@ from mnistgen.evaluation.results import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest, TrainedModel
 from mnistgen.kinds.edits import check_edit_request, score_edits
+from mnistgen.kinds.likelihood import check_likelihood_request, score_likelihood
 from mnistgen.provenance import source_version
 from mnistgen.training import device as policy
 from mnistgen.training import distributed
@@ -190,6 +191,8 @@ def check_request(config: RunConfig, request: EvaluationRequest, where: str | os
     kind.check_request(config, request)
     if request.edits is not None:
         _check_edits(config, request.edits, where)
+    if request.likelihood is not None:
+        check_likelihood_request(kind, config, request.likelihood)
 
 
 def _check_edits(config: RunConfig, request: EditRequest, where: str | os.PathLike) -> None:
@@ -222,6 +225,8 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
             test = load_data("test", "unit", data_dir=data_dir, device=device)
             metrics = replace(metrics, edits=score_edits(kind, trained, request.edits, classifier, test,
                                                          request.progress))
+    if request.likelihood is not None:
+        metrics = replace(metrics, bits=score_likelihood(kind, trained, request.likelihood, data_dir, request.progress))
     kind.export(trained)
     metrics = replace(metrics, evaluation_seconds=round(time.perf_counter() - start, 1),
                       evaluated_with=source_version())

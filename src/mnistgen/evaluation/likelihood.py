@@ -91,6 +91,15 @@ class BitsPerDim(JsonRecord):
     decoder_at: float | None = None  # a continuous bound: the log-SNR of its decoder
     chosen_on: int | None = None  # the decoder's log-SNR chosen as the best on this many training images
 
+    @property
+    def name(self) -> str:
+        """e.g. 'ode, true label', 'vlb-continuous, decoder at log-SNR 12 (best on 200 training images)'."""
+        text = self.method + ("" if self.label == "none" else f", {self.label} label")
+        if self.decoder_at is not None:
+            text += f", decoder at log-SNR {self.decoder_at:g}"
+            text += f" (best on {self.chosen_on} training images)" if self.chosen_on else " (the process's end)"
+        return text + ("" if self.protocol == "8-bit grey levels" else f", {self.protocol}")
+
 
 @dataclass(frozen=True)
 class LikelihoodScores:

@@ -13,6 +13,7 @@ from mnistgen.errors import UserError
 from mnistgen.evaluation.edits import EditScores
 from mnistgen.evaluation.fd import FDSpread
 from mnistgen.evaluation.kid import KID
+from mnistgen.evaluation.likelihood import LikelihoodScores
 from mnistgen.evaluation.prdc import PRDC
 from mnistgen.files import JsonRecord
 from mnistgen.storage.checkpoint import describe_error
@@ -123,6 +124,7 @@ class RunMetrics:
     guidance_sweep: tuple[SweepPoint, ...] | None = None
     test_accuracy: float | None = None  # the classifier
     edits: EditScores | None = None  # evaluate --edits
+    bits: LikelihoodScores | None = None  # evaluate --likelihood
     evaluation_seconds: float | None = None
     evaluated_with: str | None = None  # which mnistgen computed these (version, commit)
 
@@ -130,7 +132,9 @@ class RunMetrics:
         """The scores of :meth:`to_json` (single numbers; not lists, texts, timings or the settings
         they were measured with): what a hyperparameter view compares runs by."""
         edits = {f"edits/{k}": v for k, v in (self.edits.to_json() if self.edits else {}).items()}
-        return {k: float(v) for k, v in {**self.to_json(), **edits}.items()
+        bits = {f"bits/{r.method}-{r.label}" + (f"@{r.decoder_at:g}" if r.chosen_on else ""): r.bits_per_dim
+                for r in (self.bits.rows if self.bits else ())}
+        return {k: float(v) for k, v in {**self.to_json(), **edits, **bits}.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and "seconds" not in k
                 and k.split("/")[-1] not in MEASURED_WITH}
 
@@ -146,6 +150,8 @@ class RunMetrics:
             values["guidance_sweep"] = [p.to_json() for p in self.guidance_sweep]
         if self.edits is not None:
             values["edits"] = self.edits.to_json()
+        if self.bits is not None:
+            values["bits_per_dim"] = self.bits.to_json()
         if self.evaluation_seconds is not None:
             values["evaluation_seconds"] = self.evaluation_seconds
         if self.evaluated_with is not None:
@@ -162,7 +168,9 @@ class RunMetrics:
             likelihood=Likelihood.from_json(d) if "val_neg_elbo" in d else None,
             guidance_sweep=tuple(SweepPoint.from_json(p) for p in sweep) if sweep is not None else None,
             test_accuracy=d.get("test_accuracy"),
-            edits=EditScores.from_json(d["edits"]) if "edits" in d else None, evaluation_seconds=d.get("evaluation_seconds"),
+            edits=EditScores.from_json(d["edits"]) if "edits" in d else None,
+            bits=LikelihoodScores.from_json(d["bits_per_dim"]) if "bits_per_dim" in d else None,
+            evaluation_seconds=d.get("evaluation_seconds"),
             evaluated_with=d.get("evaluated_with"))
 
 

@@ -63,6 +63,7 @@ class EvaluationRequest:
     classifier_path: Path | None = None  # judge weights (default: the bundled classifier)
     progress: bool = True  # progress bars while sampling
     edits: EditRequest | None = None  # also score the model's edits (None: not measured)
+    likelihood: LikelihoodRequest | None = None  # also bits per dimension (None: not measured)
 
 
 class ModelKind:
