@@ -10,7 +10,7 @@ from PIL import Image
 
 from mnistgen.cli import main
 from mnistgen.figures.edits import CAPTIONS as EDIT_CAPTIONS
-from mnistgen.study import CAPTIONS, write_report
+from mnistgen.study import CAPTIONS, LIKELIHOOD, TERMS_FIGURE, write_report
 from mnistgen.storage.checkpoint import load_checkpoint
 from mnistgen.training.device import amp_dtype, pick_device
 
@@ -21,25 +21,29 @@ def test_reproduce_smoke_end_to_end(tmp_path, capsys):
     assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
     report = (out / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', report)
-    assert {name.split("/")[-1] for name in images} == set(CAPTIONS) | set(EDIT_CAPTIONS)  # every figure, once
-    assert len(images) == len(CAPTIONS) + len(EDIT_CAPTIONS)
+    assert {name.split("/")[-1] for name in images} == set(CAPTIONS) | set(EDIT_CAPTIONS) | {TERMS_FIGURE}
+    assert len(images) == len(CAPTIONS) + len(EDIT_CAPTIONS) + 1  # every figure, once
+    assert f"{LIKELIHOOD}/{TERMS_FIGURE}" in images
     for rel in images:
         with Image.open(out / rel) as image:
             image.verify()
     for needle in ("negative ELBO, grey-level test images", "IWAE", "MNIST-FD", "class accuracy", "w = 4", "smoke",
                    "not Inception FID", "training:", "ddim-5, eta = 0", "Editing with the trained models",
                    "10 test digits, lower half hidden: read as the true digit", "guided to the true digit",
-                   "DDIM inversion round trip, 10 steps", "midpoints that keep the class"):
+                   "DDIM inversion round trip, 10 steps", "midpoints that keep the class",
+                   "Likelihood in bits per pixel", "bits per pixel: vlb (4 test images", "bits per pixel: ode, null label",
+                   "VAE (grey-level decoder)", "iwae (4 test images", "iwae, dynamically binarized", "FFJORD"):
         assert needle in report, needle
     dtype = amp_dtype(pick_device("auto"), "auto") or torch.float32  # the smoke preset's amp = auto
     assert f"training: 2 epochs ({str(dtype).removeprefix('torch.')})" in report
-    for kind in ("vae", "ddpm", "cfg"):
+    for kind in ("vae", "ddpm", "cfg", "vae-grey"):
         assert (out / kind / "metrics.json").is_file()
+    assert json.loads((out / "vae-grey" / "config.json").read_text())["model"]["decoder"] == "logistic"
 
     capsys.readouterr()
     assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
     log = capsys.readouterr().out
-    assert log.count("trained already") == 3 and "evaluating" not in log
+    assert log.count("trained already") == 4 and "evaluating" not in log  # the grey-level VAE too
 
     # a kill while the VAE's final last.pt was being written: history.json lists epoch 2, the checkpoint
     # holds epoch 1 and epoch_002.pt never landed. The next reproduce must train it, not skip it.
@@ -49,7 +53,7 @@ def test_reproduce_smoke_end_to_end(tmp_path, capsys):
     assert len(json.loads((out / "vae" / "history.json").read_text())) == 2
     assert main(["reproduce", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
     log = capsys.readouterr().out
-    assert "[vae] training" in log and "[vae] evaluating" in log and log.count("trained already") == 2
+    assert "[vae] training" in log and "[vae] evaluating" in log and log.count("trained already") == 3
     assert load_checkpoint(checkpoints / "last.pt")["epoch"] == 2
 
     # a history written before compute_dtype was recorded (the shipped models'): the report says so

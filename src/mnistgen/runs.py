@@ -28,6 +28,7 @@ from mnistgen.evaluation.results import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest, TrainedModel
 from mnistgen.kinds.edits import check_edit_request, score_edits
+from mnistgen.evaluation.likelihood import LikelihoodRequest, LikelihoodScores
 from mnistgen.kinds.likelihood import check_likelihood_request, score_likelihood
 from mnistgen.provenance import source_version
 from mnistgen.training import device as policy
@@ -248,6 +249,14 @@ def edit_scores(path: str | os.PathLike, device: torch.device, request: EditRequ
     classifier = load_classifier(classifier_path, device)
     test = load_data("test", "unit", data_dir=data_dir, device=device)
     return score_edits(kind, trained, request, classifier, test, progress)
+
+
+def likelihood_scores(path: str | os.PathLike, device: torch.device, request: LikelihoodRequest = LikelihoodRequest(),
+                      data_dir: str | os.PathLike | None = None, progress: bool = True) -> LikelihoodScores:
+    """The bits per pixel of :func:`~mnistgen.kinds.likelihood.score_likelihood` for the model at ``path``
+    (a run or a shipped model's folder), without the rest of an evaluation and without writing anything."""
+    trained = load_run(path, device)
+    return score_likelihood(kinds.get(trained.config.kind), trained, request, data_dir, progress)
 
 
 def render_figures(path: str | os.PathLike, device: torch.device, data_dir: str | os.PathLike | None = None) -> list[Path]:

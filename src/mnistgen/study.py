@@ -3,6 +3,8 @@
 Layout of the study directory::
 
     DIR/vae/  DIR/ddpm/  DIR/cfg/   one run directory per model (config, checkpoints, ...)
+    DIR/vae-grey/                   the VAE with a discretized-logistic decoder (likelihood of grey levels)
+    DIR/edits/  DIR/likelihood/     figures that set the models side by side
     DIR/report.html                 figures with captions and a metrics table
 
 Re-running resumes unfinished runs, skips finished ones and evaluations already done, and
@@ -15,20 +17,22 @@ import html
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from mnistgen import kinds
-from mnistgen.config import preset
+from mnistgen.config import RunConfig, preset
 from mnistgen.errors import UserError
 from mnistgen.files import refuse_links, write_atomic, write_json
 from mnistgen.provenance import git_commit
 from mnistgen.data.mnist import load as load_data
 from mnistgen.evaluation.edits import EditRequest, EditScores
 from mnistgen.evaluation.results import Likelihood, RunMetrics, SampleQuality, read_metrics
+from mnistgen.evaluation.likelihood import BitsPerDim, LikelihoodRequest
 from mnistgen.figures import edits as edit_figures
+from mnistgen.figures import likelihood as likelihood_figures
 from mnistgen.images import named_mask
 from mnistgen.kinds.edits import edit_examples
 from mnistgen.diffusion.registry import GRID_SPACINGS
@@ -46,14 +50,22 @@ class StudySettings:
     sweep_samples: int  # samples per guidance weight in the sweep
     iwae_k: int
     edits: EditRequest  # the edit scores' test digits, pairs and DDIM levels
+    likelihood: LikelihoodRequest  # bits per pixel: test images, the bounds' strata, the ODE's tolerance
 
 
 SETTINGS = {
-    "reference": StudySettings(n_samples=10_000, sweep_samples=2000, iwae_k=1000, edits=EditRequest(1000, 100, 100)),
-    "cpu": StudySettings(n_samples=1000, sweep_samples=300, iwae_k=200, edits=EditRequest(200, 50, 100)),
-    "smoke": StudySettings(n_samples=100, sweep_samples=50, iwae_k=10, edits=EditRequest(10, 2, 10)),
+    "reference": StudySettings(n_samples=10_000, sweep_samples=2000, iwae_k=1000, edits=EditRequest(1000, 100, 100),
+                               likelihood=LikelihoodRequest(images=1000)),
+    "cpu": StudySettings(n_samples=1000, sweep_samples=300, iwae_k=200, edits=EditRequest(200, 50, 100),
+                         likelihood=LikelihoodRequest(images=200, iwae_k=200)),
+    "smoke": StudySettings(n_samples=100, sweep_samples=50, iwae_k=10, edits=EditRequest(10, 2, 10),
+                           likelihood=LikelihoodRequest(images=4, strata=4, tolerance=1e-2, iwae_k=4, batch=4)),
 }
 EDITS = "edits"  # DIR/edits/: the editing figures, every model side by side
+LIKELIHOOD = "likelihood"  # DIR/likelihood/: where the diffusion models' bounds spend their bits
+GREY_VAE = "vae-grey"  # DIR/vae-grey/: the VAE with the discretized-logistic decoder, for bits per pixel
+GREY_VAE_KIND = "vae"
+TERMS_FIGURE = "bound_terms.png"
 
 CAPTIONS = {name: caption for kind in MODELS for name, caption in kinds.get(kind).captions.items()}
 
@@ -85,9 +97,9 @@ def _finished(run: RunDir, epochs: int) -> bool:
 
 def check_study(preset_name: str, out: Path) -> None:
     """Refuse a study directory that cannot be continued with this preset, before any work."""
-    refuse_links(out, (*MODELS, EDITS))  # a folder linked elsewhere would send every write there
-    for kind in MODELS:  # a study directory holds one preset: refused before any work
-        run = RunDir(out / kind)
+    refuse_links(out, (*MODELS, GREY_VAE, EDITS, LIKELIHOOD))  # a linked folder would send every write there
+    for name in (*MODELS, GREY_VAE):  # a study directory holds one preset: refused before any work
+        run = RunDir(out / name)
         if run.config.is_file() and (found := run.read_config().preset) != preset_name:
             raise UserError(f"{out} holds a {found!r} study; continue it with --preset {found} or choose another --out")
         run.check_no_links()
@@ -95,27 +107,38 @@ def check_study(preset_name: str, out: Path) -> None:
 
 
 def study_model(kind: str, preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
-                show_progress: bool = True, log=print) -> None:
+                show_progress: bool = True, log=print, name: str | None = None, figures: bool = True) -> None:
     """One model's part of the study: train it (or resume, or skip a finished run), evaluate it
-    unless its metrics are current, draw its figures. The parts of different models are independent."""
+    unless its metrics are current, draw its figures. The parts of different models are independent.
+    ``name``: the run's folder (default the kind); the grey-level VAE is the VAE with its decoder changed."""
+    name = name or kind
     settings = SETTINGS[preset_name]
-    run = RunDir(out / kind)
-    config = run.read_config() if run.config.is_file() else preset(kind, preset_name)  # a run keeps its settings
-    trained = not _finished(run, config.train.epochs)
+    run = RunDir(out / name)
+    config = run.read_config() if run.config.is_file() else study_config(kind, preset_name, name)  # a run keeps
+    trained = not _finished(run, config.train.epochs)  # its settings
     if trained:
-        log(f"[{kind}] training ({preset_name} preset)")
+        log(f"[{name}] training ({preset_name} preset)")
         resume = run.newest_checkpoint() is not None
         train(config, run.root, data_dir, device, resume=resume, show_progress=show_progress)
     else:
-        log(f"[{kind}] trained already, skipping")
-    if trained or read_metrics(run).quality is None or read_metrics(run).edits is None:
-        log(f"[{kind}] evaluating")
+        log(f"[{name}] trained already, skipping")
+    current = read_metrics(run)
+    if trained or current.quality is None or current.edits is None or current.bits is None:
+        log(f"[{name}] evaluating")
         sweep = kinds.get(kind).sweep_weights or None
         evaluate_run(run.root, device, data_dir, EvaluationRequest(
             n_samples=settings.n_samples, iwae_k=settings.iwae_k, guidance_sweep=sweep,
-            sweep_samples=settings.sweep_samples if sweep else None, progress=show_progress, edits=settings.edits))
-    log(f"[{kind}] figures")
-    render_figures(run.root, device, data_dir)
+            sweep_samples=settings.sweep_samples if sweep else None, progress=show_progress, edits=settings.edits,
+            likelihood=settings.likelihood))
+    if figures:
+        log(f"[{name}] figures")
+        render_figures(run.root, device, data_dir)
+
+
+def study_config(kind: str, preset_name: str, name: str) -> RunConfig:
+    """The preset of ``kind``; for :data:`GREY_VAE`, with the discretized-logistic decoder."""
+    config = preset(kind, preset_name)
+    return replace(config, model=replace(config.model, decoder="logistic")) if name == GREY_VAE else config
 
 
 def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
@@ -127,8 +150,12 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
         study_model(kind, preset_name, out, data_dir, device, show_progress, log)
     if tuple(models) != MODELS:
         return None
+    study_model(GREY_VAE_KIND, preset_name, out, data_dir, device, show_progress, log, name=GREY_VAE, figures=False)
     log("[edits] figures")
     draw_edits(out, data_dir, device, SETTINGS[preset_name].edits)
+    log("[likelihood] figure")
+    likelihood_figures.render([(kinds.get(kind).title, read_metrics(RunDir(out / kind)).bits) for kind in MODELS
+                               if read_metrics(RunDir(out / kind)).bits is not None], out / LIKELIHOOD / TERMS_FIGURE)
     report = write_report(out, preset_name, device)
     log(f"report: {report}")
     return report
@@ -166,7 +193,13 @@ def metric_rows(m: RunMetrics) -> list[tuple[str, str]]:
         rows.append((f"w = {p.guidance:g}: MNIST-FD / class accuracy{' / KID' if kid else ''} ({p.n_samples} samples)",
                      f"{p.mnist_fd:.2f} / {100 * p.class_accuracy:.1f}%" + (f" / {p.kid:.2f} ± {p.kid_std:.2f}"
                                                                            if kid else "")))
-    return rows + (_edit_rows(m.edits) if m.edits is not None else [])
+    rows += _edit_rows(m.edits) if m.edits is not None else []
+    return rows + (_bits_rows(m.bits.rows) if m.bits is not None else [])
+
+
+def _bits_rows(rows: tuple[BitsPerDim, ...]) -> list[tuple[str, str]]:
+    return [(f"bits per pixel: {r.name} ({r.images} test images, {r.seconds:.0f} s)",
+             f"{r.bits_per_dim:.3f} ± {r.standard_error:.3f}") for r in rows]
 
 
 def _edit_rows(e: EditScores) -> list[tuple[str, str]]:
@@ -221,9 +254,11 @@ def _quality_rows(q: SampleQuality) -> list[tuple[str, str]]:
 
 def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
-    for kind in MODELS:
+    titled = [(kind, kinds.get(kind).title) for kind in MODELS]
+    for kind, title in titled + [(GREY_VAE, f"{kinds.get(GREY_VAE_KIND).title} (grey-level decoder)")]:
         run = RunDir(out / kind)
-        title = kinds.get(kind).title
+        if not run.metrics.is_file():
+            continue
         rows += [(title, metric, value) for metric, value in metric_rows(read_metrics(run))]
         history = run.read_history()
         if history:
@@ -233,6 +268,17 @@ def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
             rows.append((title, f"training: {len(history)} epochs ({dtypes}), seconds / images per s",
                          f"{seconds:.0f} s / {images / max(seconds, 1e-9):.0f}"))
     return rows
+
+
+LIKELIHOOD_TEXT = """<p>The metrics table gives each model's -log<sub>2</sub> P(x) per MNIST pixel (784 per digit) on 8-bit
+test digits, with its standard error over the images. The DDPM's variational bound is Ho et al.'s eq. 5 term by
+term; the CFG model's is the continuous-time bound of Kingma et al. 2021, with its decoder at the process's end
+(log-SNR 20) and at the level where it is lowest on 200 training images; the probability-flow ODE gives a
+density of dequantized digits, turned into a bound on the grey levels by the bin width. The diffusion models
+describe 32x32 padded digits: their numbers include the border's cost, so each bounds the 28x28 digit's
+from above. The VAE with a discretized-logistic decoder scores the same grey levels; the shipped VAE's
+Bernoulli decoder only binarized ones, a different protocol. Published results on dequantized MNIST
+(FFJORD's Table 2): RealNVP 1.06, Glow 1.05, FFJORD 0.99 bits per pixel.</p>"""
 
 
 def write_report(out: Path, preset_name: str, device: torch.device) -> Path:
@@ -251,6 +297,10 @@ def write_report(out: Path, preset_name: str, device: torch.device) -> Path:
              f"</figcaption></figure>" for name, caption in edit_figures.CAPTIONS.items() if (out / EDITS / name).is_file()]
     if items:
         sections.append(f"<h2>{len(MODELS) + 1}. Editing with the trained models</h2>\n" + "\n".join(items))
+    if (out / LIKELIHOOD / TERMS_FIGURE).is_file():
+        sections.append(f"<h2>{len(MODELS) + 2}. Likelihood in bits per pixel</h2>\n{LIKELIHOOD_TEXT}\n"
+                        f'<figure><img src="{LIKELIHOOD}/{TERMS_FIGURE}" alt="{TERMS_FIGURE}">'
+                        f"<figcaption>{html.escape(likelihood_figures.CAPTION)}</figcaption></figure>")
     rows = "\n".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
                      for a, b, c in _metrics_rows(out))
     page = f"""<!doctype html>

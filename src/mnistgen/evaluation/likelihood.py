@@ -123,6 +123,10 @@ class LikelihoodScores:
                                 d.get("curve_axis"), tuple(tuple(p) for p in d.get("curve", ())))
 
 
+def described(label: str) -> str:
+    return "" if label == "none" else f" ({label} label)"
+
+
 def mean_and_error(values: torch.Tensor) -> tuple[float, float]:
     """The mean of per-image values and its standard error, std / sqrt(n) (0 for one image)."""
     v = values.double().cpu()
@@ -184,7 +188,7 @@ def bound_row(network: nn.Module, prediction: str, process, x: torch.Tensor, lab
               labels: torch.Tensor | None, request: LikelihoodRequest, pixels: int, progress: bool) -> BoundResult:
     start = time.perf_counter()
     bound = batched_bound(network, prediction, process, x, labels, request,
-                          Progress(len(x), f"likelihood: bound ({label} label)", progress, unit="img", summary=True))
+                          Progress(len(x), f"likelihood: bound{described(label)}", progress, unit="img", summary=True))
     seconds = time.perf_counter() - start
     mean, se = mean_and_error(bits_per_dim(bound.total, pixels))
     part = lambda t: bits_per_dim(t.double().mean().item(), pixels)  # noqa: E731
@@ -229,7 +233,7 @@ def ode_row(network: nn.Module, prediction: str, process, x: torch.Tensor, label
 
     start = time.perf_counter()
     results = in_batches(nll, x, labels, request.batch,
-                         Progress(len(x), f"likelihood: ODE ({label} label)", progress, unit="img", summary=True))
+                         Progress(len(x), f"likelihood: ODE{described(label)}", progress, unit="img", summary=True))
     seconds = time.perf_counter() - start
     nats = torch.cat([r.nll for r in results]) + dims * dequantization_nats()
     mean, se = mean_and_error(bits_per_dim(nats, pixels))
