@@ -46,7 +46,7 @@ class Bound(NamedTuple):
     decoder: torch.Tensor  # (B,)
     terms: torch.Tensor  # (B, K) each stratum's contribution, nats (the sum is ``diffusion``)
     levels: torch.Tensor  # (B, K) float: the timestep t (DDPM) or the log-SNR lambda drawn in each stratum
-    centers: torch.Tensor  # (K,) each stratum's middle (t or lambda), float64 on the CPU
+    centers: torch.Tensor  # (K,) each stratum's middle, float64 on the CPU: lambda, or the paper's t of L_{t-1}
     widths: torch.Tensor  # (K,) its size: timesteps in the run, or the width in lambda
     edge_decoders: torch.Tensor | None = None  # (B, K + 1) a continuous bound's decoder at each stratum edge
 
@@ -140,7 +140,7 @@ def ddpm_vlb(denoiser: Denoiser, process, x0: torch.Tensor, strata: int, generat
         on_call(b)
     terms_, levels_ = torch.stack(terms, 1), torch.stack(levels, 1)  # (B, K) each
     runs = torch.tensor(timestep_runs(process, strata), dtype=torch.float64)  # (K, 2)
-    return Bound(prior, terms_.sum(1), decoder, terms_, levels_, runs.mean(1), runs[:, 1] - runs[:, 0] + 1)
+    return Bound(prior, terms_.sum(1), decoder, terms_, levels_, runs.mean(1) + 1, runs[:, 1] - runs[:, 0] + 1)
 
 
 def ddpm_step_kl(denoiser: Denoiser, process, x0: torch.Tensor, t: torch.Tensor,

@@ -25,7 +25,7 @@ def render(models: list[tuple[str, LikelihoodScores]], path: Path) -> Path:
         ax.set_yscale("log")
         if scores.curve_axis == "t":
             ax.set_xscale("log")
-            ax.set_xlabel("timestep t")
+            ax.set_xlabel("t of the term L_{t-1} (Ho et al.'s numbering)")
             ax.set_ylabel("bits per pixel per step")
         else:
             ax.set_xlabel("log-SNR lambda")
