@@ -261,3 +261,17 @@ def test_an_edit_input_that_is_not_an_image_is_exit_2(tmp_path, cli):
     (tmp_path / "notes.png").write_text("hello")
     result = cli("edit", "invert", "pretrained:ddpm", "--input", tmp_path / "notes.png", "--out", tmp_path / "x")
     assert result.returncode == 2 and "neither a PNG" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_evaluate_likelihood_prints_and_writes_bits_per_pixel(cfg_run, capsys):
+    assert main(["evaluate", str(cfg_run), "--n", "20", "--likelihood", "--likelihood-images", "4", "--strata", "4",
+                 "--ode-tolerance", "1e-2", "--probes", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    bits = json.loads((cfg_run / "metrics.json").read_text())["bits_per_dim"]
+    assert [(r["method"], r["label"]) for r in bits["rows"]] == [("vlb-continuous", "true")] * 2 + \
+        [("ode", "true")] + [("vlb-continuous", "null")] * 2 + [("ode", "null")]
+    assert all(r["images"] == 4 for r in bits["rows"]) and bits["rows"][0]["evaluations"] == 5
+    for r in bits["rows"]:
+        assert f"{r['bits_per_dim']:.4f} +- {r['standard_error']:.4f} (4 images" in out
+    assert "bits/dim ode, null label:" in out and "decoder at log-SNR 20 (the process's end)" in out

@@ -40,6 +40,21 @@ def test_a_discretized_logistic_puts_mass_one_on_the_256_levels_as_float64_formu
                 assert nll[k].item() == pytest.approx(-math.log(hi - lo), rel=1e-6, abs=1e-6)
 
 
+def test_the_logistic_decoder_scores_each_pixel_as_the_float64_formula_says():
+    model = VAE(apply_overrides(preset("vae", "smoke"), {"model.decoder": "logistic"}).model)
+    logits = torch.zeros(1, 2, 28, 28)
+    logits[0, 0, 0, :3] = torch.tensor([0.0, 2.0, -1.0])  # locations sigmoid(.) = 0.5, 0.881, 0.269
+    logits[0, 1, 0, :3] = torch.tensor([-3.0, -5.0, -9.0])  # log-scales (the last below the floor of -7)
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 0, :3] = torch.tensor([128, 224, 0]) / 255
+    got = model.pixel_nll(logits, x)[0, 0, 0, :3].tolist()
+    for k, (level, loc_logit, log_scale) in enumerate(((128, 0.0, -3.0), (224, 2.0, -5.0), (0, -1.0, -7.0))):
+        mean, s, half = sigmoid(loc_logit), math.exp(log_scale), 0.5 / 255
+        lo = 0.0 if level == 0 else sigmoid((level / 255 - half - mean) / s)
+        hi = 1.0 if level == 255 else sigmoid((level / 255 + half - mean) / s)
+        assert got[k] == pytest.approx(-math.log(hi - lo), rel=1e-4)
+
+
 def test_the_logistic_vae_scores_grey_levels_and_fills_in_with_its_own_likelihood(mnist_dir, tmp_path):
     config = apply_overrides(preset("vae", "smoke"), {"model.decoder": "logistic", "train.epochs": 1})
     trainer = build_trainer(config, tmp_path / "vae-grey", data_dir=mnist_dir, preview=False)
@@ -97,6 +112,7 @@ def test_each_model_reports_its_estimates_on_one_scale(shipped_scores):
         [("vlb-continuous", "null")] * 2 + [("ode", "null")]
     assert cfg.rows[0].decoder_at == 20 and cfg.rows[1].chosen_on == 200 and cfg.rows[1].decoder_at < 20
     assert cfg.rows[1].bits_per_dim < cfg.rows[0].bits_per_dim  # the best edge on held-out images is lower here
+    assert all(a.bits_per_dim != b.bits_per_dim for a, b in zip(cfg.rows[:3], cfg.rows[3:]))  # the null label is used
     for r in ddpm.rows[:1] + cfg.rows[:1]:  # the parts add up to the bound
         assert r.prior + r.steps + r.decoder == pytest.approx(r.bits_per_dim, rel=1e-6)
     assert ddpm.rows[1].bits_per_dim < ddpm.rows[0].bits_per_dim  # the ODE below the bound, as for this model
