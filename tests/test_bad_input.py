@@ -223,9 +223,11 @@ ROWS = [
     ("evaluate {root}/ddpm --strata 5", "--strata need --likelihood"),
     ("evaluate {root}/ddpm --likelihood --strata 1000", "--strata must be a whole number in [1, 999]"),
     ("evaluate {root}/cfg --likelihood --strata 20000", "--strata must be a whole number in [1, 10000]"),
-    ("evaluate {root}/vae --likelihood --ode-tolerance 2", "--ode-tolerance must be in [1e-07, 0.1]"),
+    ("evaluate {root}/vae --likelihood --ode-tolerance 2", "--ode-tolerance must be in [1e-06, 0.1]"),
     ("evaluate {root}/ddpm --likelihood --ode-tolerance nan", "--ode-tolerance must be in"),
     ("evaluate {root}/ddpm --likelihood --likelihood-images 20000", "--likelihood-images must be a whole number in"),
+    ("evaluate {root}/ddpm --likelihood --likelihood-images 65", "--likelihood-images must be a whole number in [1, 64] "
+                                                               "(the run's test images)"),
     ("evaluate {root}/cfg --likelihood --probes 101", "--probes must be a whole number in [1, 100]"),
     ("evaluate {root}/cfg --probes 0", "--probes"),
     # figures

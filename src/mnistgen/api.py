@@ -82,8 +82,8 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
              grid: str | None = None, guidance: float | None = None, guidance_sweep: Sequence[float] | None = None,
              sweep_samples: int | None = None, iwae_k: int = 500, n_images: int = 10_000,
              classifier: str | os.PathLike | None = None, edits: int | None = None, edit_pairs: int = 100,
-             inversion_steps: int = 100, likelihood: int | None = None, strata: int = 100,
-             ode_tolerance: float = 1e-4, probes: int = 1, device: str | torch.device = "auto",
+             inversion_steps: int = 100, likelihood: int | bool | None = None, strata: int | None = None,
+             ode_tolerance: float | None = None, probes: int | None = None, device: str | torch.device = "auto",
              data_dir: str | os.PathLike | None = None, progress: bool = True) -> RunMetrics:
     """Evaluate a run (or a pretrained model, into ``out``) and write the results as its
     metrics.json: MNIST-FD (with its bootstrap std and FD_inf), KID, precision / recall / density /
@@ -92,12 +92,18 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
     ``edits``: also the scores of the model's edits of that many test digits (lower half hidden), of
     ``edit_pairs`` interpolations and of DDIM round trips on ``inversion_steps`` levels
     (:class:`~mnistgen.evaluation.edits.EditScores`). With ``likelihood``: also bits per MNIST pixel
-    of that many test images, the variational bounds estimated on ``strata`` levels per image and the
+    of that many test images (True: 1,000, or all of a run's if fewer), the variational bounds estimated on ``strata`` levels per image (default
+    100, or every level of a shorter DDPM) and the
     probability-flow ODE solved to ``ode_tolerance`` with ``probes`` Hutchinson probes
     (:class:`~mnistgen.evaluation.likelihood.LikelihoodScores`)."""
     edit_request = EditRequest(edits, edit_pairs, inversion_steps, seed) if edits is not None else None
-    like = (LikelihoodRequest(likelihood, strata, ode_tolerance, probes, iwae_k, seed)
-            if likelihood is not None else None)
+    given = {k: v for k, v in (("strata", strata), ("ode_tolerance", ode_tolerance), ("probes", probes)) if v is not None}
+    if given and likelihood is None:
+        raise UserError(f"{', '.join(given)} need likelihood (a number of test images)")
+    fields = {"strata": "strata", "ode_tolerance": "tolerance", "probes": "probes"}  # API name -> request field
+    images = None if likelihood is True else likelihood
+    like = LikelihoodRequest(images, iwae_k=iwae_k, seed=seed, **{fields[k]: v for k, v in given.items()}) \
+        if likelihood not in (None, False) else None
     request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance, grid), iwae_k, n_images,
                                 tuple(guidance_sweep) if guidance_sweep is not None else None, sweep_samples,
                                 Path(classifier) if classifier is not None else None, progress, edit_request, like)

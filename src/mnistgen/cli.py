@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the probability-flow ODE; CFG: the continuous-time bound and the ODE, with the true and "
                         "with the null label; VAE: the IWAE bound (--iwae-k) under its decoder")
     p.add_argument("--likelihood-images", type=_positive_int, default=None,
-                   help="test images (with --likelihood; default 1000)")
+                   help="test images (with --likelihood; default 1000, or all of a run's if fewer)")
     p.add_argument("--strata", type=_positive_int, default=None,
                    help="levels per image of a variational bound's estimate (with --likelihood; default 100)")
     p.add_argument("--ode-tolerance", type=float, default=None,
@@ -451,7 +451,7 @@ def _evaluate(args) -> int:
                               ("ode_tolerance", args.ode_tolerance), ("probes", args.probes)) if v is not None}
     if like and not args.likelihood:
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in like)} need --likelihood")
-    like_options = dict(likelihood=like.pop("likelihood_images", 1000), **like) if args.likelihood else {}
+    like_options = dict(likelihood=like.pop("likelihood_images", True), **like) if args.likelihood else {}
     metrics = api.evaluate(args.run, out=args.out, n=args.n, seed=args.seed, sampler=args.sampler,
                            steps=args.steps, eta=args.eta, grid=args.grid, guidance=args.guidance, guidance_sweep=sweep,
                            sweep_samples=args.sweep_samples, iwae_k=args.iwae_k, n_images=args.n_images,

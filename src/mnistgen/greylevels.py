@@ -33,14 +33,18 @@ def dequantization_nats(low: float = -1.0, high: float = 1.0) -> float:
 def log_mass(log_cdf: Callable[[torch.Tensor], torch.Tensor], low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """log(F(high) - F(low)) for low < high and a CDF symmetric about 0 (F(-a) = 1 - F(a)), given as
     its log: accurate in float32 in either tail, computed on the side of 0 where F(low) and F(high)
-    are not both near 1 (F(high) - F(low) = F(-low) - F(-high))."""
+    are not both near 1 (F(high) - F(low) = F(-low) - F(-high)). A difference that rounds to 0 gives
+    a very negative value, not -inf (:func:`discretized_pixel_nll` replaces it for narrow bins)."""
     flip = (low + high) > 0
     low, high = torch.where(flip, -high, low), torch.where(flip, -low, high)  # now low + high <= 0
     log_high, log_low = log_cdf(high), log_cdf(low)
-    return log_high + torch.log(-torch.expm1(log_low - log_high))
+    return log_high + torch.log((-torch.expm1(log_low - log_high)).clamp(min=1e-30))
 
 
 CDFS = {"gaussian": torch.special.log_ndtr, "logistic": F.logsigmoid}
+LOG_PDFS = {"gaussian": lambda z: -0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi),
+            "logistic": lambda z: F.logsigmoid(z) + F.logsigmoid(-z)}
+NARROW = 1e-3  # a bin narrower than this many scales: its mass is the density at its middle times its width
 
 
 def discretized_pixel_nll(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, cdf: str = "gaussian",
@@ -50,7 +54,11 @@ def discretized_pixel_nll(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tens
     w = bin_width(low, high)
     below = torch.where(x <= low + w / 2, torch.full_like(x, -math.inf), (x - w / 2 - mean) / scale)
     above = torch.where(x >= high - w / 2, torch.full_like(x, math.inf), (x + w / 2 - mean) / scale)
-    return -log_mass(CDFS[cdf], below, above)
+    edge = (x <= low + w / 2) | (x >= high - w / 2)
+    width = torch.where(edge, math.inf, w / scale)  # in scales, not above - below (which cancels)
+    # a bin far narrower than the scale: F(high) - F(low) would cancel in float32, the midpoint rule does not
+    narrow = LOG_PDFS[cdf]((x - mean) / scale) + torch.log(width.clamp(max=1.0))
+    return -torch.where(width < NARROW, narrow, log_mass(CDFS[cdf], below, above))
 
 
 def discretized_nll(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, cdf: str = "gaussian",

@@ -43,16 +43,19 @@ def test_a_discretized_logistic_puts_mass_one_on_the_256_levels_as_float64_formu
 def test_the_logistic_decoder_scores_each_pixel_as_the_float64_formula_says():
     model = VAE(apply_overrides(preset("vae", "smoke"), {"model.decoder": "logistic"}).model)
     logits = torch.zeros(1, 2, 28, 28)
-    logits[0, 0, 0, :3] = torch.tensor([0.0, 2.0, -1.0])  # locations sigmoid(.) = 0.5, 0.881, 0.269
-    logits[0, 1, 0, :3] = torch.tensor([-3.0, -5.0, -9.0])  # log-scales (the last below the floor of -7)
+    logits[0, 0, 0, :4] = torch.tensor([0.5, 0.88, 0.27, -0.02])  # locations, unbounded
+    logits[0, 1, 0, :4] = torch.tensor([-3.0, -5.0, -9.0, -6.0])  # log-scales (the third below the floor)
     x = torch.zeros(1, 1, 28, 28)
-    x[0, 0, 0, :3] = torch.tensor([128, 224, 0]) / 255
-    got = model.pixel_nll(logits, x)[0, 0, 0, :3].tolist()
-    for k, (level, loc_logit, log_scale) in enumerate(((128, 0.0, -3.0), (224, 2.0, -5.0), (0, -1.0, -7.0))):
-        mean, s, half = sigmoid(loc_logit), math.exp(log_scale), 0.5 / 255
+    x[0, 0, 0, :4] = torch.tensor([128, 224, 0, 0]) / 255
+    got = model.pixel_nll(logits, x)[0, 0, 0, :4].tolist()
+    floor = math.log(1 / (8 * 255))
+    cases = ((128, 0.5, -3.0), (224, 0.88, -5.0), (0, 0.27, floor), (0, -0.02, -6.0))
+    for k, (level, mean, log_scale) in enumerate(cases):
+        s, half = math.exp(log_scale), 0.5 / 255
         lo = 0.0 if level == 0 else sigmoid((level / 255 - half - mean) / s)
         hi = 1.0 if level == 255 else sigmoid((level / 255 + half - mean) / s)
         assert got[k] == pytest.approx(-math.log(hi - lo), rel=1e-4)
+    assert got[3] < 0.01  # a location below 0 gives the black level nearly all the mass
 
 
 def test_the_logistic_vae_scores_grey_levels_and_fills_in_with_its_own_likelihood(mnist_dir, tmp_path):

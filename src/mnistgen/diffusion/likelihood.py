@@ -45,16 +45,19 @@ class Bound(NamedTuple):
     diffusion: torch.Tensor  # (B,) the estimate of the sum (integral) over the steps
     decoder: torch.Tensor  # (B,)
     terms: torch.Tensor  # (B, K) each stratum's contribution, nats (the sum is ``diffusion``)
-    levels: torch.Tensor  # (B, K) float: the timestep t (DDPM) or the log-SNR lambda drawn in each stratum
+    levels: torch.Tensor  # (B, K) float: the log-SNR, or the timestep t (this module's, from 0) drawn in each stratum
     centers: torch.Tensor  # (K,) each stratum's middle, float64 on the CPU: lambda, or the paper's t of L_{t-1}
     widths: torch.Tensor  # (K,) its size: timesteps in the run, or the width in lambda
     edge_decoders: torch.Tensor | None = None  # (B, K + 1) a continuous bound's decoder at each stratum edge
+    calls: int = 0  # network evaluations per image
 
     def truncated(self) -> torch.Tensor:
         """(B, K + 1): the continuous bound with its decoder at each stratum edge instead of lambda_max,
         prior + the strata below the edge + the decoder there; the last column is :attr:`total`. Each
         is a bound on -log P(x) of the model whose chain stops at that edge (Kingma et al. 2021 learn
         where it stops)."""
+        if self.edge_decoders is None:
+            raise ValueError("only a continuous bound has a decoder at each stratum edge")
         below = torch.cat([torch.zeros_like(self.terms[:, :1]), self.terms.cumsum(1)], 1)  # (B, K + 1)
         return self.prior[:, None] + below + self.edge_decoders
 
@@ -140,7 +143,8 @@ def ddpm_vlb(denoiser: Denoiser, process, x0: torch.Tensor, strata: int, generat
         on_call(b)
     terms_, levels_ = torch.stack(terms, 1), torch.stack(levels, 1)  # (B, K) each
     runs = torch.tensor(timestep_runs(process, strata), dtype=torch.float64)  # (K, 2)
-    return Bound(prior, terms_.sum(1), decoder, terms_, levels_, runs.mean(1) + 1, runs[:, 1] - runs[:, 0] + 1)
+    return Bound(prior, terms_.sum(1), decoder, terms_, levels_, runs.mean(1) + 1, runs[:, 1] - runs[:, 0] + 1,
+                 calls=strata + 1)
 
 
 def ddpm_step_kl(denoiser: Denoiser, process, x0: torch.Tensor, t: torch.Tensor,
@@ -177,6 +181,8 @@ def continuous_vlb(denoiser: Denoiser, process, x: torch.Tensor, strata: int,
     integrand 1/2 ||eps - eps-hat||^2 times the part's width), and -log p(x | z_max), the discretized
     Gaussian around z_max / alpha with scale sigma / alpha (``discrete``; else that Gaussian's density).
     The decoder is also evaluated at every stratum edge, for :meth:`Bound.truncated`."""
+    if strata < 1:
+        raise ValueError(f"strata must be at least 1, got {strata}")
     low, high = process.log_snr_range()
     b, device = x.shape[0], x.device
     ends = torch.tensor([low, high], device=device)
@@ -197,7 +203,7 @@ def continuous_vlb(denoiser: Denoiser, process, x: torch.Tensor, strata: int,
     decoders = torch.stack([decoder_at(x, noise, lam, discrete) for lam in edges.float().to(device)], 1)  # (B, K + 1)
     terms_, levels_ = torch.stack(terms, 1), torch.stack(levels, 1)  # (B, K)
     return Bound(prior, terms_.sum(1), decoders[:, -1], terms_, levels_, (edges[1:] + edges[:-1]) / 2, edges.diff(),
-                 decoders)
+                 decoders, strata)
 
 
 def decoder_at(x: torch.Tensor, noise: torch.Tensor, lam: torch.Tensor, discrete: bool) -> torch.Tensor:
@@ -291,14 +297,17 @@ State = tuple[torch.Tensor, torch.Tensor]  # (x (B, C, H, W), a per-image quanti
 
 
 def bogacki_shampine(rate: Callable[[torch.Tensor, State], State], state: State, start: float, end: float,
-                     tolerance: float, first_step: float = 0.05) -> tuple[State, int]:
+                     tolerance: float, first_step: float = 0.05, most_calls: int = 20_000) -> tuple[State, int]:
     """Integrate d(state)/dlambda = rate(lambda, state) from ``start`` to ``end`` by the Bogacki-Shampine
     3(2) pair (1989; MATLAB's ode23) with adaptive steps: the step is accepted when the RMS of the
     embedded error, each entry scaled by tolerance (1 + |value|), is at most 1 for each part
     of the state (x alone would drown out the log-density's few entries), and the
     next step is h (0.9 / error)^(1/3), within 0.2 h .. 5 h. The last stage is the next step's first
-    (three evaluations per step). ``first_step`` is a fraction of the range. Returns the state at
-    ``end`` and the number of evaluations. lambda is a float32 scalar tensor on the state's device."""
+    (three evaluations per step). ``first_step`` is a fraction of the range. The error is an RMS
+    over the whole batch: one image's error can hide among the others' (the tolerance bounds the
+    batch's, not each image's). Returns the state at ``end`` and the number of evaluations; a
+    non-finite state or more than ``most_calls`` evaluations raise. lambda is a float32 scalar
+    tensor on the state's device."""
     device = state[0].device
     at = lambda value: torch.tensor(value, dtype=torch.float32, device=device)  # noqa: E731
     lam, h = start, (end - start) * first_step
@@ -313,6 +322,12 @@ def bogacki_shampine(rate: Callable[[torch.Tensor, State], State], state: State,
         error = [h * (-5 / 72 * a + 1 / 12 * b + 1 / 9 * c - 1 / 8 * d) for a, b, c, d in zip(k1, k2, k3, k4)]
         scale = [tolerance * (1 + torch.maximum(old.abs(), now.abs())) for old, now in zip(state, new)]
         norm = max((e / s).pow(2).mean().sqrt().item() for e, s in zip(error, scale))
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"the ODE's state is not finite at log-SNR {lam:.3g}: the network returned "
+                                     f"inf or nan")
+        if calls > most_calls:
+            raise RuntimeError(f"the ODE solver passed {most_calls} evaluations at log-SNR {lam:.3g} without "
+                               f"reaching {end:g}; loosen the tolerance ({tolerance:g})")
         if norm <= 1:
             lam, state, k1 = lam + h, new, k4
         h = h * min(5.0, max(0.2, 0.9 * max(norm, 1e-10) ** (-1 / 3)))

@@ -56,6 +56,10 @@ def iwae_nll_mean(model: VAE, x: torch.Tensor, k: int, generator: torch.Generato
 
 
 # -- bits per dimension of every model, on one scale ------------------------------------------------
+DEFAULT_IMAGES = 1000
+DEFAULT_STRATA = 100
+
+
 @dataclass(frozen=True)
 class LikelihoodRequest:
     """What ``evaluate --likelihood`` measures: bits per dimension of the first ``images`` test images.
@@ -63,8 +67,8 @@ class LikelihoodRequest:
     probability-flow ODE's solver tolerance and Hutchinson's probes; ``iwae_k``: the VAE's importance
     samples; ``batch``: images at once."""
 
-    images: int = 1000
-    strata: int = 100
+    images: int | None = None  # None: :data:`DEFAULT_IMAGES`, or all the run's test images if fewer
+    strata: int | None = None  # None: :data:`DEFAULT_STRATA`, or all a short process has
     tolerance: float = 1e-4
     probes: int = 1
     iwae_k: int = 1000
@@ -181,7 +185,7 @@ def batched_bound(network: nn.Module, prediction: str, process, x: torch.Tensor,
     join = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(b, name) for b in parts])  # noqa: E731
     first = parts[0]
     return Bound(join("prior"), join("diffusion"), join("decoder"), join("terms"), join("levels"), first.centers,
-                 first.widths, join("edge_decoders"))
+                 first.widths, join("edge_decoders"), first.calls)
 
 
 def bound_row(network: nn.Module, prediction: str, process, x: torch.Tensor, label: str,
@@ -194,7 +198,7 @@ def bound_row(network: nn.Module, prediction: str, process, x: torch.Tensor, lab
     part = lambda t: bits_per_dim(t.double().mean().item(), pixels)  # noqa: E731
     end = process.log_snr_range()[1] if bound.edge_decoders is not None else None
     row = BitsPerDim(process.bound_method, label, "8-bit grey levels", mean, se, len(x), round(seconds, 1),
-                     part(bound.prior), part(bound.diffusion), part(bound.decoder), request.strata + 1, end)
+                     part(bound.prior), part(bound.diffusion), part(bound.decoder), bound.calls, end)
     terms = bound.terms.double().mean(0).cpu()  # (K,) nats
     curve = tuple((c.item(), bits_per_dim((t / w).item(), pixels))
                   for c, t, w in zip(bound.centers, terms, bound.widths))

@@ -294,10 +294,14 @@ class ModelKind:
         """The most levels per image a variational bound's estimate may draw (None: it draws none)."""
         return None
 
-    def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData, held: TensorData,
-                   progress: bool = True) -> LikelihoodScores:
+    def likelihood_held_out(self, config: RunConfig, data_dir, device: torch.device, n: int) -> TensorData | None:
+        """Training images on which :meth:`likelihood` may choose a setting (None: it chooses none)."""
+        return None
+
+    def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData,
+                   held: TensorData | None, progress: bool = True) -> LikelihoodScores:
         """Bits per MNIST pixel of ``test`` (this kind's scale and size) by every estimate this kind has;
-        ``held``: training images on which a setting may be chosen."""
+        ``held``: :meth:`likelihood_held_out`'s images."""
         raise UserError(f"the {self.name} model has no likelihood of images")
 
     def export(self, trained: TrainedModel) -> list[Path]:
@@ -393,8 +397,13 @@ class DiffusionKind(ModelKind):
         """(name, labels for the network or None) of each likelihood to measure: unconditional here."""
         return [("none", None)]
 
-    def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData, held: TensorData,
-                   progress: bool = True) -> LikelihoodScores:
+    def likelihood_held_out(self, config: RunConfig, data_dir, device: torch.device, n: int) -> TensorData:
+        """The first ``n`` training images: a continuous bound chooses its decoder's level on them."""
+        train = self.load_data(config, "train", data_dir, device)
+        return TensorData(train.x[:n], train.y[:n])
+
+    def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData,
+                   held: TensorData | None, progress: bool = True) -> LikelihoodScores:
         """The process's variational bound and the probability-flow ODE, per condition
         (:meth:`likelihood_conditions`), in bits per MNIST pixel (a padded model's border included); a
         continuous bound also with its decoder where it is best on ``held``."""

@@ -109,8 +109,8 @@ class VAEKind(ModelKind):
     def check_likelihood(self, config: RunConfig) -> None:
         """The IWAE bound applies to either decoder (the Bernoulli one on binarized images)."""
 
-    def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData, held: TensorData,
-                   progress: bool = True) -> LikelihoodScores:
+    def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData,
+                   held: TensorData | None, progress: bool = True) -> LikelihoodScores:
         """The IWAE bound in bits per pixel: of the grey levels under the discretized-logistic decoder;
         under the Bernoulli decoder, of the test images dynamically binarized (seeded), a different
         protocol whose numbers do not compare with grey-level ones."""

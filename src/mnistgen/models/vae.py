@@ -75,14 +75,14 @@ class VAEOutput(NamedTuple):
     z: torch.Tensor  # (B, latent)
 
 
-MIN_LOG_SCALE = -7.0  # the logistic decoder's scale is at least e^-7, 1/8 of a grey level (PixelCNN++'s floor)
+MIN_LOG_SCALE = math.log(1 / (8 * 255))  # the logistic decoder's scale: at least 1/8 of a grey level's bin on [0, 1]
 
 
 class VAE(nn.Module):
     """Encoder 784-400(ReLU)-{mu, logvar}; decoder latent-400(ReLU)-784 Bernoulli logits, or (the
-    ``logistic`` decoder) 2 x 784: each pixel's logistic location (through a sigmoid, in [0, 1]) and
-    log-scale, integrated over the 256 grey levels' bins (Salimans et al. 2017, eq. 2; one
-    component)."""
+    ``logistic`` decoder) 2 x 784: each pixel's logistic location (unbounded, so that the first and
+    last levels, whose bins reach -inf and +inf, can take almost all the mass) and log-scale,
+    integrated over the 256 grey levels' bins on [0, 1] (Salimans et al. 2017, eq. 2; one component)."""
 
     def __init__(self, config: VAEConfig = VAEConfig(), image_size: int = 28):
         super().__init__()
@@ -105,15 +105,17 @@ class VAE(nn.Module):
         return self.decoder(z).view(-1, self.channels, self.image_size, self.image_size)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean image in [0, 1], (B, 1, 28, 28): the Bernoulli means, or the logistics' locations."""
-        return torch.sigmoid(self.decode_logits(z)[:, :1])
+        """The decoder's image in [0, 1], (B, 1, 28, 28): the Bernoulli means, or the logistics' locations
+        clipped to [0, 1]."""
+        out = self.decode_logits(z)
+        return torch.sigmoid(out) if self.channels == 1 else out[:, :1].clamp(0, 1)
 
     def pixel_nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x | z) per pixel (B, 1, 28, 28) from :meth:`decode_logits`' output: Bernoulli with grey
         levels as probabilities, or the discretized logistic of the grey levels in [0, 1]."""
         if self.channels == 1:
             return F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        location, log_scale = torch.sigmoid(logits[:, :1]), logits[:, 1:].clamp(min=MIN_LOG_SCALE)
+        location, log_scale = logits[:, :1], logits[:, 1:].clamp(min=MIN_LOG_SCALE)
         return discretized_pixel_nll(x, location, log_scale.exp(), "logistic", 0.0, 1.0)
 
     def log_likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
