@@ -273,12 +273,13 @@ def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
 LIKELIHOOD_TEXT = """<p>The metrics table gives each model's -log<sub>2</sub> P(x) per MNIST pixel (784 per digit) on 8-bit
 test digits, with its standard error over the images. The DDPM's variational bound is Ho et al.'s eq. 5 term by
 term; the CFG model's is the continuous-time bound of Kingma et al. 2021, with its decoder at the process's end
-(log-SNR 20) and at the level where it is lowest on 200 training images; the probability-flow ODE gives a
-density of dequantized digits, turned into a bound on the grey levels by the bin width. The diffusion models
-describe 32x32 padded digits: their numbers include the border's cost, so each bounds the 28x28 digit's
-from above. The VAE with a discretized-logistic decoder scores the same grey levels; the shipped VAE's
-Bernoulli decoder only binarized ones, a different protocol. Published results on dequantized MNIST
-(FFJORD's Table 2): RealNVP 1.06, Glow 1.05, FFJORD 0.99 bits per pixel.</p>"""
+(its largest log-SNR) and at the level where it is lowest on 200 training images; the probability-flow ODE gives
+a density of dequantized digits, turned into a bound on the grey levels by adding log(255 / 2) nats per
+dimension. A diffusion model of digits padded to 32x32 describes the border too: its numbers include the
+border's cost, and so bound the 28x28 digit's from above. The VAE with a discretized-logistic decoder
+(vae-grey) scores the same grey levels; the Bernoulli decoder of the study's VAE describes only binarized
+digits, a different protocol. Published results on dequantized MNIST (FFJORD's Table 2): RealNVP 1.06,
+Glow 1.05, FFJORD 0.99 bits per pixel.</p>"""
 
 
 def write_report(out: Path, preset_name: str, device: torch.device) -> Path:
