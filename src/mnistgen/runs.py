@@ -23,12 +23,12 @@ from mnistgen.data.mnist import load as load_data
 from mnistgen.errors import Interrupted, UserError
 from mnistgen.evaluation.edits import EditRequest, EditScores
 from mnistgen.evaluation.fd import load_classifier
+from mnistgen.evaluation.likelihood import LikelihoodRequest, LikelihoodScores
 from mnistgen.evaluation.metrics import reference_set
 from mnistgen.evaluation.results import RunMetrics, read_metrics
 from mnistgen.files import check_writable_dir
 from mnistgen.kinds import EvaluationRequest, TrainedModel
 from mnistgen.kinds.edits import check_edit_request, score_edits
-from mnistgen.evaluation.likelihood import LikelihoodRequest, LikelihoodScores
 from mnistgen.kinds.likelihood import check_likelihood_request, score_likelihood
 from mnistgen.provenance import source_version
 from mnistgen.training import device as policy

@@ -17,7 +17,7 @@ import html
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,8 +63,14 @@ SETTINGS = {
 }
 EDITS = "edits"  # DIR/edits/: the editing figures, every model side by side
 LIKELIHOOD = "likelihood"  # DIR/likelihood/: where the diffusion models' bounds spend their bits
-GREY_VAE = "vae-grey"  # DIR/vae-grey/: the VAE with the discretized-logistic decoder, for bits per pixel
-GREY_VAE_KIND = "vae"
+GREY = "-grey"  # DIR/<kind>-grey/: a kind's grey-level variant (the VAE's discretized-logistic decoder)
+
+
+def grey_runs(preset_name: str) -> list[tuple[str, str]]:
+    """(folder, kind) of each kind whose study run does not score grey levels and has a variant that does
+    (:meth:`~mnistgen.kinds.base.ModelKind.grey_level_variant`)."""
+    return [(kind + GREY, kind) for kind in MODELS
+            if kinds.get(kind).grey_level_variant(preset(kind, preset_name)) is not None]
 TERMS_FIGURE = "bound_terms.png"
 
 CAPTIONS = {name: caption for kind in MODELS for name, caption in kinds.get(kind).captions.items()}
@@ -97,8 +103,9 @@ def _finished(run: RunDir, epochs: int) -> bool:
 
 def check_study(preset_name: str, out: Path) -> None:
     """Refuse a study directory that cannot be continued with this preset, before any work."""
-    refuse_links(out, (*MODELS, GREY_VAE, EDITS, LIKELIHOOD))  # a linked folder would send every write there
-    for name in (*MODELS, GREY_VAE):  # a study directory holds one preset: refused before any work
+    grey = [name for name, _ in grey_runs(preset_name)]
+    refuse_links(out, (*MODELS, *grey, EDITS, LIKELIHOOD))  # a linked folder would send every write there
+    for name in (*MODELS, *grey):  # a study directory holds one preset: refused before any work
         run = RunDir(out / name)
         if run.config.is_file() and (found := run.read_config().preset) != preset_name:
             raise UserError(f"{out} holds a {found!r} study; continue it with --preset {found} or choose another --out")
@@ -110,7 +117,7 @@ def study_model(kind: str, preset_name: str, out: Path, data_dir: str | os.PathL
                 show_progress: bool = True, log=print, name: str | None = None, figures: bool = True) -> None:
     """One model's part of the study: train it (or resume, or skip a finished run), evaluate it
     unless its metrics are current, draw its figures. The parts of different models are independent.
-    ``name``: the run's folder (default the kind); the grey-level VAE is the VAE with its decoder changed."""
+    ``name``: the run's folder (default the kind; see :func:`grey_runs`)."""
     name = name or kind
     settings = SETTINGS[preset_name]
     run = RunDir(out / name)
@@ -136,9 +143,9 @@ def study_model(kind: str, preset_name: str, out: Path, data_dir: str | os.PathL
 
 
 def study_config(kind: str, preset_name: str, name: str) -> RunConfig:
-    """The preset of ``kind``; for :data:`GREY_VAE`, with the discretized-logistic decoder."""
+    """The preset of ``kind``; for a grey-level run (:func:`grey_runs`), the kind's variant of it."""
     config = preset(kind, preset_name)
-    return replace(config, model=replace(config.model, decoder="logistic")) if name == GREY_VAE else config
+    return kinds.get(kind).grey_level_variant(config) if name.endswith(GREY) else config
 
 
 def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, device: torch.device,
@@ -150,7 +157,8 @@ def run_study(preset_name: str, out: Path, data_dir: str | os.PathLike | None, d
         study_model(kind, preset_name, out, data_dir, device, show_progress, log)
     if tuple(models) != MODELS:
         return None
-    study_model(GREY_VAE_KIND, preset_name, out, data_dir, device, show_progress, log, name=GREY_VAE, figures=False)
+    for name, kind in grey_runs(preset_name):
+        study_model(kind, preset_name, out, data_dir, device, show_progress, log, name=name, figures=False)
     log("[edits] figures")
     draw_edits(out, data_dir, device, SETTINGS[preset_name].edits)
     log("[likelihood] figure")
@@ -252,10 +260,11 @@ def _quality_rows(q: SampleQuality) -> list[tuple[str, str]]:
     return rows
 
 
-def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
+def _metrics_rows(out: Path, preset_name: str) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     titled = [(kind, kinds.get(kind).title) for kind in MODELS]
-    for kind, title in titled + [(GREY_VAE, f"{kinds.get(GREY_VAE_KIND).title} (grey-level decoder)")]:
+    grey = [(name, f"{kinds.get(kind).title} (grey-level decoder)") for name, kind in grey_runs(preset_name)]
+    for kind, title in titled + grey:
         run = RunDir(out / kind)
         if not run.metrics.is_file():
             continue
@@ -303,7 +312,7 @@ def write_report(out: Path, preset_name: str, device: torch.device) -> Path:
                         f'<figure><img src="{LIKELIHOOD}/{TERMS_FIGURE}" alt="{TERMS_FIGURE}">'
                         f"<figcaption>{html.escape(likelihood_figures.CAPTION)}</figcaption></figure>")
     rows = "\n".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
-                     for a, b, c in _metrics_rows(out))
+                     for a, b, c in _metrics_rows(out, preset_name))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mnistgen study ({html.escape(preset_name)})</title>
 <style>

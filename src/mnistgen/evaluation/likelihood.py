@@ -16,9 +16,8 @@ from mnistgen.diffusion.denoiser import Denoiser
 from mnistgen.diffusion.likelihood import Bound, OdeResult, ode_nll
 from mnistgen.files import JsonRecord
 from mnistgen.greylevels import bits_per_dim, dequantization_nats, dequantize
-from mnistgen.progress import Progress
-
 from mnistgen.models.vae import VAE, log_likelihood_normal, log_mean_exp, neg_elbo
+from mnistgen.progress import Progress
 
 
 @torch.no_grad()

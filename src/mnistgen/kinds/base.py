@@ -298,6 +298,11 @@ class ModelKind:
         """Training images on which :meth:`likelihood` may choose a setting (None: it chooses none)."""
         return None
 
+    def grey_level_variant(self, config: RunConfig) -> RunConfig | None:
+        """A config of this kind whose likelihood scores 8-bit grey levels when ``config``'s does not
+        (the study trains it beside the model); None when ``config``'s already does or none can."""
+        return None
+
     def likelihood(self, trained: TrainedModel, request: LikelihoodRequest, test: TensorData,
                    held: TensorData | None, progress: bool = True) -> LikelihoodScores:
         """Bits per MNIST pixel of ``test`` (this kind's scale and size) by every estimate this kind has;

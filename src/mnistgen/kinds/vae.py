@@ -1,4 +1,5 @@
-"""The variational autoencoder (SPEC section 1): Bernoulli decoder, samples from z ~ N(0, I)."""
+"""The variational autoencoder (SPEC section 1): Bernoulli decoder (or, for bits per pixel of grey levels,
+a discretized-logistic one), samples from z ~ N(0, I)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import torch
 from torch import nn
 
 from mnistgen.config import RunConfig
+from mnistgen.data.mnist import TensorData
 from mnistgen.diffusion.editing import RePaintSettings
 from mnistgen.diffusion.samplers import OnStep, SamplerSettings
 from mnistgen.errors import UserError
-from mnistgen.data.mnist import TensorData
 from mnistgen.evaluation.likelihood import (LikelihoodRequest, LikelihoodScores, iwae_nll_mean, neg_elbo_mean,
                                             vae_bits)
 from mnistgen.evaluation.results import Likelihood, RunMetrics
@@ -105,6 +106,12 @@ class VAEKind(ModelKind):
         with long_step(f"ELBO and IWAE-{k} bound, binarized", n, request.progress):
             binarized = neg_elbo_mean(trained.model, binary, g), iwae_nll_mean(trained.model, binary[:n], k, g)
         return replace(metrics, likelihood=Likelihood(*grey, k, n, len(test), *binarized))
+
+    def grey_level_variant(self, config: RunConfig) -> RunConfig | None:
+        """The same VAE with the discretized-logistic decoder, when ``config``'s is the Bernoulli one."""
+        if config.model.decoder == "logistic":
+            return None
+        return replace(config, model=replace(config.model, decoder="logistic"))
 
     def check_likelihood(self, config: RunConfig) -> None:
         """The IWAE bound applies to either decoder (the Bernoulli one on binarized images)."""
