@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="pretrained:vae,pretrained:ddpm,pretrained:cfg",
                         help="comma-separated runs or pretrained:NAME")
-    parser.add_argument("--images", type=int, default=1000, help="test images")
-    parser.add_argument("--strata", type=int, default=100, help="levels per image of a variational bound")
+    parser.add_argument("--images", type=int, default=None, help="test images (default 1000, or all of a run's)")
+    parser.add_argument("--strata", type=int, default=None,
+                        help="levels per image of a variational bound (default 100, or all of a short DDPM's)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="the ODE solver's tolerance")
     parser.add_argument("--probes", type=int, default=1, help="Hutchinson's probes")
     parser.add_argument("--iwae-k", type=int, default=1000, help="the VAE's importance samples")

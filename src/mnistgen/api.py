@@ -98,12 +98,13 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
     (:class:`~mnistgen.evaluation.likelihood.LikelihoodScores`)."""
     edit_request = EditRequest(edits, edit_pairs, inversion_steps, seed) if edits is not None else None
     given = {k: v for k, v in (("strata", strata), ("ode_tolerance", ode_tolerance), ("probes", probes)) if v is not None}
-    if given and likelihood is None:
-        raise UserError(f"{', '.join(given)} need likelihood (a number of test images)")
+    wanted = likelihood is not None and likelihood is not False  # 0 is a count, refused by the range check
+    if given and not wanted:
+        raise UserError(f"{', '.join(given)} need likelihood (a number of test images, or True)")
     fields = {"strata": "strata", "ode_tolerance": "tolerance", "probes": "probes"}  # API name -> request field
     images = None if likelihood is True else likelihood
     like = LikelihoodRequest(images, iwae_k=iwae_k, seed=seed, **{fields[k]: v for k, v in given.items()}) \
-        if likelihood not in (None, False) else None
+        if wanted else None
     request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance, grid), iwae_k, n_images,
                                 tuple(guidance_sweep) if guidance_sweep is not None else None, sweep_samples,
                                 Path(classifier) if classifier is not None else None, progress, edit_request, like)

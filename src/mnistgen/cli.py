@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--likelihood-images", type=_positive_int, default=None,
                    help="test images (with --likelihood; default 1000, or all of a run's if fewer)")
     p.add_argument("--strata", type=_positive_int, default=None,
-                   help="levels per image of a variational bound's estimate (with --likelihood; default 100)")
+                   help="levels per image of a variational bound's estimate (with --likelihood; default 100, or every "
+                        "level of a shorter DDPM)")
     p.add_argument("--ode-tolerance", type=float, default=None,
                    help="the ODE solver's relative and absolute tolerance (with --likelihood; default 1e-4)")
     p.add_argument("--probes", type=_positive_int, default=None,

@@ -173,7 +173,7 @@ class Model:
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Images of codes (N, latent) (the VAE's Bernoulli means): (N, 1, H, W) in [0, 1]."""
+        """Images of codes (N, latent) (the VAE decoder's means): (N, 1, H, W) in [0, 1]."""
         self.kind.latent_size(self.config)
         return self.kind.decode(self.network, codes.to(self.device).float()).cpu()
 

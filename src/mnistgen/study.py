@@ -71,6 +71,8 @@ def grey_runs(preset_name: str) -> list[tuple[str, str]]:
     (:meth:`~mnistgen.kinds.base.ModelKind.grey_level_variant`)."""
     return [(kind + GREY, kind) for kind in MODELS
             if kinds.get(kind).grey_level_variant(preset(kind, preset_name)) is not None]
+
+
 TERMS_FIGURE = "bound_terms.png"
 
 CAPTIONS = {name: caption for kind in MODELS for name, caption in kinds.get(kind).captions.items()}

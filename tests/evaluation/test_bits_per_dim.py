@@ -81,6 +81,29 @@ def test_a_bad_decoder_is_refused_with_the_valid_ones():
         apply_overrides(preset("vae", "smoke"), {"model.decoder": "gaussian"})
 
 
+def test_defaults_fit_the_run_and_explicit_values_are_kept():
+    short = apply_overrides(preset("ddpm", "smoke"), {"process.timesteps": 40, "process.sample_steps": 5,
+                                                      "data.val_limit": 300})
+    filled = check_likelihood_request(kinds.get("ddpm"), short, LikelihoodRequest())
+    assert (filled.images, filled.strata) == (300, 39)  # every test image and every level the run has
+    full = check_likelihood_request(kinds.get("cfg"), preset("cfg", "cpu"), LikelihoodRequest())
+    assert (full.images, full.strata) == (1000, 100)
+    kept = check_likelihood_request(kinds.get("ddpm"), short, LikelihoodRequest(images=7, strata=3))
+    assert (kept.images, kept.strata) == (7, 3)
+    assert check_likelihood_request(kinds.get("vae"), preset("vae", "cpu"), LikelihoodRequest()).strata is None
+
+
+def test_the_api_refuses_likelihood_options_without_likelihood_and_a_count_of_zero(tmp_path):
+    import mnistgen
+
+    with pytest.raises(UserError, match="strata need likelihood"):
+        mnistgen.evaluate("pretrained:ddpm", out=tmp_path / "a", strata=5)
+    with pytest.raises(UserError, match="probes need likelihood"):
+        mnistgen.evaluate("pretrained:ddpm", out=tmp_path / "b", likelihood=False, probes=2)
+    with pytest.raises(UserError, match="--likelihood-images must be a whole number in"):
+        mnistgen.evaluate("pretrained:ddpm", out=tmp_path / "c", likelihood=0)
+
+
 def test_a_classifier_has_no_likelihood():
     with pytest.raises(UserError, match="no likelihood of images"):
         check_likelihood_request(kinds.get("classifier"), preset("classifier", "smoke"), LikelihoodRequest())

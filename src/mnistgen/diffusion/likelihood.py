@@ -32,6 +32,7 @@ from torch import nn
 
 from mnistgen.diffusion.broadcast import per_example
 from mnistgen.diffusion.denoiser import Denoiser
+from mnistgen.errors import UserError
 from mnistgen.greylevels import discretized_nll
 
 OnCall = Callable[[int], None]  # told the batch size after each network evaluation (a progress bar's update)
@@ -297,7 +298,7 @@ State = tuple[torch.Tensor, torch.Tensor]  # (x (B, C, H, W), a per-image quanti
 
 
 def bogacki_shampine(rate: Callable[[torch.Tensor, State], State], state: State, start: float, end: float,
-                     tolerance: float, first_step: float = 0.05, most_calls: int = 20_000) -> tuple[State, int]:
+                     tolerance: float, first_step: float = 0.05, most_calls: int = 5_000) -> tuple[State, int]:
     """Integrate d(state)/dlambda = rate(lambda, state) from ``start`` to ``end`` by the Bogacki-Shampine
     3(2) pair (1989; MATLAB's ode23) with adaptive steps: the step is accepted when the RMS of the
     embedded error, each entry scaled by tolerance (1 + |value|), is at most 1 for each part
@@ -323,11 +324,11 @@ def bogacki_shampine(rate: Callable[[torch.Tensor, State], State], state: State,
         scale = [tolerance * (1 + torch.maximum(old.abs(), now.abs())) for old, now in zip(state, new)]
         norm = max((e / s).pow(2).mean().sqrt().item() for e, s in zip(error, scale))
         if not math.isfinite(norm):
-            raise FloatingPointError(f"the ODE's state is not finite at log-SNR {lam:.3g}: the network returned "
-                                     f"inf or nan")
+            raise UserError(f"the probability-flow ODE's state is not finite at log-SNR {lam:.3g}: the network "
+                            f"returned inf or nan")
         if calls > most_calls:
-            raise RuntimeError(f"the ODE solver passed {most_calls} evaluations at log-SNR {lam:.3g} without "
-                               f"reaching {end:g}; loosen the tolerance ({tolerance:g})")
+            raise UserError(f"the probability-flow ODE passed {most_calls} evaluations at log-SNR {lam:.3g} "
+                            f"without reaching {end:g}; loosen --ode-tolerance ({tolerance:g})")
         if norm <= 1:
             lam, state, k1 = lam + h, new, k4
         h = h * min(5.0, max(0.2, 0.9 * max(norm, 1e-10) ** (-1 / 3)))

@@ -414,7 +414,7 @@ class DiffusionKind(ModelKind):
         continuous bound also with its decoder where it is best on ``held``."""
         config = trained.config
         conditions = self.likelihood_conditions(config, test.y)
-        held_out = (held.x, self.likelihood_conditions(config, held.y))
+        held_out = (held.x, self.likelihood_conditions(config, held.y)) if held is not None else None
         return diffusion_bits(trained.model, config.process.prediction, trained.process, test.x, conditions,
                               request, native_size(test.x[:1])[0].numel(), progress, held_out)
 

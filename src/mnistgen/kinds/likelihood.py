@@ -30,7 +30,7 @@ def check_likelihood_request(kind: ModelKind, config, request: LikelihoodRequest
     request with its defaults filled in: :data:`DEFAULT_IMAGES` (or every test image of a run with
     fewer) and :data:`DEFAULT_STRATA` (or every level of a shorter process)."""
     kind.check_likelihood(config)
-    images = config.data.val_limit or MOST_IMAGES
+    images = min(config.data.val_limit or MOST_IMAGES, MOST_IMAGES)
     if request.images is None:
         request = replace(request, images=min(DEFAULT_IMAGES, images))
     whole("--likelihood-images", request.images, 1, images, " (the run's test images)" if images < MOST_IMAGES else "")

@@ -50,7 +50,7 @@ class VAEKind(ModelKind):
     def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,
                process=None, on_step: OnStep | None = None) -> torch.Tensor:
-        """Decode z ~ N(0, I): (n, 1, 28, 28) Bernoulli means in [0, 1], in one pass (no steps to see)."""
+        """Decode z ~ N(0, I): (n, 1, 28, 28) in [0, 1] (the decoder's means, :meth:`VAE.decode`), in one pass."""
         z = torch.randn(n, config.model.latent, generator=generator, device=next(model.parameters()).device)
         return model.decode(z)
 
@@ -62,7 +62,7 @@ class VAEKind(ModelKind):
         return model.encode(images)[0]
 
     def decode(self, model: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-        """The Bernoulli means (N, 1, H, W)."""
+        """The decoder's means (N, 1, H, W) in [0, 1] (:meth:`VAE.decode`)."""
         return model.decode(codes)
 
     def check_edit(self, config: RunConfig, labels: bool, guidance: float | None,

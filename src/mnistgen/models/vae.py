@@ -101,8 +101,15 @@ class VAE(nn.Module):
         return self.to_mu(h), self.to_logvar(h)  # (B, latent) each
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, K, 28, 28): K = 1 Bernoulli logits, or K = 2 the logistic's location logit and log-scale."""
-        return self.decoder(z).view(-1, self.channels, self.image_size, self.image_size)
+        """(B, K, 28, 28): K = 1 Bernoulli logits, or K = 2 the logistic's location and log-scale. The
+        logistic's last layer runs in float32 even under autocast: bf16 would round a location near 1 to
+        a step of 1/256, half a grey level, where its scale may be 1/8 of one."""
+        if self.channels == 1:
+            return self.decoder(z).view(-1, 1, self.image_size, self.image_size)
+        hidden = self.decoder[:-1](z)  # (B, hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            out = self.decoder[-1](hidden.float())
+        return out.view(-1, self.channels, self.image_size, self.image_size)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's image in [0, 1], (B, 1, 28, 28): the Bernoulli means, or the logistics' locations
