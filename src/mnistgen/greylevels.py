@@ -44,7 +44,7 @@ def log_mass(log_cdf: Callable[[torch.Tensor], torch.Tensor], low: torch.Tensor,
 CDFS = {"gaussian": torch.special.log_ndtr, "logistic": F.logsigmoid}
 LOG_PDFS = {"gaussian": lambda z: -0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi),
             "logistic": lambda z: F.logsigmoid(z) + F.logsigmoid(-z)}
-NARROW = 1e-2  # a bin narrower than this many scales: its mass is the density at its middle times its width
+NARROW = 1e-3  # a bin narrower than this many scales: its mass is the density at its middle times its width
 
 
 def discretized_pixel_nll(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, cdf: str = "gaussian",
