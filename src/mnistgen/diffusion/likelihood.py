@@ -32,10 +32,10 @@ from torch import nn
 
 from mnistgen.diffusion.broadcast import per_example
 from mnistgen.diffusion.denoiser import Denoiser
+from mnistgen.diffusion.samplers import randn_like
 from mnistgen.errors import UserError
 from mnistgen.greylevels import discretized_nll
 
-OnCall = Callable[[int], None]  # told the batch size after each network evaluation (a progress bar's update)
 
 
 class Bound(NamedTuple):
@@ -116,7 +116,7 @@ def timestep_runs(process, strata: int) -> list[tuple[int, int]]:
 # -- the DDPM's variational bound ----------------------------------------------------------------
 @torch.no_grad()
 def ddpm_vlb(denoiser: Denoiser, process, x0: torch.Tensor, strata: int, generator: torch.Generator | None = None,
-             discrete: bool = True, on_call: OnCall | None = None) -> Bound:
+             discrete: bool = True) -> Bound:
     """Ho et al. 2020, eq. 5 on images ``x0`` (B, C, H, W) in [-1, 1]: L_T + sum_{t=2}^T L_{t-1} + L_0.
     The T - 1 middle terms are estimated by ``strata`` runs of timesteps (:func:`timestep_runs`; at
     most T - 1, which sums every term once): in each, one t per image drawn uniformly, its L_{t-1}
@@ -128,22 +128,18 @@ def ddpm_vlb(denoiser: Denoiser, process, x0: torch.Tensor, strata: int, generat
     b, device = x0.shape[0], x0.device
     last = torch.full((b,), T - 1, device=device)
     prior = prior_kl(x0, *process.alpha_sigma(last, x0))
-    terms, levels = [], []
-    for first, final in timestep_runs(process, strata):  # our t = 1 .. T-1 is the paper's t = 2 .. T
+    terms, levels, runs = [], [], timestep_runs(process, strata)
+    for first, final in runs:  # our t = 1 .. T-1 is the paper's t = 2 .. T
         t = torch.randint(first, final + 1, (b,), generator=generator, device=device)
         terms.append((final - first + 1) * ddpm_step_kl(denoiser, process, x0, t, generator))
         levels.append(t.float())
-        if on_call is not None:
-            on_call(b)
     zero = torch.zeros(b, dtype=torch.long, device=device)
-    x1 = process.q_sample(x0, zero, noise_like(x0, generator))
+    x1 = process.q_sample(x0, zero, randn_like(x0, generator))
     mean, variance = process.p_step(x1, 0, -1, denoiser.eps_at(x1, *process.alpha_sigma(zero, x0),
                                                                process.model_time(zero), denoiser.labels))
     decoder = decoder_nll(x0, mean, variance.sqrt(), discrete)
-    if on_call is not None:
-        on_call(b)
     terms_, levels_ = torch.stack(terms, 1), torch.stack(levels, 1)  # (B, K) each
-    runs = torch.tensor(timestep_runs(process, strata), dtype=torch.float64)  # (K, 2)
+    runs = torch.tensor(runs, dtype=torch.float64)  # (K, 2)
     return Bound(prior, terms_.sum(1), decoder, terms_, levels_, runs.mean(1) + 1, runs[:, 1] - runs[:, 0] + 1,
                  calls=strata + 1)
 
@@ -153,17 +149,13 @@ def ddpm_step_kl(denoiser: Denoiser, process, x0: torch.Tensor, t: torch.Tensor,
     """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || N(mu_theta(x_t, t), beta_t I)) at x_t ~ q(x_t | x_0), per
     image (B,), t (B,) >= 1 in this module's indexing (the paper's t + 1)."""
     alpha, sigma = process.alpha_sigma(t, x0)
-    xt = alpha * x0 + sigma * noise_like(x0, generator)
+    xt = alpha * x0 + sigma * randn_like(x0, generator)
     eps = denoiser.eps_at(xt, alpha, sigma, process.model_time(t), denoiser.labels)
     s = process.schedule
     beta, alpha_t = per_example(s.betas[t], x0), per_example(s.alphas[t], x0)
     model_mean = (xt - beta / sigma * eps) / alpha_t.sqrt()  # eq. 11
     mean_q, var_q = process.q_posterior(x0, xt, t)  # eq. 7
     return gaussian_kl(mean_q, var_q, model_mean, beta)
-
-
-def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 # -- the continuous-time bound --------------------------------------------------------------------
@@ -174,8 +166,7 @@ def alpha_sigma(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def continuous_vlb(denoiser: Denoiser, process, x: torch.Tensor, strata: int,
-                   generator: torch.Generator | None = None, discrete: bool = True,
-                   on_call: OnCall | None = None) -> Bound:
+                   generator: torch.Generator | None = None, discrete: bool = True) -> Bound:
     """Kingma et al. 2021, eq. 17 in lambda over the process's :meth:`log_snr_range`
     [lambda_min, lambda_max], for images ``x`` (B, C, H, W): the prior KL at lambda_min, the
     diffusion integral by ``strata`` equal parts of the range (one lambda per image in each, the
@@ -193,14 +184,12 @@ def continuous_vlb(denoiser: Denoiser, process, x: torch.Tensor, strata: int,
     for k in range(strata):
         lam = uniform_in(edges[k], edges[k + 1], b, device, generator)  # (B,)
         alpha, sigma = (per_example(v, x) for v in alpha_sigma(lam))
-        noise = noise_like(x, generator)
+        noise = randn_like(x, generator)
         eps = denoiser.eps_at(alpha * x + sigma * noise, alpha, sigma, process.time_at(lam), denoiser.labels)
         width = float(edges[k + 1] - edges[k])
         terms.append(0.5 * width * (noise - eps).pow(2).flatten(1).sum(1))
         levels.append(lam)
-        if on_call is not None:
-            on_call(b)
-    noise = noise_like(x, generator)
+    noise = randn_like(x, generator)
     decoders = torch.stack([decoder_at(x, noise, lam, discrete) for lam in edges.float().to(device)], 1)  # (B, K + 1)
     terms_, levels_ = torch.stack(terms, 1), torch.stack(levels, 1)  # (B, K)
     return Bound(prior, terms_.sum(1), decoders[:, -1], terms_, levels_, (edges[1:] + edges[:-1]) / 2, edges.diff(),
@@ -264,22 +253,18 @@ def frozen(network: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def ode_nll(denoiser: Denoiser, process, x: torch.Tensor, tolerance: float = 1e-3, probes: int = 1,
-            generator: torch.Generator | None = None, on_call: OnCall | None = None,
-            start: float | None = None) -> OdeResult:
-    """-log p(x) (B,) in nats of the model's density at ``start`` (default lambda_max), by the
+            generator: torch.Generator | None = None) -> OdeResult:
+    """-log p(x) (B,) in nats of the model's density at lambda_max, by the
     probability-flow ODE (:func:`flow`) from x there to lambda_min, solved by :func:`bogacki_shampine`
     with relative and absolute ``tolerance`` (on x and on the log-density per dimension), the same
     Rademacher probes all the way (Grathwohl et al. 2019): -log N(x(lambda_min); 0, I) + int div f dlambda."""
     low, high = process.log_snr_range()
-    high = high if start is None else start
     v = rademacher(probes, x, generator)
     x = x.float()
     dims = x[0].numel()
 
     def rate(lam: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         f, div = flow(denoiser, process, state[0], lam, v)
-        if on_call is not None:
-            on_call(x.shape[0])
         return f, div / dims  # the log-density's rate per dimension: one tolerance serves both
 
     with frozen(denoiser.network):

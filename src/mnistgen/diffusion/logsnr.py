@@ -39,10 +39,7 @@ class LogSNRDiffusion:
         near_one = 2.0 * torch.log(torch.tan(self.a * (1.0 - u) + self.c))
         return torch.where(u <= 0.5, near_zero, near_one)
 
-    @staticmethod
-    def alpha_sigma(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """alpha_lambda = sqrt(sigmoid(lambda)), sigma_lambda = sqrt(sigmoid(-lambda))."""
-        return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+    alpha_sigma = staticmethod(likelihood.alpha_sigma)  # alpha = sqrt(sigmoid(lambda)), sigma = sqrt(sigmoid(-lambda))
 
     def lambda_grid(self, steps: int, device: torch.device | str = "cpu", spacing: str = "time") -> torch.Tensor:
         """``steps + 1`` log-SNRs from lambda_min to lambda_max, float32 on ``device`` (computed on the
