@@ -22,6 +22,7 @@ import torch
 
 from mnistgen.defaults import (Log, existing_or_default, is_pretrained, preset_for, pretrained_names, run_path,
                                saved_config, say, train_config, writable_copy)
+from mnistgen.diffusion.registry import parse_sampler
 from mnistgen.diffusion.samplers import SamplerSettings
 from mnistgen.errors import UserError
 from mnistgen.evaluation.edits import EditRequest
@@ -80,8 +81,9 @@ def train(kind: str, preset: str | None = None, out: str | os.PathLike | None = 
 def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n: int = 1000, seed: int = 0,
              sampler: str | None = None, steps: int | None = None, eta: float | None = None,
              grid: str | None = None, guidance: float | None = None, guidance_sweep: Sequence[float] | None = None,
-             sweep_samples: int | None = None, iwae_k: int = 500, n_images: int = 10_000,
-             classifier: str | os.PathLike | None = None, edits: int | None = None, edit_pairs: int = 100,
+             sweep_samples: int | None = None, steps_sweep: Sequence[int] | None = None,
+             samplers: Sequence[str | SamplerSettings] | None = None, grid_power: float | None = None,
+             iwae_k: int = 500, n_images: int = 10_000, classifier: str | os.PathLike | None = None, edits: int | None = None, edit_pairs: int = 100,
              inversion_steps: int = 100, likelihood: int | bool | None = None, strata: int | None = None,
              ode_tolerance: float | None = None, probes: int | None = None, device: str | torch.device = "auto",
              data_dir: str | os.PathLike | None = None, progress: bool = True) -> RunMetrics:
@@ -95,7 +97,11 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
     of that many test images (True: 1,000, or all of a run's if fewer), the variational bounds estimated on ``strata`` levels per image (default
     100, or every level of a shorter DDPM) and the
     probability-flow ODE solved to ``ode_tolerance`` with ``probes`` Hutchinson probes
-    (:class:`~mnistgen.evaluation.likelihood.LikelihoodScores`)."""
+    (:class:`~mnistgen.evaluation.likelihood.LikelihoodScores`). With ``steps_sweep`` (diffusion
+    models): also every sample metric, with its spread, and the seconds per 100 samples at each of those
+    numbers of steps, for each of ``samplers`` ('NAME', 'NAME:GRID' or 'NAME:GRID:POWER', e.g.
+    'dpm++2m-sde:trailing:0.8', or :class:`SamplerSettings`; default: the run's sampler), each on
+    ``sweep_samples`` samples (default ``n``) from the same seed."""
     edit_request = EditRequest(edits, edit_pairs, inversion_steps, seed) if edits is not None else None
     given = {k: v for k, v in (("strata", strata), ("ode_tolerance", ode_tolerance), ("probes", probes)) if v is not None}
     wanted = likelihood is not None and likelihood is not False  # 0 is a count, refused by the range check
@@ -105,12 +111,25 @@ def evaluate(run: str | os.PathLike, *, out: str | os.PathLike | None = None, n:
     images = None if likelihood is True else likelihood
     like = LikelihoodRequest(images, iwae_k=iwae_k, seed=seed, **{fields[k]: v for k, v in given.items()}) \
         if wanted else None
-    request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance, grid), iwae_k, n_images,
-                                tuple(guidance_sweep) if guidance_sweep is not None else None, sweep_samples,
+    request = EvaluationRequest(n, seed, SamplerSettings(sampler, steps, eta, guidance, grid, grid_power), iwae_k,
+                                n_images, tuple(guidance_sweep) if guidance_sweep is not None else None, sweep_samples,
+                                tuple(steps_sweep) if steps_sweep is not None else None, sweep_settings(samplers),
                                 Path(classifier) if classifier is not None else None, progress, edit_request, like)
     if is_pretrained(run):  # refused before the copy into out is made
         check_request(RunDir(run_path(run)).read_config(), request, run)
     return evaluate_run(writable_copy(run, out), pick_device(device), data_dir, request)
+
+
+def sweep_settings(samplers: Sequence[str | SamplerSettings] | None) -> tuple[SamplerSettings, ...] | None:
+    """``samplers`` of a steps sweep as settings; a text that names no sampler is one :class:`UserError` line."""
+    if samplers is None:
+        return None
+    if isinstance(samplers, str):
+        samplers = samplers.split(",")
+    try:
+        return tuple(s if isinstance(s, SamplerSettings) else parse_sampler(s) for s in samplers)
+    except ValueError as e:
+        raise UserError(f"--samplers: {e}") from None
 
 
 def draw_figures(run: str | os.PathLike, *, out: str | os.PathLike | None = None,

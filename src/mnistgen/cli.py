@@ -104,7 +104,11 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="network evaluations (a guided step's batched pair counts once)")
     p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
     p.add_argument("--grid", choices=GRID_SPACINGS, default=None,
-                   help="levels evenly spaced in the process's time (default) or in log-SNR")
+                   help="where the levels lie (default: the run's): evenly in the process's time, in log-SNR, or "
+                        "trailing (evenly in time, the last level one interval above the clean image)")
+    p.add_argument("--grid-power", type=float, default=None,
+                   help="time / trailing grids: the fraction of time left at level k is (1 - k/K)^P "
+                        "(default: the run's on its own grid, else 1; < 1 moves the levels towards the noise)")
 
 
 def _sample_parser(sub) -> None:
@@ -188,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-sweep", default=None, metavar="W1,W2,...",
                    help="CFG: also MNIST-FD, KID and class accuracy for each w, e.g. 0,0.3,1,2,4")
     p.add_argument("--sweep-samples", type=_positive_int, default=None,
-                   help="samples per weight of --guidance-sweep (default: --n)")
+                   help="samples per point of --guidance-sweep and --steps-sweep (default: --n)")
+    p.add_argument("--steps-sweep", default=None, metavar="K1,K2,...",
+                   help="diffusion models: also every sample metric, with its spread, and the seconds per 100 "
+                        "samples at each number of steps, e.g. 5,10,20,50 (each in 1..T; no repeats)")
+    p.add_argument("--samplers", default=None, metavar="S1,S2,...",
+                   help="the samplers of --steps-sweep (default: the run's), each NAME, NAME:GRID or NAME:GRID:POWER, "
+                        "e.g. ddim:time,dpm++2m-sde:trailing:0.8")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--classifier", type=Path, default=None,
@@ -302,7 +312,8 @@ def _sample(args) -> int:
             raise UserError(f"--animate writes a GIF; give a file name ending in .gif, got {args.animate}")
         check_writable_dir(args.animate.parent, "--animate's folder")
     model = api.load(args.run, args.device)
-    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance, grid=args.grid)
+    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance, grid=args.grid,
+                   grid_power=args.grid_power)
     model.kind.check_settings(model.config, SamplerSettings(**options))
     model.kind.check_labels(args.label is not None, "--label 0-9 or --label all")
     if args.animate is not None and not model.kind.iterative:
@@ -453,9 +464,13 @@ def _evaluate(args) -> int:
     if like and not args.likelihood:
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in like)} need --likelihood")
     like_options = dict(likelihood=like.pop("likelihood_images", True), **like) if args.likelihood else {}
+    if args.samplers is not None and args.steps_sweep is None:
+        raise UserError("--samplers needs --steps-sweep (the numbers of steps to draw each sampler at)")
+    steps_sweep = _parse_steps(args.steps_sweep) if args.steps_sweep is not None else None
     metrics = api.evaluate(args.run, out=args.out, n=args.n, seed=args.seed, sampler=args.sampler,
-                           steps=args.steps, eta=args.eta, grid=args.grid, guidance=args.guidance, guidance_sweep=sweep,
-                           sweep_samples=args.sweep_samples, iwae_k=args.iwae_k, n_images=args.n_images,
+                           steps=args.steps, eta=args.eta, grid=args.grid, grid_power=args.grid_power,
+                           guidance=args.guidance, guidance_sweep=sweep, sweep_samples=args.sweep_samples,
+                           steps_sweep=steps_sweep, samplers=args.samplers, iwae_k=args.iwae_k, n_images=args.n_images,
                            classifier=args.classifier, **edit_options, **like_options, device=args.device,
                            data_dir=args.data_dir, progress=not args.no_progress)
     for key, value in metrics.to_json().items():
@@ -464,6 +479,11 @@ def _evaluate(args) -> int:
     for p in metrics.guidance_sweep or ():
         kid = f", kid {p.kid:.4f}" if p.kid is not None else ""
         print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}{kid}")
+    for p in metrics.steps_sweep or ():
+        accuracy = f", class_accuracy {p.class_accuracy:.4f}" if p.class_accuracy is not None else ""
+        print(f"{p.line}, {p.steps} steps: mnist_fd {p.mnist_fd:.2f} +- {p.mnist_fd_std:.2f}, kid {p.kid:.2f} +- "
+              f"{p.kid_std:.2f}, precision {p.precision:.3f}, recall {p.recall:.3f}{accuracy}, "
+              f"{p.seconds_per_100_samples:.2f} s per 100 samples")
     for key, value in (metrics.edits.to_json() if metrics.edits else {}).items():
         print(f"edits {key}: {value:.4f}" if isinstance(value, float) else f"edits {key}: {value}")
     for row in metrics.bits.rows if metrics.bits else ():
@@ -471,6 +491,17 @@ def _evaluate(args) -> int:
               f"({row.images} images, {row.seconds:.0f} s)")
     print(f"wrote {Path(args.out or args.run) / 'metrics.json'}")
     return 0
+
+
+def _parse_steps(text: str) -> list[int]:
+    """--steps-sweep's numbers; their range and repeats are checked against the model before any work."""
+    try:
+        steps = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise UserError(f"--steps-sweep expects whole numbers separated by commas, got {text!r}") from None
+    if not steps:
+        raise UserError(f"--steps-sweep needs one or more numbers of steps, got {text!r}")
+    return steps
 
 
 def _parse_weights(text: str) -> list[float]:

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
+from mnistgen.diffusion.registry import GRID_POWER_RANGE, GRID_SPACINGS, POWERED_SPACINGS
 from mnistgen.diffusion.registry import SAMPLERS as SAMPLER_REGISTRY
 from mnistgen.errors import UserError
 
@@ -164,6 +165,8 @@ class DDPMConfig:
     sampler: str = "ancestral"  # sampler for the per-epoch grids and evaluation
     sample_steps: int = ranged(1000, 1, 100_000)  # DDIM / DPM-Solver++ steps, at most timesteps (ancestral: all T)
     eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
+    grid: str = "time"  # where the sampler's levels lie: time | log-snr | trailing (mnistgen.diffusion.registry)
+    grid_power: float = ranged(1.0, *GRID_POWER_RANGE)  # time / trailing: (1 - k/K)^power of the time left
     num_labels: ClassVar[int] = 0  # unconditional
 
     def check(self) -> None:
@@ -187,6 +190,10 @@ def _check_objective(process: "DDPMConfig | CFGConfig") -> None:
 def _check_sampler(process: "DDPMConfig | CFGConfig", most_steps: int | None) -> None:
     """The default sampler against the registry, its steps against the process's timesteps (if discrete)."""
     _choice(process.sampler, SAMPLERS, "process.sampler")
+    _choice(process.grid, GRID_SPACINGS, "process.grid")
+    _check(process.grid_power == 1.0 or process.grid in POWERED_SPACINGS,
+           f"process.grid_power applies to process.grid {' / '.join(POWERED_SPACINGS)} only "
+           f"({process.grid} takes none); leave it at 1")
     _check(most_steps is None or process.sampler == "ancestral" or process.sample_steps <= most_steps,
            f"bad process.sample_steps {process.sample_steps}: sampling steps must be in [1, {most_steps}] "
            f"(process.timesteps)")
@@ -202,6 +209,8 @@ class CFGConfig:
     sampler: str = "ancestral"  # the paper's sampler (its step, on a grid uniform in the cosine schedule's time)
     sample_steps: int = ranged(256, 1, 100_000)
     eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity
+    grid: str = "time"  # as DDPMConfig's; here trailing is the same grid as time
+    grid_power: float = ranged(1.0, *GRID_POWER_RANGE)
     prediction: str = "eps"  # what the network outputs: eps (the paper's) | v | x0; the sampler converts to eps
     loss_weighting: str = "uniform"  # as DDPMConfig's; uniform is the paper's loss
     min_snr_gamma: float = ranged(5.0, 0, 1e6, low_open=True)
@@ -419,7 +428,8 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
                                _UNET_REFERENCE, DDPMConfig()),
         "cpu": RunConfig("ddpm", "cpu", _CPU_DATA, replace(_CPU_TRAIN, epochs=7), _UNET_CPU,
                          DDPMConfig(prediction="x0", loss_weighting="clamped-snr", t_distribution="cosine",
-                                    sampler="ddim", sample_steps=50, eta=1.0)),
+                                    sampler="dpm++2m-sde", sample_steps=10, grid="trailing", grid_power=0.8,
+                                    eta=1.0)),
         "smoke": RunConfig("ddpm", "smoke", _SMOKE_DATA, _SMOKE_TRAIN, _UNET_SMOKE,
                            DDPMConfig(sampler="ddim", sample_steps=5)),
     },

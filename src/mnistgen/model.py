@@ -80,11 +80,12 @@ class Model:
 
     def sample_batches(self, n: int, *, labels=None, guidance: float | None = None, sampler: str | None = None,
                        steps: int | None = None, eta: float | None = None, grid: str | None = None,
+                       grid_power: float | None = None,
                        generator: torch.Generator | None = None, progress: bool = True,
                        batch_size: int = SAMPLE_BATCH) -> Iterator[torch.Tensor]:
         """:meth:`sample` as CPU batches of at most ``batch_size``: memory stays bounded for any n.
         Every argument is checked here, before the first batch is asked for."""
-        settings = SamplerSettings(sampler, steps, eta, guidance, grid)
+        settings = SamplerSettings(sampler, steps, eta, guidance, grid, grid_power)
         labels, generator = self._prepare(n, labels, settings, generator)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
@@ -98,12 +99,14 @@ class Model:
 
     def sample(self, n: int, *, labels=None, guidance: float | None = None, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, grid: str | None = None,
-               generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
+               grid_power: float | None = None, generator: torch.Generator | None = None,
+               progress: bool = True) -> torch.Tensor:
         """``n`` samples, (n, 1, 28, 28) in [0, 1] on the CPU, with the run's default sampler unless
         overridden. The CFG model needs ``labels``: one digit or one per sample. ``generator`` (on the
         model's device) makes the draw repeatable."""
         return torch.cat(list(self.sample_batches(n, labels=labels, guidance=guidance, sampler=sampler, steps=steps,
-                                                  eta=eta, grid=grid, generator=generator, progress=progress)))
+                                                  eta=eta, grid=grid, grid_power=grid_power, generator=generator,
+                                                  progress=progress)))
 
     def _times(self, settings: SamplerSettings) -> list[int]:
         if not self.kind.iterative:
@@ -114,7 +117,7 @@ class Model:
     def reverse_chain(self, n: int = 4, *, at: Sequence[int] | None = None, frames: int | None = None,
                       labels=None, guidance: float | None = None, sampler: str | None = None,
                       steps: int | None = None, eta: float | None = None, grid: str | None = None,
-                      generator: torch.Generator | None = None,
+                      grid_power: float | None = None, generator: torch.Generator | None = None,
                       on_progress: Callable[[float], None] | None = None) -> torch.Tensor:
         """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
         down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
@@ -123,7 +126,7 @@ class Model:
         sampler's steps, the last the finished samples. Default: up to six distinct states from nearly pure noise to the end.
         ``on_progress`` is called after each step with the fraction of the steps done.
         Returns (n, len(at), 1, 28, 28) in [0, 1] (n, number of default states, ... without ``at``)."""
-        settings = SamplerSettings(sampler, steps, eta, guidance, grid)
+        settings = SamplerSettings(sampler, steps, eta, guidance, grid, grid_power)
         labels, generator = self._prepare(n, labels, settings, generator)  # settings checked first
         times = self._times(settings)
         first = times[0]

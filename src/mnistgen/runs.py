@@ -183,12 +183,11 @@ def _checkpoint_weights(run: RunDir, config: RunConfig,
 def check_request(config: RunConfig, request: EvaluationRequest, where: str | os.PathLike) -> None:
     """Everything ``evaluate`` will be asked, against the run's config at ``where``: a UserError line."""
     kind = kinds.get(config.kind)
-    if (request.guidance_sweep is not None or request.sweep_samples is not None) and not kind.guided:
+    if request.guidance_sweep is not None and not kind.guided:
         guided = " or ".join(name for name, k in kinds.REGISTRY.items() if k.guided)
-        raise UserError(f"--guidance-sweep and --sweep-samples apply to the {guided} model; {where} holds a "
-                        f"{config.kind!r} model")
-    if request.sweep_samples is not None and not request.guidance_sweep:
-        raise UserError("--sweep-samples needs --guidance-sweep")
+        raise UserError(f"--guidance-sweep applies to the {guided} model; {where} holds a {config.kind!r} model")
+    if request.sweep_samples is not None and not (request.guidance_sweep or request.steps_sweep):
+        raise UserError("--sweep-samples needs --guidance-sweep or --steps-sweep")
     kind.check_request(config, request)
     if request.edits is not None:
         _check_edits(config, request.edits, where)
@@ -222,6 +221,7 @@ def evaluate_run(path: str | os.PathLike, device: torch.device, data_dir: str | 
         quality = kind.sample_quality(trained, classifier, reference, request.n_samples, request.seed,
                                       request.settings, request.progress)
         metrics = kind.sweep(trained, request, classifier, reference, replace(metrics, quality=quality))
+        metrics = kind.steps_curve(trained, request, classifier, reference, metrics)
         if request.edits is not None:
             test = load_data("test", "unit", data_dir=data_dir, device=device)
             metrics = replace(metrics, edits=score_edits(kind, trained, request.edits, classifier, test,

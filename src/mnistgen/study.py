@@ -29,13 +29,13 @@ from mnistgen.files import refuse_links, write_atomic, write_json
 from mnistgen.provenance import git_commit
 from mnistgen.data.mnist import load as load_data
 from mnistgen.evaluation.edits import EditRequest, EditScores
-from mnistgen.evaluation.results import Likelihood, RunMetrics, SampleQuality, read_metrics
+from mnistgen.evaluation.results import Likelihood, RunMetrics, SampleQuality, StepsPoint, read_metrics
 from mnistgen.evaluation.likelihood import BitsPerDim, LikelihoodRequest
 from mnistgen.figures import edits as edit_figures
 from mnistgen.figures import likelihood as likelihood_figures
 from mnistgen.images import named_mask
 from mnistgen.kinds.edits import edit_examples
-from mnistgen.diffusion.registry import GRID_SPACINGS
+from mnistgen.diffusion.registry import parse_sampler
 from mnistgen.kinds import EvaluationRequest
 from mnistgen.runs import evaluate_run, load_run, render_figures, train
 from mnistgen.storage.checkpoint import completed_epochs
@@ -51,15 +51,17 @@ class StudySettings:
     iwae_k: int
     edits: EditRequest  # the edit scores' test digits, pairs and DDIM levels
     likelihood: LikelihoodRequest  # bits per pixel: test images, the bounds' strata, the ODE's tolerance
+    steps_sweep: tuple[int, ...]  # numbers of steps of the quality-per-evaluation curve (sweep_samples each)
 
 
 SETTINGS = {
     "reference": StudySettings(n_samples=10_000, sweep_samples=2000, iwae_k=1000, edits=EditRequest(1000, 100, 100),
-                               likelihood=LikelihoodRequest(images=1000)),
+                               likelihood=LikelihoodRequest(images=1000), steps_sweep=(10, 20, 50, 100, 250)),
     "cpu": StudySettings(n_samples=1000, sweep_samples=300, iwae_k=200, edits=EditRequest(200, 50, 100),
-                         likelihood=LikelihoodRequest(images=200, iwae_k=200)),
+                         likelihood=LikelihoodRequest(images=200, iwae_k=200), steps_sweep=(5, 10, 20, 50)),
     "smoke": StudySettings(n_samples=100, sweep_samples=50, iwae_k=10, edits=EditRequest(10, 2, 10),
-                           likelihood=LikelihoodRequest(images=4, strata=4, tolerance=1e-2, iwae_k=4, batch=4)),
+                           likelihood=LikelihoodRequest(images=4, strata=4, tolerance=1e-2, iwae_k=4, batch=4),
+                           steps_sweep=(2, 5)),
 }
 EDITS = "edits"  # DIR/edits/: the editing figures, every model side by side
 LIKELIHOOD = "likelihood"  # DIR/likelihood/: where the diffusion models' bounds spend their bits
@@ -132,13 +134,16 @@ def study_model(kind: str, preset_name: str, out: Path, data_dir: str | os.PathL
     else:
         log(f"[{name}] trained already, skipping")
     current = read_metrics(run)
-    if trained or current.quality is None or current.edits is None or current.bits is None:
+    samplers = tuple(parse_sampler(s) for s in kinds.get(kind).study_samplers) or None
+    if trained or current.quality is None or current.edits is None or current.bits is None or (
+            samplers and current.steps_sweep is None):
         log(f"[{name}] evaluating")
         sweep = kinds.get(kind).sweep_weights or None
         evaluate_run(run.root, device, data_dir, EvaluationRequest(
             n_samples=settings.n_samples, iwae_k=settings.iwae_k, guidance_sweep=sweep,
-            sweep_samples=settings.sweep_samples if sweep else None, progress=show_progress, edits=settings.edits,
-            likelihood=settings.likelihood))
+            sweep_samples=settings.sweep_samples if sweep or samplers else None,
+            steps_sweep=settings.steps_sweep if samplers else None, samplers=samplers, progress=show_progress,
+            edits=settings.edits, likelihood=settings.likelihood))
     if figures:
         log(f"[{name}] figures")
         render_figures(run.root, device, data_dir)
@@ -186,25 +191,29 @@ def draw_edits(out: Path, data_dir: str | os.PathLike | None, device: torch.devi
     return edit_figures.render(examples, x, mask, out / EDITS)
 
 
-def _sampler_name(q: SampleQuality) -> str:
-    """e.g. 'ddim-50, eta = 1', 'ancestral-1000', 'dpm++2m-10, log-snr grid'."""
-    s = q.settings
-    name = s.sampler + (f"-{s.steps}" if s.steps else "")
-    name += f", eta = {s.eta:g}" if s.eta is not None else ""
-    return name + (f", {s.grid} grid" if s.grid not in (None, GRID_SPACINGS[0]) else "")
-
-
 def metric_rows(m: RunMetrics) -> list[tuple[str, str]]:
     """A run's metrics as (metric, value) lines: the report's table and the shipped models' cards."""
     rows = _likelihood_rows(m.likelihood) if m.likelihood is not None else []
     rows += _quality_rows(m.quality) if m.quality is not None else []
     for p in m.guidance_sweep or ():
         kid = p.kid is not None
-        rows.append((f"w = {p.guidance:g}: MNIST-FD / class accuracy{' / KID' if kid else ''} ({p.n_samples} samples)",
+        recall = p.recall is not None
+        rows.append((f"w = {p.guidance:g}: MNIST-FD / class accuracy{' / KID' if kid else ''}"
+                     f"{' / recall' if recall else ''} ({p.n_samples} samples)",
                      f"{p.mnist_fd:.2f} / {100 * p.class_accuracy:.1f}%" + (f" / {p.kid:.2f} ± {p.kid_std:.2f}"
-                                                                           if kid else "")))
+                                                                           if kid else "")
+                     + (f" / {p.recall:.3f}" if recall else "")))
+    rows += [_steps_row(p) for p in m.steps_sweep or ()]
     rows += _edit_rows(m.edits) if m.edits is not None else []
     return rows + (_bits_rows(m.bits.rows) if m.bits is not None else [])
+
+
+def _steps_row(p: StepsPoint) -> tuple[str, str]:
+    accuracy = f" / {100 * p.class_accuracy:.1f}%" if p.class_accuracy is not None else ""
+    return (f"{p.line}, {p.steps} steps ({p.n_samples} samples): MNIST-FD / KID / precision / recall"
+            f"{' / class accuracy' if accuracy else ''} / s per 100 samples",
+            f"{p.mnist_fd:.2f} ± {p.mnist_fd_std:.2f} / {p.kid:.2f} ± {p.kid_std:.2f} / {p.precision:.3f} / "
+            f"{p.recall:.3f}{accuracy} / {p.seconds_per_100_samples:.2f}")
 
 
 def _bits_rows(rows: tuple[BitsPerDim, ...]) -> list[tuple[str, str]]:
@@ -245,7 +254,7 @@ def _quality_rows(q: SampleQuality) -> list[tuple[str, str]]:
     if q.fd_spread is not None:
         fd += f" ± {q.fd_spread.std:.2f}" + (f" (FD_inf {q.fd_spread.at_infinity:.2f})"
                                              if q.fd_spread.at_infinity is not None else "")
-    rows = [(f"MNIST-FD ± bootstrap std, {q.n_samples} samples, {_sampler_name(q)}", fd)]
+    rows = [(f"MNIST-FD ± bootstrap std, {q.n_samples} samples, {q.settings.describe()}", fd)]
     if q.kid is not None:
         rows.append((f"KID ± std over {q.kid.subsets} subsets of {q.kid.subset_size}",
                      f"{q.kid.mean:.2f} ± {q.kid.std:.2f}"))

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from mnistgen.config import DDPMConfig
+from mnistgen.config import CFGConfig, DDPMConfig
+from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.diffusion import samplers
 from tests.diffusion.sampling import sample
 from mnistgen.diffusion.ddpm import GaussianDiffusion
@@ -211,3 +212,61 @@ def test_a_log_snr_grid_has_exactly_the_steps_asked_for(steps):
     k = next((i for i, (a, b) in enumerate(zip(grid, nearest)) if a != b), steps)
     assert grid[:k] == nearest[:k] and grid[k:] == list(range(steps - k - 1, -1, -1))
     assert (k == steps) == (len(set(nearest)) == steps)
+
+
+def _log_snr_np():
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    return ab, np.log(ab / (1 - ab))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 10, 20, 50, 100, 125, 250, 500, 1000])
+def test_the_trailing_grid_counts_back_from_t(steps):
+    """Lin et al. 2023, table 2: trailing timesteps round(T - k T / K) - 1, k = 0 .. K-1; for K dividing T
+    999, 899, ..., 99 at K = 10. The grid's levels are the schedule's at those t (float64 by hand), then
+    the clean image."""
+    process = GaussianDiffusion(DDPMConfig())
+    t = process.timesteps(steps, "trailing")
+    assert t == [int(round(1000 - k * 1000 / steps)) - 1 for k in range(steps)]
+    grid = process.grid(steps, "trailing")
+    ab, lam = _log_snr_np()
+    np.testing.assert_allclose(grid.alpha_bar[:-1].double().numpy(), ab[t], rtol=1e-6)
+    np.testing.assert_allclose(grid.log_snr[:-1].double().numpy(), lam[t], rtol=1e-5, atol=1e-5)
+    assert grid.ends_clean and grid.sigma[-1] == 0 and grid.index == (*t, -1)
+
+
+@pytest.mark.parametrize("spacing", ["time", "trailing"])
+@pytest.mark.parametrize("power", [0.25, 0.6, 0.8, 1.5, 2.0, 4.0])
+@pytest.mark.parametrize("steps", [1, 2, 10, 50, 400, 1000])
+def test_a_powered_grid_has_its_levels_and_exactly_the_steps_asked_for(spacing, power, steps):
+    """(1 - k/K)^power of the time left, in float64 by hand: t = (T - 1) f^power (time) or T f^power - 1
+    (trailing), f = 1 - k/(K-1) or (K - k)/K. Where rounding merges neighbours (power > 1 near t = 0, or
+    K near T) they move apart, so the grid always holds K distinct timesteps from T-1 down; elsewhere
+    each is the rounded formula. At power 2 the time grid is DDIM's quadratic selection."""
+    process = GaussianDiffusion(DDPMConfig())
+    t = process.timesteps(steps, spacing, power)
+    assert len(t) == steps and t == sorted(set(t), reverse=True) and t[0] == 999 and t[-1] >= 0
+    k = np.arange(steps)
+    if spacing == "time":
+        wanted = 999 * (1 - k / max(steps - 1, 1)) ** power
+    else:
+        wanted = 1000 * ((steps - k) / steps) ** power - 1
+    wanted = np.maximum(np.round(wanted).astype(int), 0)  # a trailing level below t = 0 is t = 0
+    if len(set(wanted)) == steps:
+        assert t == wanted.tolist()
+    else:  # merged neighbours moved apart: still within the room the others leave
+        assert all(max(w, steps - 1 - i) >= v for i, (w, v) in enumerate(zip(wanted, t)))
+
+
+def test_a_power_below_one_moves_every_level_towards_the_noise():
+    process = GaussianDiffusion(DDPMConfig())
+    for steps in (5, 10, 20):
+        plain, early = process.timesteps(steps, "trailing"), process.timesteps(steps, "trailing", 0.8)
+        assert all(e >= p for e, p in zip(early, plain)) and early[-1] > plain[-1]
+    assert process.timesteps(10, "trailing", 0.8) == [999, 918, 836, 751, 664, 573, 479, 381, 275, 157]
+
+
+def test_the_log_snr_spacing_takes_no_power():
+    with pytest.raises(ValueError, match="takes no power"):
+        GaussianDiffusion(DDPMConfig()).timesteps(10, "log-snr", 0.8)
+    with pytest.raises(ValueError, match="takes no power"):
+        LogSNRDiffusion(CFGConfig()).lambda_grid(10, "cpu", "log-snr", 0.8)

@@ -57,22 +57,23 @@ def test_every_sampler_gives_finite_samples(process, spacing, name, steps):
     assert torch.isfinite(out).all(), (name, spacing, steps)
 
 
-def _levels(steps, spacing):
-    """The log-SNR process's grid in float64: lambda from lambda_min to lambda_max, uniform in u (time)
-    or in lambda; alpha^2 = sigmoid(lambda); the network's time 1000 (lambda_max - lambda) / (range)."""
-    if spacing == "time":
+def _levels(steps, spacing, power=1.0):
+    """The log-SNR process's grid in float64: lambda from lambda_min to lambda_max, at u = (1 - k/K)^power of
+    the cosine schedule's time (time; trailing, the same grid here) or uniform in lambda; alpha^2 =
+    sigmoid(lambda); the network's time 1000 (lambda_max - lambda) / (range)."""
+    if spacing in ("time", "trailing"):
         b = math.atan(math.exp(-C.lambda_max / 2))
         a = math.atan(math.exp(-C.lambda_min / 2)) - b
-        lam = -2 * np.log(np.tan(a * (1 - np.arange(steps + 1) / steps) + b))
+        lam = -2 * np.log(np.tan(a * (1 - np.arange(steps + 1) / steps) ** power + b))
     else:
         lam = np.linspace(C.lambda_min, C.lambda_max, steps + 1)
     return lam, 1 / (1 + np.exp(-lam)), 1000 * (C.lambda_max - lam) / (C.lambda_max - C.lambda_min)
 
 
-def _ddim_np(x, steps, spacing, eta, seed):
+def _ddim_np(x, steps, spacing, eta, seed, power=1.0):
     """DDIM eq. 12 and 16 over the levels, x0 clipped and eps made consistent with it."""
     z = _draws(seed)
-    lam, ab, time = _levels(steps, spacing)
+    lam, ab, time = _levels(steps, spacing, power)
     for i in range(steps):
         s2, s2_next = 1 / (1 + np.exp(lam[i])), 1 / (1 + np.exp(lam[i + 1]))  # 1 - alpha^2 = sigmoid(-lambda)
         eps = _net_np(x, time[i])
@@ -85,10 +86,10 @@ def _ddim_np(x, steps, spacing, eta, seed):
     return x
 
 
-def _dpm_np(x, steps, spacing):
+def _dpm_np(x, steps, spacing, power=1.0):
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2) in lambda / 2 = log(alpha / sigma), every step onto the
     next level (the last is lambda_max, not sigma = 0)."""
-    lam, ab, time = _levels(steps, spacing)
+    lam, ab, time = _levels(steps, spacing, power)
     half = lam / 2
     x0s, hs = [], []
     for i in range(steps):
@@ -102,18 +103,21 @@ def _dpm_np(x, steps, spacing):
     return x
 
 
-@pytest.mark.parametrize("spacing", GRID_SPACINGS)
+GRIDS = [(spacing, 1.0) for spacing in GRID_SPACINGS] + [("time", 0.8), ("trailing", 0.6), ("trailing", 2.0)]
+
+
+@pytest.mark.parametrize("spacing, power", GRIDS)
 @pytest.mark.parametrize("steps, eta", [(10, 0.0), (32, 1.0), (50, 0.5)])
-def test_ddim_on_the_log_snr_process_matches_numpy(spacing, steps, eta):
+def test_ddim_on_the_log_snr_process_matches_numpy(spacing, power, steps, eta):
     out = sample("ddim", Net(), LogSNRDiffusion(C), _noise(), torch.Generator().manual_seed(3), steps=steps,
-                 spacing=spacing, eta=eta)
-    expected = _ddim_np(_noise().double().numpy(), steps, spacing, eta, 3)
+                 spacing=spacing, power=power, eta=eta)
+    expected = _ddim_np(_noise().double().numpy(), steps, spacing, eta, 3, power)
     np.testing.assert_allclose(out.double().numpy(), expected, atol=1e-3, rtol=0)
 
 
-@pytest.mark.parametrize("spacing", GRID_SPACINGS)
+@pytest.mark.parametrize("spacing, power", GRIDS)
 @pytest.mark.parametrize("steps", [2, 10, 40])
-def test_dpm_solver_on_the_log_snr_process_matches_numpy(spacing, steps):
-    out = sample("dpm++2m", Net(), LogSNRDiffusion(C), _noise(), steps=steps, spacing=spacing)
-    np.testing.assert_allclose(out.double().numpy(), _dpm_np(_noise().double().numpy(), steps, spacing),
+def test_dpm_solver_on_the_log_snr_process_matches_numpy(spacing, power, steps):
+    out = sample("dpm++2m", Net(), LogSNRDiffusion(C), _noise(), steps=steps, spacing=spacing, power=power)
+    np.testing.assert_allclose(out.double().numpy(), _dpm_np(_noise().double().numpy(), steps, spacing, power),
                                atol=1e-3, rtol=0)

@@ -9,18 +9,27 @@ def resolve(config, settings):
 
 
 def test_resolve_fills_the_runs_defaults_and_keeps_what_was_asked():
+    """The run's sampler, steps, eta, guidance and grid unless asked; a grid's power is the run's on the
+    run's own grid, 1 on another powered one, and none on log-SNR."""
     ddpm, cfg = preset("ddpm", "cpu"), preset("cfg", "cpu")
-    assert resolve(ddpm, SamplerSettings()) == SamplerSettings("ddim", 50, 1.0, grid="time")
-    assert resolve(ddpm, SamplerSettings(steps=20, eta=0.0)) == SamplerSettings("ddim", 20, 0.0, grid="time")
-    assert resolve(ddpm, SamplerSettings(sampler="ancestral")) == SamplerSettings("ancestral", 1000, grid="time")
-    assert resolve(ddpm, SamplerSettings(sampler="ancestral", steps=100)) == SamplerSettings("ancestral", 100, grid="time")
-    assert resolve(ddpm, SamplerSettings(sampler="dpm++2m", grid="log-snr")) == SamplerSettings("dpm++2m", 50, grid="log-snr")
+    assert resolve(ddpm, SamplerSettings()) == SamplerSettings("dpm++2m-sde", 10, grid="trailing", grid_power=0.8)
+    assert resolve(ddpm, SamplerSettings(sampler="ddim", steps=20, eta=0.0, grid="time")) == \
+        SamplerSettings("ddim", 20, 0.0, grid="time", grid_power=1.0)
+    assert resolve(ddpm, SamplerSettings(sampler="ddim")) == SamplerSettings("ddim", 10, 1.0, grid="trailing",
+                                                                             grid_power=0.8)
+    assert resolve(ddpm, SamplerSettings(grid_power=0.5)).grid_power == 0.5
+    assert resolve(ddpm, SamplerSettings(sampler="ancestral")) == SamplerSettings("ancestral", 1000, grid="trailing",
+                                                                                  grid_power=0.8)
+    assert resolve(ddpm, SamplerSettings(sampler="ancestral", steps=100, grid="time")) == \
+        SamplerSettings("ancestral", 100, grid="time", grid_power=1.0)
+    assert resolve(ddpm, SamplerSettings(sampler="dpm++2m", grid="log-snr")) == SamplerSettings("dpm++2m", 10,
+                                                                                               grid="log-snr")
     assert resolve(cfg, SamplerSettings()) == SamplerSettings("ancestral", cfg.process.sample_steps, guidance=0.3,
-                                                              grid="time")
+                                                              grid="time", grid_power=1.0)
     assert resolve(cfg, SamplerSettings(guidance=2.0)).guidance == 2.0
-    assert resolve(cfg, SamplerSettings(sampler="ddim")) == SamplerSettings("ddim", 16, 0.0, 0.3, "time")
+    assert resolve(cfg, SamplerSettings(sampler="ddim")) == SamplerSettings("ddim", 16, 0.0, 0.3, "time", 1.0)
     assert resolve(cfg, SamplerSettings(sampler="dpm++2m", steps=10, guidance=1.0)) == \
-        SamplerSettings("dpm++2m", 10, None, 1.0, "time")
+        SamplerSettings("dpm++2m", 10, None, 1.0, "time", 1.0)
     assert resolve(preset("vae", "cpu"), SamplerSettings(steps=5)) == SamplerSettings("prior")
 
 

@@ -18,6 +18,7 @@ from mnistgen.config import DDPMConfig
 from mnistgen.diffusion import likelihood, parameterisation
 from mnistgen.diffusion.broadcast import per_example
 from mnistgen.diffusion.denoiser import Denoiser, Gaussian, Grid, Prediction
+from mnistgen.diffusion.registry import POWERED_SPACINGS
 
 
 class Schedule(NamedTuple):
@@ -50,6 +51,17 @@ def linear_schedule(config: DDPMConfig) -> Schedule:
         snr=alpha_bars / one_minus,
     )
     return Schedule(*(v.float() for v in values))  # float64 only on the CPU, here
+
+
+def distinct(wanted: list[int]) -> list[int]:
+    """``wanted`` timesteps, noisiest first, made strictly decreasing down to >= 0: each kept below the one
+    before and at or above the number still to come (|wanted - t| is unimodal, so clamping is exact)."""
+    out, above = [], math.inf
+    for k, t in enumerate(wanted):
+        t = min(max(t, len(wanted) - 1 - k), above - 1)
+        out.append(int(t))
+        above = t
+    return out
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -92,36 +104,46 @@ class GaussianDiffusion:
         return mean, _at(s.posterior_variance, t, xt).expand_as(xt)
 
     # -- reverse process ----------------------------------------------------------------
-    def timesteps(self, steps: int, spacing: str = "time") -> list[int]:
-        """Exactly ``steps`` distinct timesteps from T-1 down to 0 (one step: T-1 alone): evenly spaced in t (``time``, both
-        ends included; DDIM section 4.2), or in log-SNR (``log-snr``): for each of ``steps`` evenly
-        spaced values between lambda_{T-1} and lambda_0, the timestep whose log-SNR lies nearest, among
-        those below the previous one that leave room for the rest (where the schedule's steps are
-        coarser than the grid's, neighbours move apart instead of merging)."""
+    def timesteps(self, steps: int, spacing: str = "time", power: float = 1.0) -> list[int]:
+        """Exactly ``steps`` distinct timesteps t_0 > ... > t_{K-1}, noisiest first (one step: T-1 alone):
+            time      t_k = (T-1) (1 - k/(K-1))^power, both ends included (DDIM section 4.2; power 2 is its
+                      quadratic selection, appendix D.2);
+            trailing  t_k = T ((K-k)/K)^power - 1: at power 1 every T/K-th timestep counted back from T
+                      (Lin et al. 2023, table 2), so the last lies one interval above 0 and the sampler's
+                      last step lands on the clean image from there instead of spending an evaluation at
+                      t = 0, where x_t already is the image; a power < 1 moves every level up in noise;
+            log-snr   for each of ``steps`` evenly spaced values between lambda_{T-1} and lambda_0, the
+                      timestep whose log-SNR lies nearest.
+        Each is rounded, then kept below the one before and above the room the rest need (where the
+        wanted values are closer than one timestep, neighbours move apart instead of merging)."""
         if not 1 <= steps <= self.T:
             raise ValueError(f"steps must be in [1, {self.T}], got {steps}")
+        if power != 1.0 and spacing not in POWERED_SPACINGS:
+            raise ValueError(f"the {spacing} spacing takes no power (got {power})")
         if spacing == "time":
-            return list(dict.fromkeys(torch.linspace(self.T - 1, 0, steps).round().long().tolist()))
-        if spacing != "log-snr":
+            wanted = torch.linspace(self.T - 1, 0, steps)  # float32, as the grids have always been
+            if power != 1.0:
+                wanted = (self.T - 1) * (wanted.double() / (self.T - 1)) ** power
+        elif spacing == "trailing":
+            left = torch.arange(steps, 0, -1, dtype=torch.float64) / steps  # (K,) K/K .. 1/K
+            wanted = self.T * left**power - 1
+        elif spacing == "log-snr":
+            lam = self._log_snr_ascending.cpu().double()  # (T,) at t = T-1 .. 0, increasing
+            values = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
+            wanted = torch.tensor([self.T - 1 - int((lam - v).abs().argmin()) for v in values])
+        else:
             raise ValueError(f"unknown grid spacing {spacing!r}")
-        lam = self._log_snr_ascending.cpu().double()  # (T,) at t = T-1 .. 0, increasing
-        wanted = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
-        grid, above = [], self.T
-        for k, v in enumerate(wanted):
-            nearest = self.T - 1 - int((lam - v).abs().argmin())
-            t = min(max(nearest, steps - 1 - k), above - 1)  # |lambda_t - v| is unimodal in t: clamping is exact
-            grid.append(t)
-            above = t
-        return grid
+        return distinct(wanted.round().long().tolist())
 
-    def grid(self, steps: int, spacing: str = "time", device: torch.device | str | None = None) -> Grid:
+    def grid(self, steps: int, spacing: str = "time", device: torch.device | str | None = None,
+             power: float = 1.0) -> Grid:
         """The levels at :meth:`timesteps` and, last, the clean image (alpha = 1, sigma = 0), on the
         process's device (``device``, if given, must be it): each constant read from the float64-built
         schedule."""
         if device is not None and torch.empty(0, device=device).device != self.device:
             raise ValueError(f"the process's schedule is on {self.device}, not {device}; "
                              f"build the process with device={device}")
-        t = self.timesteps(steps, spacing)
+        t = self.timesteps(steps, spacing, power)
         index = torch.tensor(t, device=self.device)
         s = self.schedule
         one, zero = torch.ones(1, device=self.device), torch.zeros(1, device=self.device)

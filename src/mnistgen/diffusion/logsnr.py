@@ -17,6 +17,7 @@ from mnistgen.config import CFGConfig
 from mnistgen.diffusion import likelihood, parameterisation
 from mnistgen.diffusion.broadcast import per_example
 from mnistgen.diffusion.denoiser import Denoiser, Gaussian, Grid, Prediction
+from mnistgen.diffusion.registry import POWERED_SPACINGS
 
 MOST_STRATA = 10_000  # levels per image of the continuous bound's estimate
 
@@ -41,23 +42,27 @@ class LogSNRDiffusion:
 
     alpha_sigma = staticmethod(likelihood.alpha_sigma)  # alpha = sqrt(sigmoid(lambda)), sigma = sqrt(sigmoid(-lambda))
 
-    def lambda_grid(self, steps: int, device: torch.device | str = "cpu", spacing: str = "time") -> torch.Tensor:
+    def lambda_grid(self, steps: int, device: torch.device | str = "cpu", spacing: str = "time",
+                    power: float = 1.0) -> torch.Tensor:
         """``steps + 1`` log-SNRs from lambda_min to lambda_max, float32 on ``device`` (computed on the
-        host, moved once): uniform in u (``time``: the cosine schedule's time, the CFG sampler's path)
-        or uniform in lambda (``log-snr``)."""
-        if spacing == "time":
-            lam = self.log_snr(torch.tensor([1.0 - i / steps for i in range(steps + 1)]))
-        elif spacing == "log-snr":
+        host, moved once): at u_k = (1 - k/K)^power of the cosine schedule's time (``time``, the CFG
+        sampler's path at power 1; ``trailing`` is the same grid: its last level, lambda_max, is the
+        cleanest the network was trained on and no evaluation is spent there), or uniform in lambda
+        (``log-snr``)."""
+        if spacing in POWERED_SPACINGS:
+            lam = self.log_snr(torch.tensor([(1.0 - i / steps) ** power for i in range(steps + 1)]))
+        elif spacing == "log-snr" and power == 1.0:
             c = self.config
             lam = torch.linspace(c.lambda_min, c.lambda_max, steps + 1, dtype=torch.float64).float()
         else:
-            raise ValueError(f"unknown grid spacing {spacing!r}")
+            raise ValueError(f"unknown grid spacing {spacing!r}" if spacing != "log-snr" else
+                             f"the log-snr spacing takes no power (got {power})")
         return lam.to(device)
 
-    def grid(self, steps: int, spacing: str = "time", device: torch.device | str = "cpu") -> Grid:
+    def grid(self, steps: int, spacing: str = "time", device: torch.device | str = "cpu", power: float = 1.0) -> Grid:
         """The levels of :meth:`lambda_grid`: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda); the
         last is lambda_max, the cleanest level the network was trained on."""
-        lam = self.lambda_grid(steps, device, spacing)
+        lam = self.lambda_grid(steps, device, spacing, power)
         alpha, sigma = self.alpha_sigma(lam)
         return Grid(alpha=alpha, sigma=sigma, alpha_bar=torch.sigmoid(lam), one_minus_alpha_bar=torch.sigmoid(-lam),
                     log_snr=lam, time=self.model_time(lam),

@@ -140,7 +140,8 @@ def draw(network: nn.Module, process, noise: torch.Tensor, settings: SamplerSett
     """The resolved ``settings``' sampler from ``noise`` (B, C, H, W) on the process's grid; output in the
     model's scale ([-1, 1]). ``settings`` must name every field its sampler needs (a kind's ``resolve``)."""
     spec = SAMPLERS[settings.sampler]
-    grid = process.grid(settings.steps, settings.grid or GRID_SPACINGS[0], noise.device)
+    grid = process.grid(settings.steps, settings.grid or GRID_SPACINGS[0], noise.device,
+                        1.0 if settings.grid_power is None else settings.grid_power)
     denoiser = denoiser_for(network, process.config.prediction, labels, settings.guidance, null_label)
     options = {"eta": settings.eta} if "eta" in spec.options else {}
     return spec.loop()(denoiser, noise, grid, generator, on_step, **options)

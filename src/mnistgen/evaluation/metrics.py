@@ -35,8 +35,8 @@ def sample_quality(batches: Iterator[torch.Tensor], labels: torch.Tensor | None,
                    reference: Reference, settings: SamplerSettings, seed: int = 0, detail: bool = True) -> SampleQuality:
     """MNIST-FD, KID, the class histogram and (given the requested ``labels``) class accuracy of the
     samples that ``batches`` yields, (B, 1, H, W) in [0, 1] on the CPU; with ``detail`` also the FD's
-    bootstrap std and FD_inf, precision / recall / density / coverage and per-class coverage (a
-    guidance sweep's points go without them). Each batch is judged as it comes, so memory holds
+    bootstrap std and FD_inf and per-class coverage (a guidance sweep's points go without them). Precision /
+    recall / density / coverage always. Each batch is judged as it comes, so memory holds
     features, not images; the seconds spent sampling are counted apart."""
     verdicts, seconds = [], 0.0
     while True:
@@ -59,7 +59,7 @@ def sample_quality(batches: Iterator[torch.Tensor], labels: torch.Tensor | None,
     fd = frechet_distance(feature_stats(features), reference.stats)
     spread = fd_spread(features, reference.stats, generator=g) if detail else None
     kid_ = kid(reference.features, features, generator=g)
-    prdc_ = prdc_against_subsets(reference.features, features, PRDC_K, generator=g) if detail else None
+    prdc_ = prdc_against_subsets(reference.features, features, PRDC_K, generator=g)
     return SampleQuality(settings, len(verdict.predictions), fd, class_histogram(verdict.predictions),
                          round(seconds, 3), accuracy, per_class, spread, kid_, prdc_, coverage)
 

@@ -25,6 +25,8 @@ class PRDC:
     density: float
     coverage: float
     k: int
+    precision_std: float | None = None  # the spread over the real subsets (None: one real set)
+    recall_std: float | None = None
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -62,11 +64,13 @@ def prdc_against_subsets(real: torch.Tensor, fake: torch.Tensor, k: int = 5, rep
     """PRDC of ``fake`` (M, D) against random subsets of M real features (the papers compare sets of
     equal size), averaged over ``repeats`` subsets: with M = 1,000 one subset's precision moves by
     about 0.05 with which outlying real digits (and their large balls) it happens to hold. With no
-    more real features than fakes, the plain :func:`prdc` against all of them."""
+    more real features than fakes, the plain :func:`prdc` against all of them. The standard deviations
+    of precision and recall over the subsets come with the means."""
     if len(real) <= len(fake):
         return prdc(real, fake, k)
     fake_radii = knn_radii(fake, k)  # computed once for all subsets
     rows = [prdc(real[torch.randperm(len(real), generator=generator)[:len(fake)]], fake, k, fake_radii)
             for _ in range(repeats)]
-    mean = lambda name: sum(getattr(r, name) for r in rows) / repeats  # noqa: E731
-    return PRDC(mean("precision"), mean("recall"), mean("density"), mean("coverage"), k)
+    values = lambda name: torch.tensor([getattr(r, name) for r in rows], dtype=torch.float64)  # noqa: E731
+    return PRDC(*(values(name).mean().item() for name in ("precision", "recall", "density", "coverage")), k,
+                values("precision").std().item(), values("recall").std().item())

@@ -56,6 +56,8 @@ class SampleQuality:
         if self.prdc is not None:
             values.update(precision=self.prdc.precision, recall=self.prdc.recall, density=self.prdc.density,
                           coverage=self.prdc.coverage, prdc_k=self.prdc.k)
+            if self.prdc.precision_std is not None:
+                values.update(precision_std=self.prdc.precision_std, recall_std=self.prdc.recall_std)
         if self.coverage_per_class is not None:
             values.update(coverage_per_class=self.coverage_per_class)
         return values
@@ -65,8 +67,8 @@ class SampleQuality:
         settings = SamplerSettings(**{f.name: d.get(f.name) for f in fields(SamplerSettings)})
         spread = FDSpread(d["mnist_fd_std"], d["mnist_fd_resamples"], d["mnist_fd_inf"]) if "mnist_fd_std" in d else None
         kid_ = KID(d["kid"], d["kid_std"], d["kid_subsets"], d["kid_subset_size"]) if "kid" in d else None
-        prdc_ = (PRDC(d["precision"], d["recall"], d["density"], d["coverage"], d["prdc_k"])
-                 if "precision" in d else None)
+        prdc_ = (PRDC(d["precision"], d["recall"], d["density"], d["coverage"], d["prdc_k"], d.get("precision_std"),
+                      d.get("recall_std")) if "precision" in d else None)
         return SampleQuality(settings, d["n_samples"], d["mnist_fd"], d["class_histogram"], d["sample_seconds"],
                              d.get("class_accuracy"), d.get("class_accuracy_per_class"), spread, kid_, prdc_,
                              d.get("coverage_per_class"))
@@ -74,7 +76,8 @@ class SampleQuality:
 
 @dataclass(frozen=True)
 class SweepPoint(JsonRecord):
-    """One guidance weight of a conditional model's sweep; KID (None in older files) reads across sample counts."""
+    """One guidance weight of a conditional model's sweep; KID, precision and recall (None in older
+    files) read across sample counts."""
 
     guidance: float
     steps: int
@@ -83,11 +86,52 @@ class SweepPoint(JsonRecord):
     class_accuracy: float
     kid: float | None = None
     kid_std: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    recall_std: float | None = None
 
     @staticmethod
     def of(q: SampleQuality) -> "SweepPoint":
         return SweepPoint(q.settings.guidance, q.settings.steps, q.n_samples, q.mnist_fd, q.class_accuracy,
-                          q.kid.mean if q.kid else None, q.kid.std if q.kid else None)
+                          q.kid.mean if q.kid else None, q.kid.std if q.kid else None,
+                          q.prdc.precision if q.prdc else None, q.prdc.recall if q.prdc else None,
+                          q.prdc.recall_std if q.prdc else None)
+
+
+@dataclass(frozen=True)
+class StepsPoint(JsonRecord):
+    """One (sampler, steps) of a steps sweep: every sample metric with its spread (the FD's bootstrap
+    std; KID's, precision's and recall's over subsets of the real images) and the sampling time."""
+
+    sampler: str
+    steps: int
+    grid: str
+    n_samples: int
+    mnist_fd: float
+    mnist_fd_std: float
+    kid: float
+    kid_std: float
+    precision: float
+    recall: float
+    seconds_per_100_samples: float
+    grid_power: float | None = None  # powered grids
+    eta: float | None = None  # DDIM
+    guidance: float | None = None  # guided models
+    precision_std: float | None = None  # None: one real set (no more real images than samples)
+    recall_std: float | None = None
+    class_accuracy: float | None = None  # conditional models
+
+    @property
+    def line(self) -> str:
+        """The sampler this point belongs to, as a curve's name: 'ddim, eta = 1', 'dpm++2m-sde, trailing^0.8 grid'."""
+        return SamplerSettings(self.sampler, None, self.eta, None, self.grid, self.grid_power).describe()
+
+    @staticmethod
+    def of(q: SampleQuality) -> "StepsPoint":
+        s = q.settings
+        return StepsPoint(s.sampler, s.steps, s.grid, q.n_samples, q.mnist_fd, q.fd_spread.std, q.kid.mean, q.kid.std,
+                          q.prdc.precision, q.prdc.recall, q.seconds_per_100_samples, s.grid_power, s.eta,
+                          s.guidance, q.prdc.precision_std, q.prdc.recall_std, q.class_accuracy)
 
 
 @dataclass(frozen=True)
@@ -108,7 +152,7 @@ class Likelihood(JsonRecord):
 
 
 # Numbers in metrics.json that say how a score was measured, not what it is.
-MEASURED_WITH = frozenset({"steps", "eta", "guidance", "n_samples", "iwae_k", "iwae_n_images", "n_test_images",
+MEASURED_WITH = frozenset({"steps", "eta", "grid_power", "guidance", "n_samples", "iwae_k", "iwae_n_images", "n_test_images",
                            "kid_subsets", "kid_subset_size", "prdc_k", "mnist_fd_resamples", "digits",
                            "inversion_steps", "interpolation_pairs"})
 
@@ -122,6 +166,7 @@ class RunMetrics:
     quality: SampleQuality | None = None
     likelihood: Likelihood | None = None
     guidance_sweep: tuple[SweepPoint, ...] | None = None
+    steps_sweep: tuple[StepsPoint, ...] | None = None  # evaluate --steps-sweep
     test_accuracy: float | None = None  # the classifier
     edits: EditScores | None = None  # evaluate --edits
     bits: LikelihoodScores | None = None  # evaluate --likelihood
@@ -148,6 +193,8 @@ class RunMetrics:
             values.update(self.quality.to_json())
         if self.guidance_sweep is not None:
             values["guidance_sweep"] = [p.to_json() for p in self.guidance_sweep]
+        if self.steps_sweep is not None:
+            values["steps_sweep"] = [p.to_json() for p in self.steps_sweep]
         if self.edits is not None:
             values["edits"] = self.edits.to_json()
         if self.bits is not None:
@@ -161,12 +208,13 @@ class RunMetrics:
     @staticmethod
     def from_json(d: dict) -> "RunMetrics":
         """The metrics of a metrics.json (parts it lacks stay None)."""
-        sweep = d.get("guidance_sweep")
+        sweep, steps = d.get("guidance_sweep"), d.get("steps_sweep")
         return RunMetrics(
             d.get("model", "?"), d.get("preset", "?"),
             quality=SampleQuality.from_json(d) if "mnist_fd" in d else None,
             likelihood=Likelihood.from_json(d) if "val_neg_elbo" in d else None,
             guidance_sweep=tuple(SweepPoint.from_json(p) for p in sweep) if sweep is not None else None,
+            steps_sweep=tuple(StepsPoint.from_json(p) for p in steps) if steps is not None else None,
             test_accuracy=d.get("test_accuracy"),
             edits=EditScores.from_json(d["edits"]) if "edits" in d else None,
             bits=LikelihoodScores.from_json(d["bits_per_dim"]) if "bits_per_dim" in d else None,

@@ -1,4 +1,5 @@
-"""The diffusion studies' figures: F9-F11 (DDPM, SPEC section 2), F12 and the guidance sweep (CFG, section 3)."""
+"""The diffusion studies' figures: F9-F11 (DDPM, SPEC section 2), F12 and the guidance sweep (CFG, section 3), and
+quality against the number of network evaluations (either model, from a steps sweep)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion.samplers import SamplerSettings, to_unit
-from mnistgen.evaluation.results import SweepPoint
+from mnistgen.evaluation.results import StepsPoint, SweepPoint
 from mnistgen.figures.plotting import save_figure, show_images, subplots
 from mnistgen.images import save_grid
 from mnistgen.storage.rundir import RunDir
@@ -132,6 +133,54 @@ def guidance_sweep(draw: Draw, device: torch.device, path: Path, weights: tuple[
     return save_figure(fig, path)
 
 
+def guidance_tradeoff(metrics: tuple[SweepPoint, ...], path: Path) -> Path:
+    """Class accuracy and recall (± its std over real subsets) against w: what guidance buys in class fidelity
+    and costs in diversity. Points without recall (files from before it was measured) are left out."""
+    points = [m for m in metrics if m.recall is not None]
+    fig, ax = subplots(1, 1, figsize=(5.2, 3.8))
+    ws = [m.guidance for m in points]
+    ax.plot(ws, [m.class_accuracy for m in points], "s-", color="C1", label="class accuracy")
+    ax.errorbar(ws, [m.recall for m in points], yerr=[m.recall_std or 0.0 for m in points], fmt="o-", color="C0",
+                capsize=3, label="recall")
+    ax.set_xlabel("guidance weight w")
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"CFG: class fidelity against diversity ({points[0].n_samples if points else 0} samples per w)",
+                 fontsize=9)
+    return save_figure(fig, path)
+
+
+def steps_curve(points: tuple[StepsPoint, ...], path: Path) -> Path:
+    """MNIST-FD ± bootstrap std and recall ± std against the number of network evaluations (log axis), one line
+    per sampler of the sweep."""
+    lines: dict[str, list[StepsPoint]] = {}
+    for p in points:
+        lines.setdefault(p.line, []).append(p)
+    fig, (fd, recall) = subplots(1, 2, figsize=(10, 3.9))
+    for name, row in lines.items():
+        row = sorted(row, key=lambda p: p.steps)
+        steps = [p.steps for p in row]
+        fd.errorbar(steps, [p.mnist_fd for p in row], yerr=[p.mnist_fd_std for p in row], fmt="o-", capsize=3,
+                    label=name)
+        recall.errorbar(steps, [p.recall for p in row], yerr=[p.recall_std or 0.0 for p in row], fmt="o-",
+                        capsize=3, label=name)
+    for ax, what in ((fd, "MNIST-FD (lower is better)"), (recall, "recall")):
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per sample (a guided pair counts once)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3, which="both")
+    fd.legend(fontsize=8)
+    fig.suptitle(f"Quality per network evaluation ({points[0].n_samples} samples per point, one seed)", fontsize=11)
+    return save_figure(fig, path)
+
+
+def render_steps(path: Path, points: tuple[StepsPoint, ...] | None) -> list[Path]:
+    """:func:`steps_curve` at ``path`` when there is a steps sweep (a run's metrics may hold none)."""
+    return [steps_curve(points, path)] if points else []
+
+
 def render_cfg(draw: Draw, run: RunDir, device: torch.device, weights: tuple[float, ...],
                sweep: tuple[SweepPoint, ...] | None, preview_rows: dict[int, str], seed: int = 0) -> list[Path]:
     """F12 (the per-epoch previews' entries ``preview_rows``, index -> row name, as the kind lays them
@@ -140,4 +189,6 @@ def render_cfg(draw: Draw, run: RunDir, device: torch.device, weights: tuple[flo
     paths = [epochs_grid(run, list(preview_rows), out / "f12_epochs.png",
                          "F12  class-conditional samples per epoch", list(preview_rows.values()))]
     paths.append(guidance_sweep(draw, device, out / "guidance_sweep.png", weights, sweep, seed=seed))
+    if sweep and any(p.recall is not None for p in sweep):
+        paths.append(guidance_tradeoff(sweep, out / "guidance_tradeoff.png"))
     return paths

@@ -9,7 +9,7 @@ import functools
 import math
 import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -20,16 +20,20 @@ from mnistgen.config import RunConfig, range_of
 from mnistgen.data.mnist import TensorData, holdout_mask, labels_per_digit, load, native_size, pad_to
 from mnistgen.diffusion import editing, samplers
 from mnistgen.diffusion.editing import RePaintSettings
+from mnistgen.diffusion.registry import POWERED_SPACINGS
 from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, OnStep, SamplerSettings, to_unit
 from mnistgen.errors import UserError
 from mnistgen.evaluation.edits import EditRequest
 from mnistgen.evaluation.likelihood import LikelihoodRequest, LikelihoodScores, diffusion_bits
 from mnistgen.evaluation.metrics import PRDC_K, Reference, sample_quality
-from mnistgen.evaluation.results import RunMetrics, SampleQuality
-from mnistgen.progress import Progress
+from mnistgen.evaluation.results import RunMetrics, SampleQuality, StepsPoint
+from mnistgen.progress import Progress, long_step
 from mnistgen.storage.rundir import EpochRecord, RunDir
 from mnistgen.training.trainer import Objective, Preview
 
+STEPS_FIGURE = "steps_sweep.png"  # a diffusion run's quality per network evaluation, when its metrics hold a sweep
+STEPS_CAPTION = ("Quality per network evaluation: MNIST-FD ± bootstrap std and recall ± std over real subsets "
+                 "against the number of steps (log scale), one line per sampler, every point from the same seed.")
 PREVIEW_SEED = 1234  # fixed noise for the per-epoch grids (F9, F12)
 SAMPLE_BATCH = 500  # samples drawn at once: memory stays bounded for any n
 
@@ -59,7 +63,9 @@ class EvaluationRequest:
     iwae_k: int = 500  # importance samples per test image (likelihood models)
     n_images: int = 10_000  # test images for the IWAE bound
     guidance_sweep: tuple[float, ...] | None = None  # guided models: also these weights
-    sweep_samples: int | None = None  # samples per sweep weight (default n_samples)
+    sweep_samples: int | None = None  # samples per point of either sweep (default n_samples)
+    steps_sweep: tuple[int, ...] | None = None  # diffusion models: also every metric at these numbers of steps
+    samplers: tuple[SamplerSettings, ...] | None = None  # ... for each of these (default: the request's sampler)
     classifier_path: Path | None = None  # judge weights (default: the bundled classifier)
     progress: bool = True  # progress bars while sampling
     edits: EditRequest | None = None  # also score the model's edits (None: not measured)
@@ -258,6 +264,8 @@ class ModelKind:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise UserError(f"{flag} must be a whole number >= {low}{why.get(low, '')}, got {value!r}")
         self.check_settings(config, request.settings)
+        if request.steps_sweep is not None or request.samplers is not None:
+            self.check_steps_sweep(config, request)
         for w in request.guidance_sweep or ():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise UserError(f"--guidance-sweep takes finite weights, got {w!r}")
@@ -274,6 +282,16 @@ class ModelKind:
                                       progress=progress)
         return sample_quality(batches, labels, classifier, reference, self.resolve(trained.config, settings), seed,
                               detail)
+
+    def check_steps_sweep(self, config: RunConfig, request: EvaluationRequest) -> None:
+        """Refuse, in one line, a steps sweep of a model without sampling steps."""
+        raise UserError(f"--steps-sweep and --samplers apply to the diffusion models; the {self.name} model "
+                        f"samples in one pass")
+
+    def steps_curve(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: Reference,
+                    metrics: RunMetrics) -> RunMetrics:
+        """Every sample metric at each of ``request.steps_sweep`` for each sampler (iterative kinds)."""
+        return metrics
 
     def own_metrics(self, trained: TrainedModel, request: EvaluationRequest, data_dir, device,
                     metrics: RunMetrics) -> RunMetrics:
@@ -327,6 +345,7 @@ class DiffusionKind(ModelKind):
 
     iterative = True
     figures_read_previews = True
+    study_samplers: ClassVar[tuple[str, ...]] = ()  # the study's steps sweep draws these ('NAME:GRID'); none: no sweep
     sampler_options = ("--sampler", "--steps", "--eta", "--grid")
 
     def build_objective(self, config: RunConfig, device: torch.device | str = "cpu"):
@@ -341,14 +360,16 @@ class DiffusionKind(ModelKind):
         return None
 
     def resolve(self, config: RunConfig, settings: SamplerSettings) -> SamplerSettings:
-        """The run's sampler, steps, eta (samplers that take it) and guidance (guided kinds) unless given;
-        the grid evenly spaced in time unless given."""
+        """The run's sampler, steps, eta (samplers that take it), guidance (guided kinds) and grid unless
+        given; the grid's power (powered spacings only) as given, else the run's on the run's grid, else 1."""
         p = config.process
         sampler = settings.sampler or p.sampler
         eta = (p.eta if settings.eta is None else settings.eta) if "eta" in SAMPLERS[sampler].options else None
         guidance = (p.guidance if settings.guidance is None else settings.guidance) if self.guided else None
-        return SamplerSettings(sampler, settings.steps or self.default_steps(config, sampler), eta, guidance,
-                               settings.grid or GRID_SPACINGS[0])
+        grid = settings.grid or p.grid
+        power = settings.grid_power if settings.grid_power is not None else p.grid_power if grid == p.grid else 1.0
+        return SamplerSettings(sampler, settings.steps or self.default_steps(config, sampler), eta, guidance, grid,
+                               power if grid in POWERED_SPACINGS else None)
 
     def check_settings(self, config: RunConfig, settings: SamplerSettings) -> None:
         """Options against the sampler registry, steps against the process, eta and w against their ranges."""
@@ -362,6 +383,9 @@ class DiffusionKind(ModelKind):
             raise UserError(f"--eta applies to --sampler {' / '.join(takes)} only ({sampler} has no eta)")
         if settings.grid is not None and settings.grid not in GRID_SPACINGS:
             raise UserError(f"unknown --grid {settings.grid!r}; valid: {', '.join(GRID_SPACINGS)}")
+        grid = settings.grid or p.grid
+        if settings.grid_power is not None and grid not in POWERED_SPACINGS:
+            raise UserError(f"--grid-power applies to --grid {' / '.join(POWERED_SPACINGS)} only ({grid} takes none)")
         most = self.most_steps(config)
         if most is not None and settings.steps is not None and not 1 <= settings.steps <= most:
             raise UserError(f"--steps must be in [1, {most}] on this model, got {settings.steps}")
@@ -370,13 +394,65 @@ class DiffusionKind(ModelKind):
                             f"timesteps; pass --steps in [1, {most}]")
         in_range("--steps", settings.steps, type(p), "sample_steps")
         in_range("--eta", settings.eta, type(p), "eta")
+        in_range("--grid-power", settings.grid_power, type(p), "grid_power")
         in_range("--guidance", settings.guidance, type(p), "guidance")
+
+    def sweep_samplers(self, request: EvaluationRequest) -> list[SamplerSettings]:
+        """The samplers of a steps sweep: each given one (default: the request's), its unset fields filled
+        from the request's settings (its sampler's eta only where it takes one)."""
+        base = request.settings
+        out = []
+        for s in request.samplers or (replace(base, steps=None),):
+            takes_eta = s.sampler is None or "eta" in SAMPLERS[s.sampler].options
+            eta = s.eta if s.eta is not None else base.eta if takes_eta else None
+            out.append(replace(s, steps=None, eta=eta, guidance=base.guidance if s.guidance is None else s.guidance,
+                               grid=s.grid or base.grid,
+                               grid_power=base.grid_power if s.grid_power is None and not s.grid else s.grid_power))
+        return out
+
+    def check_steps_sweep(self, config: RunConfig, request: EvaluationRequest) -> None:
+        """The sweep's steps (whole numbers in the process's range, no repeats) and each sampler against
+        :meth:`check_settings` at every one of them; samplers that resolve alike are repeats."""
+        steps = request.steps_sweep
+        if not steps:
+            raise UserError("--samplers needs --steps-sweep (the numbers of steps to draw each sampler at)")
+        most = self.most_steps(config) or int(range_of(type(config.process), "sample_steps").high)
+        for k in steps:
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
+                raise UserError(f"--steps-sweep takes whole numbers in [1, {most}] on this model, got {k!r}")
+        if len(set(steps)) < len(steps):
+            raise UserError(f"--steps-sweep repeats a number of steps: {', '.join(map(str, steps))}")
+        seen = {}
+        for s in self.sweep_samplers(request):
+            for k in steps:
+                self.check_settings(config, replace(s, steps=k))
+            key = replace(self.resolve(config, s), steps=None)
+            if key in seen:
+                raise UserError(f"--samplers names one sampler twice: {key.describe()}")
+            seen[key] = key
+
+    def steps_curve(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: Reference,
+                    metrics: RunMetrics) -> RunMetrics:
+        """Every sample metric, with its spread, and the seconds per 100 samples of ``request.sweep_samples``
+        (default ``n_samples``) fresh samples at each number of steps of ``request.steps_sweep``, for each
+        sampler of :meth:`sweep_samplers`; every point from the same seed."""
+        if not request.steps_sweep:
+            return metrics
+        n = request.sweep_samples or request.n_samples
+        points = []
+        for sampler in self.sweep_samplers(request):
+            for k in request.steps_sweep:
+                settings = self.resolve(trained.config, replace(sampler, steps=k))
+                with long_step(f"steps sweep, {settings.sampler}-{k}", n, request.progress):
+                    points.append(StepsPoint.of(self.sample_quality(trained, classifier, reference, n, request.seed,
+                                                                    settings, request.progress)))
+        return replace(metrics, steps_sweep=tuple(points))
 
     def step_times(self, config: RunConfig, settings: SamplerSettings) -> list[int]:
         """What ``on_step`` reports, in order: the grid's labels (the DDPM's timesteps from T-1 down to
         0; the log-SNR process's steps still to go, S-1 down to 0)."""
         s = self.resolve(config, settings)
-        return list(self.build_process(config).grid(s.steps, s.grid).labels)
+        return list(self.build_process(config).grid(s.steps, s.grid, power=s.grid_power or 1.0).labels)
 
     def sample(self, config: RunConfig, model: nn.Module, n: int, generator: torch.Generator,
                settings: SamplerSettings = SamplerSettings(), labels: torch.Tensor | None = None,

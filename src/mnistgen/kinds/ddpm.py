@@ -11,7 +11,8 @@ from torch import nn
 
 from mnistgen.config import RunConfig
 from mnistgen.diffusion.ddpm import GaussianDiffusion
-from mnistgen.kinds.base import DiffusionKind, TrainedModel
+from mnistgen.evaluation.results import read_metrics
+from mnistgen.kinds.base import STEPS_CAPTION, STEPS_FIGURE, DiffusionKind, TrainedModel
 from mnistgen.models.unet import UNet
 
 
@@ -25,7 +26,9 @@ class DDPMKind(DiffusionKind):
         "f10_samples.png": "F10. 64 samples from the final DDPM (EMA weights), the run's default sampler.",
         "f11_reverse_chain.png": "F11. Four ancestral reverse chains, state after steps t = 999 ... 0.",
         "ddim_vs_ancestral.png": "DDIM-20, DDIM-50 and ancestral-1000 from the same initial noise.",
+        STEPS_FIGURE: STEPS_CAPTION,
     }
+    study_samplers = ("ddim:time", "dpm++2m-sde:trailing", "dpm++2m:trailing")
 
     def build_model(self, config: RunConfig) -> nn.Module:
         return UNet(config.model)
@@ -50,5 +53,6 @@ class DDPMKind(DiffusionKind):
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import diffusion
 
-        return diffusion.render_ddpm(self.draw(trained), trained.process.T, trained.run, trained.device,
-                                     self.preview_rows())
+        return (diffusion.render_ddpm(self.draw(trained), trained.process.T, trained.run, trained.device,
+                                      self.preview_rows())
+                + diffusion.render_steps(trained.run.figures / STEPS_FIGURE, read_metrics(trained.run).steps_sweep))

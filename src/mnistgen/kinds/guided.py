@@ -15,7 +15,7 @@ from mnistgen.data.mnist import labels_per_digit
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
 from mnistgen.evaluation.metrics import Reference
 from mnistgen.evaluation.results import RunMetrics, SweepPoint, read_metrics
-from mnistgen.kinds.base import DiffusionKind, EvaluationRequest, TrainedModel, conditional_labels
+from mnistgen.kinds.base import STEPS_CAPTION, STEPS_FIGURE, DiffusionKind, EvaluationRequest, TrainedModel, conditional_labels
 from mnistgen.models.unet import ConditionalUNet
 from mnistgen.progress import long_step
 
@@ -35,6 +35,9 @@ class GuidedKind(DiffusionKind):
         "f12_epochs.png": "F12. Class-conditional samples for labels 0-9 (rows) as training proceeds (columns).",
         "guidance_sweep.png": "Guidance sweep: samples per digit for w = 0 ... 4, and MNIST-FD / class accuracy "
                               "against w.",
+        "guidance_tradeoff.png": "Guidance trade-off: class accuracy and recall (± std over subsets of the real "
+                                 "images) against w, from the guidance sweep.",
+        STEPS_FIGURE: STEPS_CAPTION,
     }
 
     def build_model(self, config: RunConfig) -> nn.Module:
@@ -77,6 +80,7 @@ class GuidedKind(DiffusionKind):
     def render_figures(self, trained: TrainedModel, data_dir: str | os.PathLike | None) -> list[Path]:
         from mnistgen.figures import diffusion
 
-        sweep = read_metrics(trained.run).guidance_sweep
-        return diffusion.render_cfg(self.draw(trained), trained.run, trained.device, self.sweep_weights, sweep,
-                                    self.preview_rows())
+        metrics = read_metrics(trained.run)
+        return (diffusion.render_cfg(self.draw(trained), trained.run, trained.device, self.sweep_weights,
+                                     metrics.guidance_sweep, self.preview_rows())
+                + diffusion.render_steps(trained.run.figures / STEPS_FIGURE, metrics.steps_sweep))
