@@ -10,6 +10,7 @@ from PIL import Image
 
 from mnistgen.cli import main
 from mnistgen.figures.edits import CAPTIONS as EDIT_CAPTIONS
+from mnistgen.kinds.base import STEPS_FIGURE
 from mnistgen.study import CAPTIONS, LIKELIHOOD, TERMS_FIGURE, write_report
 from mnistgen.storage.checkpoint import load_checkpoint
 from mnistgen.training.device import amp_dtype, pick_device
@@ -32,12 +33,17 @@ def test_reproduce_smoke_end_to_end(tmp_path, capsys):
                    "10 test digits, lower half hidden: read as the true digit", "guided to the true digit",
                    "DDIM inversion round trip, 10 steps", "midpoints that keep the class",
                    "Likelihood in bits per pixel", "bits per pixel: vlb (4 test images", "bits per pixel: ode, null label",
-                   "VAE (grey-level decoder)", "iwae (4 test images", "iwae, dynamically binarized", "FFJORD"):
+                   "VAE (grey-level decoder)", "iwae (4 test images", "iwae, dynamically binarized", "FFJORD",
+                   "dpm++2m-sde, trailing grid, 5 steps (50 samples): MNIST-FD / KID / precision / recall",
+                   "ddim, eta = 0, 2 steps (50 samples)", "dpm++2m, trailing grid, 2 steps",
+                   "w = 4: MNIST-FD / class accuracy / KID / recall (50 samples)"):
         assert needle in report, needle
     dtype = amp_dtype(pick_device("auto"), "auto") or torch.float32  # the smoke preset's amp = auto
     assert f"training: 2 epochs ({str(dtype).removeprefix('torch.')})" in report
     for kind in ("vae", "ddpm", "cfg", "vae-grey"):
         assert (out / kind / "metrics.json").is_file()
+    assert f"ddpm/figures/{STEPS_FIGURE}" in images and "cfg/figures/guidance_tradeoff.png" in images
+    assert len(json.loads((out / "ddpm" / "metrics.json").read_text())["steps_sweep"]) == 3 * 2
     assert json.loads((out / "vae-grey" / "config.json").read_text())["model"]["decoder"] == "logistic"
 
     capsys.readouterr()

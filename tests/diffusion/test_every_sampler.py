@@ -12,7 +12,7 @@ from torch import nn
 from mnistgen.config import CFGConfig, DDPMConfig
 from mnistgen.diffusion.ddpm import GaussianDiffusion
 from mnistgen.diffusion.logsnr import LogSNRDiffusion
-from mnistgen.diffusion.registry import GRID_SPACINGS, SAMPLERS
+from mnistgen.diffusion.registry import GRID_SPACINGS, SAMPLERS, SamplerSettings
 from tests.diffusion.sampling import sample
 
 SHAPE = (3, 1, 5, 5)
@@ -121,3 +121,17 @@ def test_dpm_solver_on_the_log_snr_process_matches_numpy(spacing, power, steps):
     out = sample("dpm++2m", Net(), LogSNRDiffusion(C), _noise(), steps=steps, spacing=spacing, power=power)
     np.testing.assert_allclose(out.double().numpy(), _dpm_np(_noise().double().numpy(), steps, spacing, power),
                                atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("process", [GaussianDiffusion(DDPMConfig()), LogSNRDiffusion(C)], ids=["ddpm", "logsnr"])
+def test_draw_samples_on_the_settings_grid_and_power(process):
+    """``samplers.draw`` (what every kind calls) builds the grid its settings name, power included: it
+    matches the loop on that grid and differs from the grid at power 1."""
+    from mnistgen.diffusion.samplers import draw
+
+    settings = SamplerSettings("ddim", 6, 0.0, None, "trailing", 0.7)
+    out = draw(Net(), process, _noise(), settings)
+    torch.testing.assert_close(out, sample("ddim", Net(), process, _noise(), steps=6, spacing="trailing", power=0.7,
+                                           eta=0.0))
+    plain = draw(Net(), process, _noise(), SamplerSettings("ddim", 6, 0.0, None, "trailing", None))
+    assert not torch.allclose(out, plain)

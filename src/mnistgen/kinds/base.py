@@ -81,6 +81,7 @@ class ModelKind:
     generative: ClassVar[bool] = True
     data_scale: ClassVar[str] = "signed"  # pixels in [-1, 1] (diffusion, DDPM section 3.3) or "unit" [0, 1]
     takes_labels: ClassVar[bool] = False  # sampling needs a class label per sample
+    study_samplers: ClassVar[tuple[str, ...]] = ()  # the study's steps sweep draws these ('NAME:GRID'); none: no sweep
     sampler_options: ClassVar[tuple[str, ...]] = ()  # the command-line sampler options that apply
     guided: ClassVar[bool] = False  # has a guidance weight to sweep
     sweep_weights: ClassVar[tuple[float, ...]] = ()  # guided kinds: the study's sweep, and its figure
@@ -345,7 +346,6 @@ class DiffusionKind(ModelKind):
 
     iterative = True
     figures_read_previews = True
-    study_samplers: ClassVar[tuple[str, ...]] = ()  # the study's steps sweep draws these ('NAME:GRID'); none: no sweep
     sampler_options = ("--sampler", "--steps", "--eta", "--grid")
 
     def build_objective(self, config: RunConfig, device: torch.device | str = "cpu"):
