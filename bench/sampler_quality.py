@@ -3,6 +3,7 @@ several samplers on one trained diffusion run, in one process.
 
     python bench/sampler_quality.py RUN --n 1000 --samplers ancestral,ddim-50,ddim-20
     python bench/sampler_quality.py pretrained:cfg --n 1000 --guidance 1 --samplers ancestral-16,dpm++2m-10
+    python bench/sampler_quality.py pretrained:ddpm --samplers ddim-50-eta1:time,dpm++2m-sde-10:trailing:0.8
 
 RUN is a trained diffusion run (e.g. ``study/ddpm`` after ``mnistgen reproduce``) or a pretrained
 model. Every sampler draws ``n`` samples from the same seed with the run's sampling weights (a
@@ -19,21 +20,27 @@ import re
 from mnistgen.evaluation.fd import load_classifier
 from mnistgen import kinds
 from mnistgen.defaults import run_path
-from mnistgen.diffusion.samplers import SAMPLERS, SamplerSettings
+from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, SamplerSettings
 from mnistgen.evaluation.metrics import reference_set
 from mnistgen.runs import load_run
 from results_io import stamp, write_results
 
 
 def settings(name: str, guidance: float | None = None, grid: str | None = None) -> SamplerSettings:
-    """A registry sampler's name, optionally with its steps and DDIM's eta: 'ancestral' (the run's
-    default steps), 'ancestral-K', 'dpm++2m-K', 'dpm++2m-sde-K', 'ddim-K' (eta = 0) or 'ddim-K-etaE'."""
-    match = re.fullmatch(r"(?P<sampler>.+?)(?:-(?P<steps>\d+))?(?:-eta(?P<eta>\d+(?:\.\d+)?))?", name)
-    if match is None or match["sampler"] not in SAMPLERS or (match["eta"] and match["sampler"] != "ddim"):
+    """A registry sampler's name, optionally with its steps, DDIM's eta and a grid with its power:
+    'ancestral' (the run's default steps), 'ancestral-K', 'dpm++2m-K', 'dpm++2m-sde-K', 'ddim-K' (eta = 0),
+    'ddim-K-etaE', each optionally followed by ':GRID' or ':GRID:POWER' (e.g. 'dpm++2m-sde-10:trailing:0.8';
+    without one, ``grid`` or the run's)."""
+    match = re.fullmatch(r"(?P<sampler>.+?)(?:-(?P<steps>\d+))?(?:-eta(?P<eta>\d+(?:\.\d+)?))?"
+                         r"(?::(?P<grid>[a-z-]+)(?::(?P<power>\d+(?:\.\d+)?))?)?", name)
+    if match is None or match["sampler"] not in SAMPLERS or (match["eta"] and match["sampler"] != "ddim") or (
+            match["grid"] and match["grid"] not in GRID_SPACINGS):
         raise SystemExit(f"unknown sampler {name!r}; use NAME, NAME-K or ddim-K-etaE with NAME one of "
-                         f"{', '.join(SAMPLERS)} (e.g. ddim-50-eta0.5)")
+                         f"{', '.join(SAMPLERS)} (e.g. ddim-50-eta0.5), optionally :GRID or :GRID:POWER with GRID one "
+                         f"of {', '.join(GRID_SPACINGS)}")
     eta = float(match["eta"] or 0.0) if match["sampler"] == "ddim" else None
-    return SamplerSettings(match["sampler"], int(match["steps"]) if match["steps"] else None, eta, guidance, grid)
+    return SamplerSettings(match["sampler"], int(match["steps"]) if match["steps"] else None, eta, guidance,
+                           match["grid"] or grid, float(match["power"]) if match["power"] else None)
 
 
 def main() -> None:
@@ -51,23 +58,25 @@ def main() -> None:
     classifier = load_classifier()
     reference = reference_set(classifier, None, "cpu")
     rows = []
-    print(f"{'sampler':16s} {'steps':>6s} {'MNIST-FD':>9s} {'accuracy':>9s} {'seconds':>9s} {'s/100':>7s}", flush=True)
+    print(f"{'sampler':32s} {'steps':>6s} {'MNIST-FD':>9s} {'std':>5s} {'KID':>6s} {'recall':>6s} {'accuracy':>9s} "
+          f"{'seconds':>9s} {'s/100':>7s}", flush=True)
     for name in args.samplers.split(","):
         asked = settings(name, args.guidance, args.grid)
         kind.check_settings(trained.config, asked)
         q = kind.sample_quality(trained, classifier, reference, args.n, args.seed, asked, progress=False)
         rows.append({**q.settings.to_json(), "name": name, "mnist_fd": round(q.mnist_fd, 2),
                      "mnist_fd_std": round(q.fd_spread.std, 2) if q.fd_spread else None,
-                     "class_accuracy": q.class_accuracy, "seconds": q.sample_seconds,
-                     "seconds_per_100": q.seconds_per_100_samples})
+                     "kid": round(q.kid.mean, 2), "kid_std": round(q.kid.std, 2), "precision": round(q.prdc.precision, 3),
+                     "recall": round(q.prdc.recall, 3), "class_accuracy": q.class_accuracy,
+                     "seconds": q.sample_seconds, "seconds_per_100": q.seconds_per_100_samples})
         accuracy = f"{100 * q.class_accuracy:8.1f}%" if q.class_accuracy is not None else f"{'-':>9s}"
-        print(f"{name:16s} {q.settings.steps:6d} {q.mnist_fd:9.2f} {accuracy} {q.sample_seconds:9.1f} "
-              f"{q.seconds_per_100_samples:7.2f}", flush=True)
+        print(f"{name:32s} {q.settings.steps:6d} {q.mnist_fd:9.2f} {q.fd_spread.std:5.2f} {q.kid.mean:6.2f} "
+              f"{q.prdc.recall:6.3f} {accuracy} {q.sample_seconds:9.1f} {q.seconds_per_100_samples:7.2f}", flush=True)
     base = rows[0]
     for r in rows:
         r["fd_vs_first"] = round(r["mnist_fd"] / base["mnist_fd"], 3)
         r["speedup_vs_first"] = round(base["seconds"] / r["seconds"], 1)
-        print(f"{r['name']:16s} FD x{r['fd_vs_first']:.3f} of {base['name']}'s, "
+        print(f"{r['name']:32s} FD x{r['fd_vs_first']:.3f} of {base['name']}'s, "
               f"{r['speedup_vs_first']:.1f}x its speed")
     results = {**stamp(), "run": str(args.run),
                "preset": trained.config.preset, "step": trained.history[-1].step if trained.history else 0,

@@ -63,3 +63,16 @@ def test_edit_scores_writes_each_models_scores_side_by_side(bench, capsys):
     assert 0.5 < scores["accuracy"] <= 1 and "inversion_psnr" not in scores  # the VAE inverts nothing
     table = capsys.readouterr().out
     assert "accuracy" in table and f"{scores['accuracy']:.4f}"[:6] in table
+
+
+def test_sampler_quality_reads_steps_eta_and_a_grid_with_its_power(bench):
+    import sampler_quality
+    from mnistgen.diffusion.registry import SamplerSettings
+
+    assert sampler_quality.settings("ddim-50-eta1:time") == SamplerSettings("ddim", 50, 1.0, None, "time")
+    assert sampler_quality.settings("dpm++2m-sde-10:trailing:0.8", 0.3) == \
+        SamplerSettings("dpm++2m-sde", 10, None, 0.3, "trailing", 0.8)
+    assert sampler_quality.settings("ancestral", grid="log-snr") == SamplerSettings("ancestral", grid="log-snr")
+    for bad in ("euler-10", "ddim-10:karras", "ancestral-5-eta1"):
+        with pytest.raises(SystemExit):
+            sampler_quality.settings(bad)
