@@ -20,6 +20,7 @@ import re
 from mnistgen.evaluation.fd import load_classifier
 from mnistgen import kinds
 from mnistgen.defaults import run_path
+from mnistgen.diffusion.registry import parse_sampler
 from mnistgen.diffusion.samplers import GRID_SPACINGS, SAMPLERS, SamplerSettings
 from mnistgen.evaluation.metrics import reference_set
 from mnistgen.runs import load_run
@@ -31,16 +32,20 @@ def settings(name: str, guidance: float | None = None, grid: str | None = None) 
     'ancestral' (the run's default steps), 'ancestral-K', 'dpm++2m-K', 'dpm++2m-sde-K', 'ddim-K' (eta = 0),
     'ddim-K-etaE', each optionally followed by ':GRID' or ':GRID:POWER' (e.g. 'dpm++2m-sde-10:trailing:0.8';
     without one, ``grid`` or the run's)."""
-    match = re.fullmatch(r"(?P<sampler>.+?)(?:-(?P<steps>\d+))?(?:-eta(?P<eta>\d+(?:\.\d+)?))?"
-                         r"(?::(?P<grid>[a-z-]+)(?::(?P<power>\d+(?:\.\d+)?))?)?", name)
-    if match is None or match["sampler"] not in SAMPLERS or (match["eta"] and match["sampler"] != "ddim") or (
-            match["grid"] and match["grid"] not in GRID_SPACINGS):
-        raise SystemExit(f"unknown sampler {name!r}; use NAME, NAME-K or ddim-K-etaE with NAME one of "
-                         f"{', '.join(SAMPLERS)} (e.g. ddim-50-eta0.5), optionally :GRID or :GRID:POWER with GRID one "
-                         f"of {', '.join(GRID_SPACINGS)}")
+    unknown = SystemExit(f"unknown sampler {name!r}; use NAME, NAME-K or ddim-K-etaE with NAME one of "
+                         f"{', '.join(SAMPLERS)} (e.g. ddim-50-eta0.5), optionally :GRID or :GRID:POWER with GRID "
+                         f"one of {', '.join(GRID_SPACINGS)}")
+    head, _, grid_part = name.partition(":")
+    match = re.fullmatch(r"(?P<sampler>.+?)(?:-(?P<steps>\d+))?(?:-eta(?P<eta>\d+(?:\.\d+)?))?", head)
+    if match is None or (match["eta"] and match["sampler"] != "ddim"):
+        raise unknown
+    try:  # the sampler, its grid and the grid's power as `mnistgen evaluate --samplers` reads them
+        entry = parse_sampler(match["sampler"] + (f":{grid_part}" if grid_part else ""))
+    except ValueError:
+        raise unknown from None
     eta = float(match["eta"] or 0.0) if match["sampler"] == "ddim" else None
     return SamplerSettings(match["sampler"], int(match["steps"]) if match["steps"] else None, eta, guidance,
-                           match["grid"] or grid, float(match["power"]) if match["power"] else None)
+                           entry.grid or grid, entry.grid_power)
 
 
 def main() -> None:
@@ -50,7 +55,8 @@ def main() -> None:
     parser.add_argument("--samplers", default="ancestral,ddim-50,ddim-20")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=None, help="conditional models: w (default: the run's)")
-    parser.add_argument("--grid", default=None, help="grid spacing: time (default) or log-snr")
+    parser.add_argument("--grid", default=None, help="grid spacing for samplers without ':GRID': time, log-snr or "
+                        "trailing (default: the run's)")
     parser.add_argument("--name", default="samplers", help="results file: bench/results/<name>-<date>-<host>.json")
     args = parser.parse_args()
     trained = load_run(run_path(args.run), generative=True)

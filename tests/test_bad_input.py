@@ -204,7 +204,12 @@ ROWS = [
     ("evaluate {root}/vae --steps 5", "does not apply to the vae model"),
     ("evaluate {root}/vae --iwae-k 0", "must be >= 1"),
     ("evaluate {root}/vae --n 5", "--n must be a whole number >= 6"),
-    ("evaluate {root}/cfg --guidance-sweep 0,1 --sweep-samples 1", "--sweep-samples must be a whole number >= 2"),
+    ("evaluate {root}/cfg --guidance-sweep 0,1 --sweep-samples 1", "--sweep-samples must be a whole number >= 6"),
+    ("evaluate {root}/ddpm --steps-sweep 5 --sweep-samples 3", "--sweep-samples must be a whole number >= 6 "
+                                                              "(precision and recall look at the 5 nearest"),
+    ("sample {root}/vae --n 4 --grid-power 2 --out {root}/x", "--grid-power does not apply to the vae model"),
+    ("evaluate {root}/vae --grid-power nan", "--grid-power does not apply to the vae model"),
+    ("evaluate {root}/ddpm --steps-sweep 5 --samplers ,", "--samplers takes one or more names"),
     ("evaluate {root}/cfg --sweep-samples 50", "--sweep-samples needs --guidance-sweep or --steps-sweep"),
     ("evaluate {root}/ddpm --sweep-samples 50", "--sweep-samples needs --guidance-sweep or --steps-sweep"),
     ("evaluate pretrained:vae --out {root}/never-made --n 5", "--n must be a whole number >= 6"),

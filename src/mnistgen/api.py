@@ -125,7 +125,10 @@ def sweep_settings(samplers: Sequence[str | SamplerSettings] | None) -> tuple[Sa
     if samplers is None:
         return None
     if isinstance(samplers, str):
-        samplers = samplers.split(",")
+        samplers = [s for s in samplers.split(",") if s.strip()]
+    if not samplers or not all(isinstance(s, (str, SamplerSettings)) for s in samplers):
+        raise UserError(f"--samplers takes one or more names such as ddim:time or dpm++2m-sde:trailing:0.8, "
+                        f"got {samplers!r}")
     try:
         return tuple(s if isinstance(s, SamplerSettings) else parse_sampler(s) for s in samplers)
     except ValueError as e:

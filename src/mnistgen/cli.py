@@ -105,7 +105,8 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
     p.add_argument("--grid", choices=GRID_SPACINGS, default=None,
                    help="where the levels lie (default: the run's): evenly in the process's time, in log-SNR, or "
-                        "trailing (evenly in time, the last level one interval above the clean image)")
+                        "trailing (evenly in time counted back from the noise: the DDPM's last evaluation one "
+                        "interval above t = 0; for the CFG model the same as time)")
     p.add_argument("--grid-power", type=float, default=None,
                    help="time / trailing grids: the fraction of time left at level k is (1 - k/K)^P "
                         "(default: the run's on its own grid, else 1; < 1 moves the levels towards the noise)")
@@ -478,7 +479,8 @@ def _evaluate(args) -> int:
             print(f"{key}: {value:.4f}")
     for p in metrics.guidance_sweep or ():
         kid = f", kid {p.kid:.4f}" if p.kid is not None else ""
-        print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}{kid}")
+        recall = f", recall {p.recall:.3f}" if p.recall is not None else ""
+        print(f"w={p.guidance:g}: mnist_fd {p.mnist_fd:.2f}, class_accuracy {p.class_accuracy:.4f}{kid}{recall}")
     for p in metrics.steps_sweep or ():
         accuracy = f", class_accuracy {p.class_accuracy:.4f}" if p.class_accuracy is not None else ""
         print(f"{p.line}, {p.steps} steps: mnist_fd {p.mnist_fd:.2f} +- {p.mnist_fd_std:.2f}, kid {p.kid:.2f} +- "

@@ -120,7 +120,8 @@ class Model:
                       grid_power: float | None = None, generator: torch.Generator | None = None,
                       on_progress: Callable[[float], None] | None = None) -> torch.Tensor:
         """The reverse process of ``n`` samples: the state after step t for each t in ``at``, t counted
-        down to 0 = the finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
+        down to the last step's (0 on a time grid; the trailing grid's last timestep lies above it) = the
+        finished samples (the DDPM's timesteps; the CFG sampler's steps still to go).
         A t the sampler does not visit (one on fewer than T steps skips most) is replaced by the nearest one it does.
         ``frames`` instead of ``at``: up to that many states (at most one per step) evenly spaced over the
         sampler's steps, the last the finished samples. Default: up to six distinct states from nearly pure noise to the end.

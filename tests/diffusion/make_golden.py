@@ -20,7 +20,7 @@ from mnistgen.diffusion.samplers import SamplerSettings  # noqa: E402 (the names
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "golden_samplers.safetensors"
 
 CASES = {  # name -> (model, settings, n, labels)
-    "ddpm_ddim50_eta1": ("ddpm", SamplerSettings("ddim", 50, 1.0), 3, None),  # the cpu study's sampler
+    "ddpm_ddim50_eta1": ("ddpm", SamplerSettings("ddim", 50, 1.0), 3, None),  # the cpu study's until 2026-12-08
     "ddpm_ddim20_eta0": ("ddpm", SamplerSettings("ddim", 20, 0.0), 3, None),
     "ddpm_ancestral1000": ("ddpm", SamplerSettings("ancestral", 1000), 2, None),  # the reference study's
     "ddpm_ancestral50": ("ddpm", SamplerSettings("ancestral", 50), 3, None),

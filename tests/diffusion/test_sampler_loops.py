@@ -244,13 +244,21 @@ def _ddim_np(x, steps, eta, seed):
     return x
 
 
-def _dpm_solver_2m_np(x, steps, seed=None):
+def _trailing_grid(steps, power):
+    """Lin et al. 2023's trailing timesteps, T ((K - k) / K)^power - 1, rounded (distinct at these K)."""
+    grid = [int(round(T * ((steps - k) / steps) ** power)) - 1 for k in range(steps)]
+    assert len(set(grid)) == steps
+    return grid
+
+
+def _dpm_solver_2m_np(x, steps, seed=None, grid=None):
     """DPM-Solver++(2M) as Lu et al. 2022 write it (algorithm 2): h_i = lambda_i - lambda_{i-1},
     r_i = h_{i-1} / h_i, D_i = (1 + 1 / (2 r_i)) x0_{i-1} - 1 / (2 r_i) x0_{i-2}. With a ``seed``, its
     SDE variant, written as a DDIM step at eta = 1 (DDIM eq. 12 and 16) whose x0 is D_i: the step's
-    noise is the one consistent with D_i."""
+    noise is the one consistent with D_i. The last level's x0 is the sample (``grid``: the timesteps,
+    default DDIM's), which on a trailing grid is the step onto the clean image from t_{K-1} > 0."""
     z = None if seed is None else _draws(seed)
-    grid = _ddim_grid(steps)
+    grid = _ddim_grid(steps) if grid is None else grid
     lam = [0.5 * np.log(ALPHA_BARS[t] / (1 - ALPHA_BARS[t])) for t in grid]
     x0s, hs = [], []
     for i, t in enumerate(grid):
@@ -321,6 +329,16 @@ def test_dpm_solver_sde_loop_matches_numpy(ddpm, steps):
     out = sample("dpm++2m-sde", Net(), ddpm, _noise(), torch.Generator().manual_seed(13), steps=steps)
     np.testing.assert_allclose(out.double().numpy(), _dpm_solver_2m_np(_noise().double().numpy(), steps, 13),
                                atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("steps, power", [(10, 0.8), (10, 1.0), (5, 0.8), (20, 0.6)])
+def test_dpm_solver_sde_on_the_trailing_grid_matches_numpy(ddpm, steps, power):
+    """The `cpu` DDPM's default: SDE-DPM-Solver++(2M) on the trailing grid at a power, against the NumPy loop
+    over that grid's timesteps, computed here from its formula."""
+    out = sample("dpm++2m-sde", Net(), ddpm, _noise(), torch.Generator().manual_seed(14), steps=steps,
+                 spacing="trailing", power=power)
+    expected = _dpm_solver_2m_np(_noise().double().numpy(), steps, 14, _trailing_grid(steps, power))
+    np.testing.assert_allclose(out.double().numpy(), expected, atol=2e-4, rtol=0)
 
 
 def test_dpm_solver_sde_first_step_is_ddim_at_eta_1(ddpm):

@@ -61,7 +61,8 @@ def test_a_steps_sweep_scores_each_sampler_at_each_number_of_steps(run, mnist_di
     drawn = diffusion.render_steps(run / "steps.png", metrics.steps_sweep)
     with Image.open(drawn[0]) as image:
         assert image.size[0] > 500
-    assert diffusion.render_steps(run / "none.png", None) == [] and not (run / "none.png").exists()
+    (run / "old.png").write_bytes(b"an earlier sweep's drawing")
+    assert diffusion.render_steps(run / "old.png", None) == [] and not (run / "old.png").exists()
 
 
 def test_the_sweep_inherits_the_requests_settings_where_an_entry_leaves_them(run):
@@ -121,3 +122,22 @@ def test_the_curves_draw(tmp_path):
     sweep = tuple(SweepPoint(w, 16, 100, 10.0 + w, 0.9 + w / 50, recall=0.9 - w / 10, recall_std=0.02)
                   for w in (0.0, 1.0, 4.0))
     assert Image.open(diffusion.guidance_tradeoff(sweep, tmp_path / "tradeoff.png")).size[0] > 300
+
+
+def test_eta_reaches_the_sweeps_ddim_on_a_run_whose_sampler_takes_none():
+    """On the cpu DDPM (SDE-DPM-Solver++, no eta) --eta goes to a sweep's DDIM; alone it is refused."""
+    from mnistgen import kinds
+    from mnistgen.config import preset
+    from mnistgen.errors import UserError
+    from mnistgen.kinds import EvaluationRequest
+
+    config = preset("ddpm", "cpu")
+    kind = kinds.get("ddpm")
+    swept = EvaluationRequest(settings=SamplerSettings(eta=0.0), steps_sweep=(5, 10),
+                              samplers=(parse_sampler("ddim:time"), parse_sampler("dpm++2m-sde")))
+    kind.check_request(config, swept)
+    assert [s.eta for s in kind.sweep_samplers(swept)] == [0.0, None]
+    with pytest.raises(UserError, match="--eta applies to --sampler ddim only"):
+        kind.check_request(config, EvaluationRequest(settings=SamplerSettings(eta=0.0)))
+    with pytest.raises(UserError, match="--eta applies to --sampler ddim only"):
+        kind.check_request(config, EvaluationRequest(settings=SamplerSettings(eta=0.0), steps_sweep=(5,)))

@@ -21,7 +21,7 @@ from mnistgen.diffusion.registry import GRID_SPACINGS, SAMPLERS, SamplerSettings
 __all__ = ["GRID_SPACINGS", "SAMPLERS", "OnStep", "SamplerSettings", "ancestral", "ddim", "ddim_sigma", "draw",
            "dpm_solver_2m", "dpm_solver_2m_sde", "denoiser_for", "to_unit"]
 
-OnStep = Callable[[int, torch.Tensor], None]  # (grid label, x after that step) -> None; the last label is 0
+OnStep = Callable[[int, torch.Tensor], None]  # (grid label, x after that step) -> None; the last is the sample
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -91,9 +91,10 @@ def render_ddpm(draw: Draw, T: int, run: RunDir, device: torch.device, preview_r
 
 @torch.no_grad()
 def ddim_vs_ancestral(draw: Draw, T: int, device: torch.device, path: Path, n: int = 8, seed: int = 7) -> Path:
-    """Rows: DDIM-20, DDIM-50 and ancestral sampling (all T steps) from the same x_T."""
+    """Rows: DDIM-20, DDIM-50 (the paper's grid, evenly spaced in t; the run's eta) and ancestral sampling
+    (all T steps) from the same x_T."""
     rows = []
-    for settings in (SamplerSettings("ddim", min(20, T)), SamplerSettings("ddim", min(50, T)),
+    for settings in (SamplerSettings("ddim", min(20, T), grid="time"), SamplerSettings("ddim", min(50, T), grid="time"),
                      SamplerSettings("ancestral")):
         g = torch.Generator(device).manual_seed(seed)
         rows.append(draw(n, g, settings))
@@ -166,19 +167,27 @@ def steps_curve(points: tuple[StepsPoint, ...], path: Path) -> Path:
                     label=name)
         recall.errorbar(steps, [p.recall for p in row], yerr=[p.recall_std or 0.0 for p in row], fmt="o-",
                         capsize=3, label=name)
+    ticks = sorted({p.steps for p in points})
     for ax, what in ((fd, "MNIST-FD (lower is better)"), (recall, "recall")):
         ax.set_xscale("log")
-        ax.set_xlabel("network evaluations per sample (a guided pair counts once)")
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("network evaluations per sample")
         ax.set_ylabel(what)
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
     fd.legend(fontsize=8)
-    fig.suptitle(f"Quality per network evaluation ({points[0].n_samples} samples per point, one seed)", fontsize=11)
+    fig.suptitle(f"Quality per network evaluation ({points[0].n_samples} samples per point, one seed; "
+                 f"a guided step's pair counts once)", fontsize=11)
     return save_figure(fig, path)
 
 
 def render_steps(path: Path, points: tuple[StepsPoint, ...] | None) -> list[Path]:
-    """:func:`steps_curve` at ``path`` when there is a steps sweep (a run's metrics may hold none)."""
-    return [steps_curve(points, path)] if points else []
+    """:func:`steps_curve` at ``path`` when there is a steps sweep; without one (a later evaluation made
+    none) an earlier drawing is removed, so no figure outlives the numbers it showed."""
+    if not points:
+        Path(path).unlink(missing_ok=True)
+        return []
+    return [steps_curve(points, path)]
 
 
 def render_cfg(draw: Draw, run: RunDir, device: torch.device, weights: tuple[float, ...],
@@ -189,6 +198,9 @@ def render_cfg(draw: Draw, run: RunDir, device: torch.device, weights: tuple[flo
     paths = [epochs_grid(run, list(preview_rows), out / "f12_epochs.png",
                          "F12  class-conditional samples per epoch", list(preview_rows.values()))]
     paths.append(guidance_sweep(draw, device, out / "guidance_sweep.png", weights, sweep, seed=seed))
+    tradeoff = out / "guidance_tradeoff.png"
     if sweep and any(p.recall is not None for p in sweep):
-        paths.append(guidance_tradeoff(sweep, out / "guidance_tradeoff.png"))
+        paths.append(guidance_tradeoff(sweep, tradeoff))
+    else:
+        tradeoff.unlink(missing_ok=True)  # an earlier sweep's drawing: not these metrics
     return paths

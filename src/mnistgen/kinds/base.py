@@ -137,7 +137,8 @@ class ModelKind:
         """Refuse, in one line, sampler options that do not apply to this kind or lie out of range."""
         given = [name for name, v in (("--sampler", settings.sampler), ("--steps", settings.steps),
                                       ("--eta", settings.eta), ("--guidance", settings.guidance),
-                                      ("--grid", settings.grid)) if v is not None]
+                                      ("--grid", settings.grid), ("--grid-power", settings.grid_power))
+                 if v is not None]
         extra = [name for name in given if name not in self.sampler_options]
         if extra:
             takes = ", ".join(self.sampler_options) or "none of the sampler options (it samples in one pass)"
@@ -257,14 +258,18 @@ class ModelKind:
         """The request's counts, its sampler settings, and each end of its guidance sweep, as
         :meth:`check_settings`: everything before any work starts."""
         least = {("--n", "n_samples"): PRDC_K + 1 if self.generative else 1,
-                 ("--sweep-samples", "sweep_samples"): 2, ("--iwae-k", "iwae_k"): 1, ("--n-images", "n_images"): 1}
-        why = {PRDC_K + 1: f" (precision and recall look at the {PRDC_K} nearest neighbours)",
-               2: " (KID compares pairs of samples)"}
+                 ("--sweep-samples", "sweep_samples"): PRDC_K + 1, ("--iwae-k", "iwae_k"): 1,
+                 ("--n-images", "n_images"): 1}
+        why = {PRDC_K + 1: f" (precision and recall look at the {PRDC_K} nearest neighbours)"}
         for (flag, name), low in least.items():
             value = getattr(request, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise UserError(f"{flag} must be a whole number >= {low}{why.get(low, '')}, got {value!r}")
-        self.check_settings(config, request.settings)
+        main = request.settings
+        if request.steps_sweep and main.eta is not None and any(
+                s.sampler is not None and "eta" in SAMPLERS[s.sampler].options for s in request.samplers or ()):
+            main = replace(main, eta=None)  # --eta is for the sweep's samplers that take it (checked there)
+        self.check_settings(config, main)
         if request.steps_sweep is not None or request.samplers is not None:
             self.check_steps_sweep(config, request)
         for w in request.guidance_sweep or ():
@@ -346,7 +351,7 @@ class DiffusionKind(ModelKind):
 
     iterative = True
     figures_read_previews = True
-    sampler_options = ("--sampler", "--steps", "--eta", "--grid")
+    sampler_options = ("--sampler", "--steps", "--eta", "--grid", "--grid-power")
 
     def build_objective(self, config: RunConfig, device: torch.device | str = "cpu"):
         return self.build_process(config, device)
@@ -414,8 +419,10 @@ class DiffusionKind(ModelKind):
         """The sweep's steps (whole numbers in the process's range, no repeats) and each sampler against
         :meth:`check_settings` at every one of them; samplers that resolve alike are repeats."""
         steps = request.steps_sweep
-        if not steps:
+        if steps is None:
             raise UserError("--samplers needs --steps-sweep (the numbers of steps to draw each sampler at)")
+        if not steps:
+            raise UserError("--steps-sweep needs one or more numbers of steps")
         most = self.most_steps(config) or int(range_of(type(config.process), "sample_steps").high)
         for k in steps:
             if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
@@ -450,7 +457,7 @@ class DiffusionKind(ModelKind):
 
     def step_times(self, config: RunConfig, settings: SamplerSettings) -> list[int]:
         """What ``on_step`` reports, in order: the grid's labels (the DDPM's timesteps from T-1 down to
-        0; the log-SNR process's steps still to go, S-1 down to 0)."""
+        its last level, 0 on a time grid; the log-SNR process's steps still to go, S-1 down to 0)."""
         s = self.resolve(config, settings)
         return list(self.build_process(config).grid(s.steps, s.grid, power=s.grid_power or 1.0).labels)
 
