@@ -56,7 +56,7 @@ BUDGET_RECIPE = {"train.ema_start": 0, "train.ema_warmup_power": 2 / 3}
 
 # One sampler for every candidate (not each preset's default): DDIM-50 with eta = 1, the
 # best 50-step sampler measured on the cpu DDPM (docs/benchmarks.md, "DDIM against the full chain").
-JUDGED_BY = SamplerSettings(sampler="ddim", steps=50, eta=1.0)
+JUDGED_BY = SamplerSettings(sampler="ddim", steps=50, eta=1.0, grid="time")  # one sampler for every candidate
 
 
 def images_per_second(cfg, steps: int = 6) -> float:

@@ -26,15 +26,25 @@ from results_io import stamp, write_results
 
 def rescore(name: str, out: Path) -> dict:
     settings = SETTINGS["cpu"]
-    sweep = kinds.get(name).sweep_weights or None
+    kind = kinds.get(name)
+    sweep = kind.sweep_weights or None
+    samplers = getattr(kind, "study_samplers", ()) or None  # the steps sweep, where this version has one
+    steps = dict(steps_sweep=settings.steps_sweep, samplers=samplers) if samplers else {}
     metrics = mnistgen.evaluate(f"pretrained:{name}", out=out / name, n=settings.n_samples, iwae_k=settings.iwae_k,
-                                guidance_sweep=sweep, sweep_samples=settings.sweep_samples if sweep else None,
-                                device="cpu", progress=False)
+                                guidance_sweep=sweep, sweep_samples=settings.sweep_samples if sweep or samplers else None,
+                                device="cpu", progress=False, **steps)
     return metrics.to_json()
 
 
+def _point_name(point: dict) -> str:
+    """A sweep point's key: its weight (guidance sweep) or its sampler, grid, power and steps (steps sweep)."""
+    if "grid" not in point:
+        return f"w={point.get('guidance')}"
+    return f"{point['sampler']}:{point['grid']}:{point.get('grid_power')}:{point['steps']}"
+
+
 def numbers(record: dict, prefix: str = "") -> dict[str, float]:
-    """Every number in a metrics record, by a dotted key (sweep points by their weight)."""
+    """Every number in a metrics record, by a dotted key (sweep points by their weight, or sampler and steps)."""
     found = {}
     for key, value in record.items():
         if isinstance(value, bool) or key in ("evaluation_seconds", "sample_seconds", "seconds_per_100_samples"):
@@ -43,7 +53,7 @@ def numbers(record: dict, prefix: str = "") -> dict[str, float]:
             found[prefix + key] = value
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             for point in value:
-                found.update(numbers(point, f"{prefix}{key}[w={point.get('guidance')}]."))
+                found.update(numbers(point, f"{prefix}{key}[{_point_name(point)}]."))
         elif isinstance(value, list):
             found.update({f"{prefix}{key}[{i}]": v for i, v in enumerate(value)})
     return found

@@ -105,8 +105,8 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta in [0, 1]")
     p.add_argument("--grid", choices=GRID_SPACINGS, default=None,
                    help="where the levels lie (default: the run's): evenly in the process's time, in log-SNR, or "
-                        "trailing (evenly in time counted back from the noise: the DDPM's last evaluation one "
-                        "interval above t = 0; for the CFG model the same as time)")
+                        "trailing (evenly in time counted back from the noise: the DDPM's last evaluation at "
+                        "t = T/K - 1, not 0; for the CFG model the same as time)")
     p.add_argument("--grid-power", type=float, default=None,
                    help="time / trailing grids: the fraction of time left at level k is (1 - k/K)^P "
                         "(default: the run's on its own grid, else 1; < 1 moves the levels towards the noise)")
@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per point of --guidance-sweep and --steps-sweep (default: --n)")
     p.add_argument("--steps-sweep", default=None, metavar="K1,K2,...",
                    help="diffusion models: also every sample metric, with its spread, and the seconds per 100 "
-                        "samples at each number of steps, e.g. 5,10,20,50 (each in 1..T; no repeats)")
+                        "samples at each number of steps, e.g. 5,10,20,50 (each in 1..T for the DDPM, "
+                        "1..100000 for the CFG model; no repeats)")
     p.add_argument("--samplers", default=None, metavar="S1,S2,...",
                    help="the samplers of --steps-sweep (default: the run's), each NAME, NAME:GRID or NAME:GRID:POWER, "
                         "e.g. ddim:time,dpm++2m-sde:trailing:0.8")

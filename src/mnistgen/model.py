@@ -136,7 +136,7 @@ class Model:
                 raise UserError("give at or frames, not both")
             if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
                 raise UserError(f"frames must be a whole number >= 2, got {frames!r}")
-            at = [times[i] for i in sorted({round(i * (len(times) - 1) / (frames - 1)) for i in range(frames)})]
+            at = evenly(times, frames)
         default = dict.fromkeys(round(first * f) for f in (1.0, 0.5, 0.2, 0.1, 0.025, 0.0))  # distinct, in order
         wanted = at if at is not None else list(default)
         if not all(isinstance(t, int) and 0 <= t <= first for t in wanted):
@@ -144,6 +144,8 @@ class Model:
         picked = [min(times, key=lambda s: (abs(s - t), s)) for t in wanted]
         if at is None:
             picked = list(dict.fromkeys(picked))  # the default shows each visited state once
+            if len(picked) < min(len(default), len(times)):  # a short grid ending above t = 0: by step instead
+                picked = evenly(times, len(default))
         kept: dict[int, torch.Tensor] = {}
 
         done = 0
@@ -278,6 +280,11 @@ class Model:
         for i, d in enumerate(dims):
             codes[i, :, d] += torch.as_tensor(offsets, dtype=codes.dtype)
         return self.decode(codes.flatten(0, 1)).unflatten(0, (len(dims), len(offsets)))
+
+
+def evenly(times: list[int], count: int) -> list[int]:
+    """Up to ``count`` of a sampler's step labels ``times``, evenly spaced over its steps, first and last included."""
+    return [times[i] for i in sorted({round(i * (len(times) - 1) / (count - 1)) for i in range(count)})]
 
 
 def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto") -> Model:

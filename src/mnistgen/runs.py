@@ -186,6 +186,9 @@ def check_request(config: RunConfig, request: EvaluationRequest, where: str | os
     if request.guidance_sweep is not None and not kind.guided:
         guided = " or ".join(name for name, k in kinds.REGISTRY.items() if k.guided)
         raise UserError(f"--guidance-sweep applies to the {guided} model; {where} holds a {config.kind!r} model")
+    if (request.guidance_sweep or request.steps_sweep) and config.data.dataset != "mnist":
+        raise UserError(f"--guidance-sweep and --steps-sweep are judged by mnistgen's digit classifier; {where} "
+                        f"holds a {config.data.dataset} model")
     if request.sweep_samples is not None and not (request.guidance_sweep or request.steps_sweep):
         raise UserError("--sweep-samples needs --guidance-sweep or --steps-sweep")
     kind.check_request(config, request)

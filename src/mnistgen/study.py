@@ -56,7 +56,7 @@ class StudySettings:
 
 SETTINGS = {
     "reference": StudySettings(n_samples=10_000, sweep_samples=2000, iwae_k=1000, edits=EditRequest(1000, 100, 100),
-                               likelihood=LikelihoodRequest(images=1000), steps_sweep=(10, 20, 50, 100, 250)),
+                               likelihood=LikelihoodRequest(images=1000), steps_sweep=(10, 20, 50, 100)),
     "cpu": StudySettings(n_samples=1000, sweep_samples=300, iwae_k=200, edits=EditRequest(200, 50, 100),
                          likelihood=LikelihoodRequest(images=200, iwae_k=200), steps_sweep=(5, 10, 20, 50)),
     "smoke": StudySettings(n_samples=100, sweep_samples=50, iwae_k=10, edits=EditRequest(10, 2, 10),

@@ -20,12 +20,12 @@ from mnistgen.diffusion.samplers import SamplerSettings  # noqa: E402 (the names
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "golden_samplers.safetensors"
 
 CASES = {  # name -> (model, settings, n, labels)
-    "ddpm_ddim50_eta1": ("ddpm", SamplerSettings("ddim", 50, 1.0), 3, None),  # the cpu study's until 2026-12-08
-    "ddpm_ddim20_eta0": ("ddpm", SamplerSettings("ddim", 20, 0.0), 3, None),
-    "ddpm_ancestral1000": ("ddpm", SamplerSettings("ancestral", 1000), 2, None),  # the reference study's
-    "ddpm_ancestral50": ("ddpm", SamplerSettings("ancestral", 50), 3, None),
-    "ddpm_dpm2m10": ("ddpm", SamplerSettings("dpm++2m", 10), 3, None),
-    "ddpm_dpm2msde10": ("ddpm", SamplerSettings("dpm++2m-sde", 10), 3, None),
+    "ddpm_ddim50_eta1": ("ddpm", SamplerSettings("ddim", 50, 1.0, grid="time"), 3, None),  # the cpu study's until 2026-12-08
+    "ddpm_ddim20_eta0": ("ddpm", SamplerSettings("ddim", 20, 0.0, grid="time"), 3, None),
+    "ddpm_ancestral1000": ("ddpm", SamplerSettings("ancestral", 1000, grid="time"), 2, None),  # the reference study's
+    "ddpm_ancestral50": ("ddpm", SamplerSettings("ancestral", 50, grid="time"), 3, None),
+    "ddpm_dpm2m10": ("ddpm", SamplerSettings("dpm++2m", 10, grid="time"), 3, None),
+    "ddpm_dpm2msde10": ("ddpm", SamplerSettings("dpm++2m-sde", 10, grid="time"), 3, None),
     "cfg_16_w0.3": ("cfg", SamplerSettings("cfg", 16, guidance=0.3), 3, [7, 1, 3]),  # the cpu study's
     "cfg_16_w0": ("cfg", SamplerSettings("cfg", 16, guidance=0.0), 3, [0, 4, 9]),
     "cfg_64_w4": ("cfg", SamplerSettings("cfg", 64, guidance=4.0), 2, [2, 8]),

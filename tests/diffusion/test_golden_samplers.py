@@ -31,7 +31,7 @@ def test_sampler_draws_what_it_drew(models, name):
     kind_name, old, n, labels = CASES[name]
     m = models[kind_name]
     settings = SamplerSettings(RENAMED.get(old.sampler, old.sampler), old.steps, old.eta, old.guidance,
-                               grid="time")  # the only grid then; the shipped DDPM's own is trailing since
+                               grid="time")  # the only grid then (CASES name it); the shipped DDPM's is trailing since
     seen = []
     x = m.kind.sample(m.config, m.network, n, torch.Generator().manual_seed(17), settings,
                       torch.tensor(labels) if labels is not None else None, m.trained.process,

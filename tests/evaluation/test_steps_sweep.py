@@ -141,3 +141,43 @@ def test_eta_reaches_the_sweeps_ddim_on_a_run_whose_sampler_takes_none():
         kind.check_request(config, EvaluationRequest(settings=SamplerSettings(eta=0.0)))
     with pytest.raises(UserError, match="--eta applies to --sampler ddim only"):
         kind.check_request(config, EvaluationRequest(settings=SamplerSettings(eta=0.0), steps_sweep=(5,)))
+
+
+def test_sweep_checks_that_reach_past_the_command_line():
+    """What only the API can pass: an unknown sampler given as settings, a main eta out of range hidden
+    behind a sweep's DDIM, two grids that draw on the same levels (the CFG model's trailing is its time
+    grid), and a sweep of a model the digit judge cannot score."""
+    from dataclasses import replace
+
+    from mnistgen import kinds
+    from mnistgen.config import preset
+    from mnistgen.errors import UserError
+    from mnistgen.kinds import EvaluationRequest
+    from mnistgen.runs import check_request
+
+    ddpm, cfg = preset("ddpm", "cpu"), preset("cfg", "cpu")
+    with pytest.raises(UserError, match="unknown sampler 'euler'"):
+        kinds.get("ddpm").check_request(ddpm, EvaluationRequest(steps_sweep=(5,), samplers=(SamplerSettings("euler"),)))
+    main_ddim = EvaluationRequest(settings=SamplerSettings("ddim", eta=7.0), steps_sweep=(5,),
+                                  samplers=(parse_sampler("ddim:time"),))
+    with pytest.raises(UserError, match="--eta must be"):
+        kinds.get("ddpm").check_request(ddpm, main_ddim)
+    same = EvaluationRequest(steps_sweep=(4, 8), samplers=(parse_sampler("ddim:time"), parse_sampler("ddim:trailing")))
+    with pytest.raises(UserError, match="names one sampler twice"):
+        kinds.get("cfg").check_request(cfg, same)
+    kinds.get("ddpm").check_request(ddpm, same)  # on the DDPM the two grids differ
+    fashion = replace(ddpm, data=replace(ddpm.data, dataset="fashion-mnist"))
+    with pytest.raises(UserError, match="judged by mnistgen's digit classifier"):
+        check_request(fashion, EvaluationRequest(steps_sweep=(5,)), "RUN")
+
+
+def test_the_default_reverse_chain_shows_six_states_on_a_short_grid():
+    """The shipped DDPM's 10-step trailing grid ends at t = 157: the default states by fraction of t would
+    all fall on its last step, so they are taken evenly over its steps, the finished samples last."""
+    model = mnistgen.load("pretrained:ddpm", "cpu")
+    times = model.kind.step_times(model.config, SamplerSettings())
+    assert times == [999, 918, 836, 751, 664, 573, 479, 381, 275, 157]
+    chain = model.reverse_chain(2, generator=torch.Generator().manual_seed(0))
+    assert chain.shape == (2, 6, 1, 28, 28)
+    final = model.sample(2, generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(chain[:, -1], final)

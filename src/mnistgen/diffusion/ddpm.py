@@ -108,8 +108,8 @@ class GaussianDiffusion:
         """Exactly ``steps`` distinct timesteps t_0 > ... > t_{K-1}, noisiest first (one step: T-1 alone):
             time      t_k = (T-1) (1 - k/(K-1))^power, both ends included (DDIM section 4.2; power 2 is its
                       quadratic selection, appendix D.2);
-            trailing  t_k = T ((K-k)/K)^power - 1: at power 1 every T/K-th timestep counted back from T
-                      (Lin et al. 2023, table 2), so the last lies one interval above 0 and the sampler's
+            trailing  t_k = round(T ((K-k)/K)^power) - 1: at power 1 every T/K-th timestep counted back from T
+                      (Lin et al. 2023, table 2), so the last lies at T/K - 1 rather than 0 and the sampler's
                       last step lands on the clean image from there instead of spending an evaluation at
                       t = 0, where x_t already is the image; a power < 1 moves every level up in noise;
             log-snr   for each of ``steps`` evenly spaced values between lambda_{T-1} and lambda_0, the
@@ -126,7 +126,7 @@ class GaussianDiffusion:
                 wanted = (self.T - 1) * (wanted.double() / (self.T - 1)) ** power
         elif spacing == "trailing":
             left = torch.arange(steps, 0, -1, dtype=torch.float64) / steps  # (K,) K/K .. 1/K
-            wanted = self.T * left**power - 1
+            wanted = (self.T * left**power).round() - 1  # rounded, then one below, as Lin et al. count
         elif spacing == "log-snr":
             lam = self._log_snr_ascending.cpu().double()  # (T,) at t = T-1 .. 0, increasing
             values = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)

@@ -266,8 +266,8 @@ class ModelKind:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise UserError(f"{flag} must be a whole number >= {low}{why.get(low, '')}, got {value!r}")
         main = request.settings
-        if request.steps_sweep and main.eta is not None and any(
-                s.sampler is not None and "eta" in SAMPLERS[s.sampler].options for s in request.samplers or ()):
+        if request.steps_sweep and main.eta is not None and self.iterative and not takes_eta(
+                main.sampler or config.process.sampler) and any(takes_eta(s.sampler) for s in request.samplers or ()):
             main = replace(main, eta=None)  # --eta is for the sweep's samplers that take it (checked there)
         self.check_settings(config, main)
         if request.steps_sweep is not None or request.samplers is not None:
@@ -408,8 +408,7 @@ class DiffusionKind(ModelKind):
         base = request.settings
         out = []
         for s in request.samplers or (replace(base, steps=None),):
-            takes_eta = s.sampler is None or "eta" in SAMPLERS[s.sampler].options
-            eta = s.eta if s.eta is not None else base.eta if takes_eta else None
+            eta = s.eta if s.eta is not None else base.eta if s.sampler is None or takes_eta(s.sampler) else None
             out.append(replace(s, steps=None, eta=eta, guidance=base.guidance if s.guidance is None else s.guidance,
                                grid=s.grid or base.grid,
                                grid_power=base.grid_power if s.grid_power is None and not s.grid else s.grid_power))
@@ -423,6 +422,9 @@ class DiffusionKind(ModelKind):
             raise UserError("--samplers needs --steps-sweep (the numbers of steps to draw each sampler at)")
         if not steps:
             raise UserError("--steps-sweep needs one or more numbers of steps")
+        for s in request.samplers or ():
+            if s.sampler not in SAMPLERS:
+                raise UserError(f"--samplers: unknown sampler {s.sampler!r}; valid: {', '.join(SAMPLERS)}")
         most = self.most_steps(config) or int(range_of(type(config.process), "sample_steps").high)
         for k in steps:
             if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
@@ -433,10 +435,13 @@ class DiffusionKind(ModelKind):
         for s in self.sweep_samplers(request):
             for k in steps:
                 self.check_settings(config, replace(s, steps=k))
-            key = replace(self.resolve(config, s), steps=None)
+            resolved = self.resolve(config, replace(s, steps=steps[0]))
+            levels = self.build_process(config).grid(steps[0], resolved.grid, power=resolved.grid_power or 1.0).log_snr
+            key = (resolved.sampler, resolved.eta, resolved.guidance, tuple(levels.tolist()))  # the grid it draws on
             if key in seen:
-                raise UserError(f"--samplers names one sampler twice: {key.describe()}")
-            seen[key] = key
+                raise UserError(f"--samplers names one sampler twice: {seen[key]} and "
+                                f"{replace(resolved, steps=None).describe()} draw on the same levels")
+            seen[key] = replace(resolved, steps=None).describe()
 
     def steps_curve(self, trained: TrainedModel, request: EvaluationRequest, classifier, reference: Reference,
                     metrics: RunMetrics) -> RunMetrics:
@@ -595,6 +600,11 @@ class DiffusionKind(ModelKind):
 def conditional_labels(n: int, device: torch.device) -> torch.Tensor:
     """n // 10 of each digit (at least one): the labels a conditional model is judged on."""
     return labels_per_digit(max(1, n // 10), device)
+
+
+def takes_eta(sampler: str | None) -> bool:
+    """Whether a registry sampler takes DDIM's eta (unknown names and None do not)."""
+    return sampler in SAMPLERS and "eta" in SAMPLERS[sampler].options
 
 
 def in_range(flag: str, value: float | None, component: type, name: str) -> None:
